@@ -1,0 +1,89 @@
+// Package policy decides what happens to every envelope mailgate sees.
+//
+// The proxy builds one Input document per stage (mail, rcpt, data) and asks
+// an Evaluator for a Decision. Engines (Rego, HCL rules) see the same
+// document; a Chain combines them in a fixed order: the first reject wins,
+// then the first defer, else accept. Warnings are logged, never enforced.
+package policy
+
+import "context"
+
+// InputVersion is the version of the Input document. It changes only when a
+// field is removed or changes meaning; new fields keep the version.
+const InputVersion = 1
+
+// Stage names the point of the SMTP transaction an Input describes.
+type Stage string
+
+// The stages, in the order they happen within a transaction.
+const (
+	StageMail Stage = "mail" // after MAIL FROM, before the upstream MAIL
+	StageRcpt Stage = "rcpt" // per recipient, before the upstream RCPT
+	StageData Stage = "data" // after the body, before signing and upstream DATA
+)
+
+// Input is the document every engine evaluates. Its JSON form is the policy
+// contract documented in the README; field names never change within a
+// version.
+type Input struct {
+	Version  int      `json:"version"`
+	Stage    Stage    `json:"stage"`
+	Session  Session  `json:"session"`
+	Auth     *Auth    `json:"auth"` // nil when the client did not authenticate
+	Envelope Envelope `json:"envelope"`
+	Rcpt     *Rcpt    `json:"rcpt,omitempty"`    // stage rcpt only
+	Message  *Message `json:"message,omitempty"` // stage data only
+}
+
+// Session describes the client connection.
+type Session struct {
+	ID       string `json:"id"`
+	Listener string `json:"listener"`
+	ClientIP string `json:"client_ip"`
+	HELO     string `json:"helo"`
+	TLS      *TLS   `json:"tls"` // nil on a plaintext connection
+}
+
+// TLS describes the negotiated TLS parameters of a session.
+type TLS struct {
+	Version string `json:"version"` // "TLS1.2", "TLS1.3"
+	Cipher  string `json:"cipher"`
+}
+
+// Auth is the authenticated identity. It never carries a secret.
+type Auth struct {
+	User      string `json:"user"`
+	Mechanism string `json:"mechanism"`
+}
+
+// Envelope is the SMTP envelope as accepted so far. At stage rcpt,
+// Recipients holds the recipients accepted before the one being decided.
+type Envelope struct {
+	From       string   `json:"from"`
+	FromDomain string   `json:"from_domain"`
+	Recipients []string `json:"recipients"`
+	Size       int64    `json:"size"` // SIZE= at mail/rcpt, actual size at data
+	SMTPUTF8   bool     `json:"smtputf8"`
+}
+
+// Rcpt is the recipient being decided at stage rcpt.
+type Rcpt struct {
+	Address string `json:"address"`
+	Domain  string `json:"domain"`
+}
+
+// Message is what the data stage sees of the message.
+type Message struct {
+	// Headers maps lower-case header names to their unfolded values, in
+	// order of appearance.
+	Headers       map[string][]string `json:"headers"`
+	FromAddresses []string            `json:"from_addresses"`
+	Size          int64               `json:"size"`
+}
+
+// Evaluator decides one stage of one transaction. Implementations are safe
+// for concurrent use; they never block on I/O that the configuration did not
+// enable.
+type Evaluator interface {
+	Evaluate(ctx context.Context, in Input) (Decision, error)
+}
