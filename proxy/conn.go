@@ -1,0 +1,266 @@
+package proxy
+
+import (
+	"crypto/tls"
+	"errors"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emersion/go-smtp"
+)
+
+// errBareLineEnding is what the client gets for a bare CR, a bare LF or a
+// NUL anywhere in its stream. RFC 5321 §2.3.8 allows CR and LF only as the
+// CRLF pair; anything else is how SMTP smuggling starts, so mailgate refuses
+// it (like Postfix's smtpd_forbid_bare_newline = reject) and closes.
+var errBareLineEnding = &smtp.SMTPError{
+	Code:         550,
+	EnhancedCode: smtp.EnhancedCode{5, 6, 0},
+	Message:      "Bare CR, bare LF or NUL received (RFC 5321 section 2.3.8), closing connection",
+}
+
+// errDataTimeout is the reply when a message body stalls for longer than
+// data_timeout.
+var errDataTimeout = &smtp.SMTPError{
+	Code:         451,
+	EnhancedCode: smtp.EnhancedCode{4, 4, 2},
+	Message:      "Timeout waiting for message data, closing connection",
+}
+
+type readMode int32
+
+const (
+	modeCommand readMode = iota
+	modeData
+)
+
+// clientConn wraps a client connection above TLS. go-smtp reads every byte
+// of the client through it, so it is where mailgate enforces what go-smtp
+// does not:
+//   - strict line endings: a bare CR, bare LF or NUL makes every later read
+//     fail, so no parser above can ever complete a command or a message
+//     that contains one;
+//   - per-read deadlines: command_timeout between commands, data_timeout
+//     between reads of a body (go-smtp's ReadTimeout would cover a whole
+//     body, and a timeout mid-body would make the rest parse as commands);
+//   - after a timeout or a protocol violation, reads fail for good, so the
+//     rest of a body is never read as commands;
+//   - SIGTERM draining: an idle session is told 421 and closed.
+type clientConn struct {
+	net.Conn
+	remote   netip.Addr
+	tlsState *tls.ConnectionState // nil until TLS is up
+
+	cmdTimeout  time.Duration
+	dataTimeout time.Duration
+
+	mode     atomic.Int32 // readMode
+	inTx     atomic.Bool  // a transaction (MAIL given) is open
+	draining atomic.Bool
+
+	// read-side state, only touched by the reading goroutine.
+	prev     byte
+	pending  error // delivered on the next Read, after the good prefix
+	sticky   error // every later Read returns it
+	lineHead []byte
+
+	writeMu         sync.Mutex
+	dropGreeting    bool // STARTTLS hand-over: go-smtp's 220 was already sent
+	closeAfterWrite atomic.Bool
+	closeOnce       sync.Once
+	onClose         func()
+}
+
+func newClientConn(c net.Conn, remote netip.Addr, cmdTimeout, dataTimeout time.Duration) *clientConn {
+	return &clientConn{
+		Conn:        c,
+		remote:      remote,
+		cmdTimeout:  cmdTimeout,
+		dataTimeout: dataTimeout,
+		prev:        '\n',
+		lineHead:    make([]byte, 0, 32),
+	}
+}
+
+func (c *clientConn) setMode(m readMode) { c.mode.Store(int32(m)) }
+
+// Read implements net.Conn with the checks described on clientConn.
+func (c *clientConn) Read(b []byte) (int, error) {
+	if c.sticky != nil {
+		return 0, c.sticky
+	}
+	if c.pending != nil {
+		err := c.pending
+		c.pending = nil
+		return 0, c.fail(err)
+	}
+	mode := readMode(c.mode.Load())
+	if mode == modeCommand && c.draining.Load() && !c.inTx.Load() {
+		c.replyAndClose("421 4.3.2 Service shutting down, try again later")
+		c.sticky = net.ErrClosed
+		return 0, c.sticky
+	}
+	timeout := c.cmdTimeout
+	if mode == modeData {
+		timeout = c.dataTimeout
+	}
+	if timeout > 0 {
+		_ = c.Conn.SetReadDeadline(time.Now().Add(timeout))
+	}
+	n, err := c.Conn.Read(b)
+	if bad := c.scan(b[:n], mode); bad >= 0 {
+		// Hand over the good prefix now and the error on the next Read,
+		// so that every complete command before the bad byte is answered
+		// in order first.
+		c.pending = errBareLineEnding
+		return bad, nil
+	}
+	if err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			if c.draining.Load() && !c.inTx.Load() {
+				c.replyAndClose("421 4.3.2 Service shutting down, try again later")
+				c.sticky = net.ErrClosed
+				return n, c.sticky
+			}
+			if mode == modeData {
+				c.sticky = net.ErrClosed
+				return n, errDataTimeout
+			}
+		}
+	}
+	return n, err
+}
+
+// fail turns a pending protocol violation into the error the reader sees.
+// In a body, the session replies with it; between commands, nobody would,
+// so the reply is written here before the connection closes.
+func (c *clientConn) fail(err error) error {
+	c.sticky = net.ErrClosed
+	if readMode(c.mode.Load()) == modeCommand {
+		var se *smtp.SMTPError
+		if errors.As(err, &se) {
+			c.replyAndClose(formatReply(se))
+		}
+		return net.ErrClosed
+	}
+	return err
+}
+
+// scan checks b for bare CR, bare LF and NUL, returning the index of the
+// first offending byte or -1. A CR at the end of b is judged by the first
+// byte of the next read; the offending index is then 0.
+//
+// In command mode it also neutralises source routes (RFC 5321 §4.1.2
+// "<@a,@b:user@c>"): go-smtp silently strips them, mailgate refuses them.
+// The '@' after the '<' of a MAIL FROM or RCPT TO path becomes 0x01, which
+// go-smtp's path parser rejects with 501.
+func (c *clientConn) scan(b []byte, mode readMode) int {
+	for i := 0; i < len(b); i++ {
+		ch := b[i]
+		if c.prev == '\r' && ch != '\n' {
+			return i
+		}
+		switch ch {
+		case '\n':
+			if c.prev != '\r' {
+				return i
+			}
+			c.lineHead = c.lineHead[:0]
+		case 0:
+			return i
+		default:
+			if mode == modeCommand && len(c.lineHead) < cap(c.lineHead) {
+				if ch == '@' && isPathStart(c.lineHead) {
+					b[i] = 0x01
+				}
+				c.lineHead = append(c.lineHead, ch)
+			}
+		}
+		c.prev = ch
+	}
+	return -1
+}
+
+// isPathStart reports whether head is "MAIL FROM:<" or "RCPT TO:<", in
+// any case, with optional spaces before the '<'.
+func isPathStart(head []byte) bool {
+	n := len(head)
+	if n == 0 || head[n-1] != '<' {
+		return false
+	}
+	s := head[:n-1]
+	for len(s) > 0 && s[len(s)-1] == ' ' {
+		s = s[:len(s)-1]
+	}
+	return equalFoldASCII(s, "MAIL FROM:") || equalFoldASCII(s, "RCPT TO:")
+}
+
+func equalFoldASCII(b []byte, s string) bool {
+	if len(b) != len(s) {
+		return false
+	}
+	for i := range b {
+		x, y := b[i], s[i]
+		if 'a' <= x && x <= 'z' {
+			x -= 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
+}
+
+// Write implements net.Conn. It drops go-smtp's greeting after a STARTTLS
+// hand-over and closes the connection after a reply that ends it.
+func (c *clientConn) Write(b []byte) (int, error) {
+	c.writeMu.Lock()
+	if c.dropGreeting {
+		c.dropGreeting = false
+		if len(b) >= 4 && string(b[:4]) == "220 " {
+			c.writeMu.Unlock()
+			return len(b), nil
+		}
+	}
+	n, err := c.Conn.Write(b)
+	c.writeMu.Unlock()
+	if c.closeAfterWrite.Load() {
+		c.Close()
+	}
+	return n, err
+}
+
+// replyAndClose writes one reply line directly and closes the connection.
+func (c *clientConn) replyAndClose(line string) {
+	c.writeMu.Lock()
+	_ = c.Conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	_, _ = c.Conn.Write([]byte(line + "\r\n"))
+	c.writeMu.Unlock()
+	c.Close()
+}
+
+// Close closes the connection once and tells the server.
+func (c *clientConn) Close() error {
+	var err error
+	c.closeOnce.Do(func() {
+		err = c.Conn.Close()
+		if c.onClose != nil {
+			c.onClose()
+		}
+	})
+	return err
+}
+
+// drain asks an idle session to end: if no transaction is open and the
+// session is waiting for a command, the blocked read wakes up, replies 421
+// and closes. A session inside a transaction finishes it first.
+func (c *clientConn) drain() {
+	c.draining.Store(true)
+	if !c.inTx.Load() && readMode(c.mode.Load()) == modeCommand {
+		_ = c.Conn.SetReadDeadline(time.Now())
+	}
+}

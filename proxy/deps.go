@@ -1,0 +1,74 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"io"
+	"log/slog"
+	"net/netip"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+
+	"github.com/mailgate/mailgate/policy"
+)
+
+// Deps are the collaborators a Server hands messages to, in the one
+// direction of flow: policy, then signing, then the upstream relay.
+type Deps struct {
+	Logger *slog.Logger
+	// TLS provides the server certificate. Required for starttls and
+	// implicit listeners.
+	TLS *tls.Config
+	// Auth verifies credentials. Nil means no AUTH is offered.
+	Auth Authenticator
+	// Policy decides every stage. Nil accepts everything.
+	Policy policy.Evaluator
+	// Signer DKIM-signs accepted messages. Nil relays unsigned.
+	Signer Signer
+	// Relay is the upstream. Required.
+	Relay Relay
+	// Now is the clock (Date and Received headers). Default time.Now.
+	Now func() time.Time
+	// Classify maps an error from Relay or Signer to the reply the client
+	// must get, or nil when it does not know the error (then 451 4.3.0).
+	Classify func(error) *smtp.SMTPError
+}
+
+// Authenticator verifies SMTP AUTH credentials.
+type Authenticator interface {
+	// Mechanisms lists the SASL mechanisms offered, e.g. PLAIN, LOGIN.
+	Mechanisms() []string
+	// Server returns a SASL server for mech. onSuccess is called with the
+	// authenticated user; onFailure after every failed attempt. Failures
+	// surface as *smtp.SMTPError (535 5.7.8 for bad credentials).
+	Server(mech string, remote netip.Addr, onSuccess func(user string), onFailure func()) (sasl.Server, error)
+}
+
+// Signer DKIM-signs a message. See dkim.Signer.Sign for the contract.
+type Signer interface {
+	// Sign reads the whole message (CRLF) and returns the header fields to
+	// prepend, each ending in CRLF. domain "" means the From header's
+	// domain. (nil, nil) means: relay unsigned.
+	Sign(ctx context.Context, domain string, msg io.Reader) ([]string, error)
+}
+
+// Relay opens upstream transactions.
+type Relay interface {
+	// Begin checks out an upstream connection and sends MAIL FROM. route
+	// names an upstream chosen by policy, "" means the default order.
+	Begin(ctx context.Context, route, from string, opts *smtp.MailOptions) (RelayTx, error)
+}
+
+// RelayTx is one upstream transaction, mirroring the client's.
+type RelayTx interface {
+	// Rcpt sends RCPT TO; an upstream refusal is an *smtp.SMTPError.
+	Rcpt(ctx context.Context, to string, opts *smtp.RcptOptions) error
+	// Data sends the message and returns the upstream's final 250 text.
+	Data(ctx context.Context, r io.Reader) (string, error)
+	// Abort ends the transaction without a message (RSET).
+	Abort()
+	// Upstream names the upstream in use, for logs.
+	Upstream() string
+}

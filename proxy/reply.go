@@ -1,0 +1,122 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/mailgate/mailgate/policy"
+)
+
+// This file is the one place where errors become SMTP replies. Stages
+// return plain wrapped errors or *smtp.SMTPError; reply maps them with
+// errors.As. Anything unknown becomes a generic 451 4.3.0 carrying the
+// session id, never internal text (it might disclose configuration).
+
+// ErrUpstream classifies relay errors: a Relay returns errors that
+// implement it when it knows the reply the client must get.
+type replyError interface {
+	error
+	SMTPReply() *smtp.SMTPError
+}
+
+var errTooLongLine = &smtp.SMTPError{Code: 500, EnhancedCode: smtp.EnhancedCode{5, 5, 2},
+	Message: "Line too long"}
+
+// reply turns err into the reply the client gets.
+func (s *session) reply(err error) error {
+	if err == nil {
+		return nil
+	}
+	var re replyError
+	if errors.As(err, &re) {
+		return clean(re.SMTPReply())
+	}
+	var se *smtp.SMTPError
+	if errors.As(err, &se) {
+		return clean(se)
+	}
+	if errors.Is(err, smtp.ErrTooLongLine) {
+		r := *errTooLongLine
+		r.Message = fmt.Sprintf("Line too long (limit %d bytes), closing connection", s.s.cfg.Limits.MaxLineLength)
+		return &r
+	}
+	if errors.Is(err, smtp.ErrDataReset) {
+		return err
+	}
+	if s.s.deps.Classify != nil {
+		if r := s.s.deps.Classify(err); r != nil {
+			s.log.Warn("upstream error", "err", err)
+			return clean(r)
+		}
+	}
+	s.log.Error("internal error", "err", err)
+	return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0},
+		Message: "Internal error, try again later (" + s.id + ")"}
+}
+
+// clean returns a copy of r whose message is one printable line of at
+// most 200 bytes, so nothing from an upstream or a policy can inject
+// reply lines.
+func clean(r *smtp.SMTPError) *smtp.SMTPError {
+	c := *r
+	c.Message = sanitize(r.Message)
+	return &c
+}
+
+func sanitize(s string) string {
+	var b strings.Builder
+	space := false
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f || r == '\u2028' || r == '\u2029' {
+			r = ' '
+		}
+		if r == ' ' {
+			if space {
+				continue
+			}
+			space = true
+		} else {
+			space = false
+		}
+		b.WriteRune(r)
+		if b.Len() >= 200 {
+			break
+		}
+	}
+	return strings.TrimSpace(b.String())
+}
+
+// decisionReply is the reply for a reject or defer decision. Codes of the
+// wrong class fall back to the defaults (550 5.7.1, 451 4.7.1): a policy
+// cannot turn a reject into a success.
+func decisionReply(d policy.Decision) *smtp.SMTPError {
+	r := &smtp.SMTPError{Message: d.Message}
+	class := 5
+	r.Code, r.EnhancedCode = 550, smtp.EnhancedCode{5, 7, 1}
+	if d.Outcome == policy.Defer {
+		class = 4
+		r.Code, r.EnhancedCode = 451, smtp.EnhancedCode{4, 7, 1}
+	}
+	if d.Code/100 == class {
+		r.Code = d.Code
+	}
+	var ec smtp.EnhancedCode
+	if n, _ := fmt.Sscanf(d.EnhancedCode, "%d.%d.%d", &ec[0], &ec[1], &ec[2]); n == 3 && ec[0] == class &&
+		ec[1] >= 0 && ec[1] < 1000 && ec[2] >= 0 && ec[2] < 1000 {
+		r.EnhancedCode = ec
+	}
+	if r.Message == "" {
+		r.Message = "Rejected by policy"
+		if class == 4 {
+			r.Message = "Deferred by policy, try again later"
+		}
+	}
+	return clean(r)
+}
+
+func formatReply(r *smtp.SMTPError) string {
+	return fmt.Sprintf("%d %d.%d.%d %s", r.Code, r.EnhancedCode[0], r.EnhancedCode[1], r.EnhancedCode[2], r.Message)
+}

@@ -1,0 +1,415 @@
+// Package proxy is mailgate's SMTP side: listeners, TLS, AUTH, limits, the
+// go-smtp session, spooling, header hygiene and the upstream transaction
+// that mirrors the client's. It is the only place where errors become SMTP
+// replies (see reply.go).
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-smtp"
+)
+
+// Server runs every configured listener.
+type Server struct {
+	cfg  Config
+	deps Deps
+	log  *slog.Logger
+
+	mu        sync.Mutex
+	conns     map[*clientConn]struct{}
+	perIP     map[netip.Addr]int
+	listeners []*listener
+	closed    bool
+	wg        sync.WaitGroup // accept loops and hand-overs
+}
+
+type listener struct {
+	cfg  *ListenerConfig
+	ln   net.Listener
+	smtp *smtp.Server
+	ch   *chanListener
+}
+
+// New builds a Server. cfg must have passed Validate.
+func New(cfg Config, deps Deps) (*Server, error) {
+	if deps.Logger == nil {
+		deps.Logger = slog.Default()
+	}
+	if deps.Now == nil {
+		deps.Now = time.Now
+	}
+	if deps.Relay == nil {
+		return nil, errors.New("proxy: no upstream relay")
+	}
+	for _, l := range cfg.Listeners {
+		if l.tlsMode != TLSNone && deps.TLS == nil {
+			return nil, fmt.Errorf("proxy: listener %q: tls = %q needs a certificate", l.Name, l.tlsMode)
+		}
+	}
+	return &Server{
+		cfg:   cfg,
+		deps:  deps,
+		log:   deps.Logger,
+		conns: make(map[*clientConn]struct{}),
+		perIP: make(map[netip.Addr]int),
+	}, nil
+}
+
+// Listen opens every listener's socket, so that a caller knows the ports
+// are bound before Serve. Addresses with port 0 get a free port; Addrs
+// reports them.
+func (s *Server) Listen() error {
+	for i := range s.cfg.Listeners {
+		lc := &s.cfg.Listeners[i]
+		ln, err := net.Listen("tcp", lc.Address)
+		if err != nil {
+			for _, l := range s.listeners {
+				l.ln.Close()
+			}
+			s.listeners = nil
+			return fmt.Errorf("proxy: listener %q: %w", lc.Name, err)
+		}
+		s.listeners = append(s.listeners, &listener{cfg: lc, ln: ln})
+	}
+	return nil
+}
+
+// Addrs returns the bound address of each listener by name.
+func (s *Server) Addrs() map[string]string {
+	m := make(map[string]string, len(s.listeners))
+	for _, l := range s.listeners {
+		m[l.cfg.Name] = l.ln.Addr().String()
+	}
+	return m
+}
+
+// Serve accepts connections until Shutdown. It calls Listen if needed.
+func (s *Server) Serve(ctx context.Context) error {
+	if s.listeners == nil {
+		if err := s.Listen(); err != nil {
+			return err
+		}
+	}
+	errc := make(chan error, 2*len(s.listeners))
+	for _, l := range s.listeners {
+		l.ch = newChanListener(l.ln.Addr())
+		l.smtp = s.newSMTPServer(l)
+		s.log.Info("listening", "listener", l.cfg.Name, "address", l.ln.Addr().String(),
+			"tls", l.cfg.tlsMode, "auth", l.cfg.authMode)
+		go func() { errc <- l.smtp.Serve(l.ch) }()
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			errc <- s.acceptLoop(l)
+		}()
+	}
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-errc:
+		return err
+	}
+}
+
+func (s *Server) newSMTPServer(l *listener) *smtp.Server {
+	srv := smtp.NewServer(backend{s: s, l: l})
+	srv.Domain = s.cfg.Hostname
+	srv.MaxRecipients = s.cfg.Limits.MaxRecipients
+	srv.MaxMessageBytes = s.cfg.Limits.MaxMessageSize
+	srv.MaxLineLength = s.cfg.Limits.MaxLineLength
+	// mailgate decides itself when AUTH is allowed (see session.authAllowed):
+	// go-smtp cannot see TLS through the strict connection wrapper.
+	srv.AllowInsecureAuth = true
+	srv.EnableSMTPUTF8 = true
+	// Read deadlines are set per read by clientConn; go-smtp's ReadTimeout
+	// would cover a whole body.
+	srv.ReadTimeout = 0
+	srv.WriteTimeout = s.cfg.Limits.commandTimeout
+	srv.ErrorLog = log.New(slogWriter{s.log}, "", 0)
+	return srv
+}
+
+// acceptLoop accepts raw connections, applies connection limits and the
+// listener's TLS mode, and hands ready connections to go-smtp.
+func (s *Server) acceptLoop(l *listener) error {
+	for {
+		raw, err := l.ln.Accept()
+		if err != nil {
+			if s.isClosed() {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+			return fmt.Errorf("proxy: accept on %q: %w", l.cfg.Name, err)
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.handover(l, raw)
+		}()
+	}
+}
+
+func (s *Server) handover(l *listener, raw net.Conn) {
+	remote := addrOf(raw.RemoteAddr())
+	if len(l.cfg.trusted) > 0 && !inPrefixes(remote, l.cfg.trusted) {
+		s.log.Warn("connection refused: not in trusted_networks", "listener", l.cfg.Name, "remote", remote.String())
+		writeLine(raw, "554 5.7.1 Access denied")
+		raw.Close()
+		return
+	}
+	if reason := s.admit(remote); reason != "" {
+		s.log.Warn("connection refused: "+reason, "listener", l.cfg.Name, "remote", remote.String())
+		writeLine(raw, "421 4.7.0 "+reason+", try again later")
+		raw.Close()
+		return
+	}
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			s.release(remote)
+		}
+	}
+	lim := &s.cfg.Limits
+	var conn net.Conn = raw
+	var state *tls.ConnectionState
+	dropGreeting := false
+	switch l.cfg.tlsMode {
+	case TLSImplicit:
+		tc := tls.Server(raw, s.deps.TLS)
+		ctx, cancel := context.WithTimeout(context.Background(), lim.handshakeTimeout)
+		err := tc.HandshakeContext(ctx)
+		cancel()
+		if err != nil {
+			s.log.Info("TLS handshake failed", "listener", l.cfg.Name, "remote", remote.String(), "err", err)
+			raw.Close()
+			release()
+			return
+		}
+		st := tc.ConnectionState()
+		conn, state = tc, &st
+	case TLSStartTLS:
+		tc, err := s.startTLS(l, raw)
+		if err != nil {
+			if !errors.Is(err, errClientQuit) {
+				s.log.Info("before STARTTLS", "listener", l.cfg.Name, "remote", remote.String(), "err", err)
+			}
+			raw.Close()
+			release()
+			return
+		}
+		st := tc.ConnectionState()
+		conn, state, dropGreeting = tc, &st, true
+	}
+	cc := newClientConn(conn, remote, lim.commandTimeout, lim.dataTimeout)
+	cc.tlsState = state
+	cc.dropGreeting = dropGreeting
+	cc.onClose = func() {
+		s.mu.Lock()
+		delete(s.conns, cc)
+		s.mu.Unlock()
+		release()
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		cc.replyAndClose("421 4.3.2 Service shutting down, try again later")
+		return
+	}
+	s.conns[cc] = struct{}{}
+	s.mu.Unlock()
+	if !l.ch.push(cc) {
+		cc.replyAndClose("421 4.3.2 Service shutting down, try again later")
+	}
+}
+
+// admit counts a new connection against max_connections and
+// max_connections_per_ip; it returns a reason when over a limit.
+func (s *Server) admit(ip netip.Addr) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return "Service shutting down"
+	}
+	total := 0
+	for _, n := range s.perIP {
+		total += n
+	}
+	if total >= s.cfg.Limits.MaxConnections {
+		return "Too many connections"
+	}
+	if s.perIP[ip] >= s.cfg.Limits.MaxConnectionsPerIP {
+		return "Too many connections from your address"
+	}
+	s.perIP[ip]++
+	return ""
+}
+
+func (s *Server) release(ip netip.Addr) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.perIP[ip] <= 1 {
+		delete(s.perIP, ip)
+	} else {
+		s.perIP[ip]--
+	}
+}
+
+func (s *Server) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
+}
+
+// Shutdown stops accepting, lets transactions in flight finish, tells idle
+// sessions 421 and returns when every connection is gone or ctx ends (then
+// the rest are closed).
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.mu.Unlock()
+	for _, l := range s.listeners {
+		l.ln.Close()
+	}
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	var err error
+	for {
+		s.mu.Lock()
+		conns := make([]*clientConn, 0, len(s.conns))
+		for c := range s.conns {
+			conns = append(conns, c)
+		}
+		s.mu.Unlock()
+		if len(conns) == 0 {
+			break
+		}
+		for _, c := range conns {
+			c.drain()
+		}
+		select {
+		case <-ctx.Done():
+			for _, c := range conns {
+				c.Close()
+			}
+			err = ctx.Err()
+		case <-tick.C:
+			continue
+		}
+		break
+	}
+	for _, l := range s.listeners {
+		if l.ch != nil {
+			l.ch.Close()
+		}
+		if l.smtp != nil {
+			l.smtp.Close()
+		}
+	}
+	s.wg.Wait()
+	return err
+}
+
+// chanListener feeds go-smtp the connections mailgate accepted and
+// prepared itself (limits, TLS, STARTTLS).
+type chanListener struct {
+	addr   net.Addr
+	ch     chan net.Conn
+	done   chan struct{}
+	closed sync.Once
+}
+
+func newChanListener(addr net.Addr) *chanListener {
+	return &chanListener{addr: addr, ch: make(chan net.Conn), done: make(chan struct{})}
+}
+
+func (l *chanListener) push(c net.Conn) bool {
+	select {
+	case l.ch <- c:
+		return true
+	case <-l.done:
+		return false
+	}
+}
+
+func (l *chanListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *chanListener) Close() error {
+	l.closed.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *chanListener) Addr() net.Addr { return l.addr }
+
+type backend struct {
+	s *Server
+	l *listener
+}
+
+func (b backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
+	cc, ok := c.Conn().(*clientConn)
+	if !ok {
+		return nil, errors.New("proxy: connection not prepared")
+	}
+	return newSession(b.s, b.l.cfg, cc, c.Hostname()), nil
+}
+
+func addrOf(a net.Addr) netip.Addr {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		if ip, ok := netip.AddrFromSlice(ta.IP); ok {
+			return ip.Unmap()
+		}
+	}
+	ap, err := netip.ParseAddrPort(a.String())
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr().Unmap()
+}
+
+func inPrefixes(ip netip.Addr, ps []netip.Prefix) bool {
+	for _, p := range ps {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+func writeLine(c net.Conn, line string) {
+	_ = c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	_, _ = c.Write([]byte(line + "\r\n"))
+}
+
+// slogWriter adapts go-smtp's ErrorLog to slog.
+type slogWriter struct{ l *slog.Logger }
+
+func (w slogWriter) Write(p []byte) (int, error) {
+	w.l.Warn("smtp server", "msg", string(p))
+	return len(p), nil
+}

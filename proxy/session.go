@@ -1,0 +1,468 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/base32"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+
+	"github.com/mailgate/mailgate/policy"
+)
+
+var (
+	_ smtp.Session     = (*session)(nil)
+	_ smtp.AuthSession = (*session)(nil)
+)
+
+var (
+	errAuthRequired = &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0},
+		Message: "Authentication required"}
+	errEncryptionRequired = &smtp.SMTPError{Code: 538, EnhancedCode: smtp.EnhancedCode{5, 7, 11},
+		Message: "Encryption required for requested authentication mechanism"}
+	errNestedMail = &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1},
+		Message: "Nested MAIL command"}
+	errNoMail = &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1},
+		Message: "Need MAIL before RCPT"}
+	errTooManyAuthFailures = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
+		Message: "Too many authentication failures, closing connection"}
+)
+
+// session is one client connection's go-smtp Session. Per-message state
+// lives in a transaction value created at MAIL and dropped at reset, so
+// nothing about one message leaks into the next.
+type session struct {
+	s    *Server
+	l    *ListenerConfig
+	conn *clientConn
+	helo string
+	id   string
+	log  *slog.Logger
+
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	user, mech   string
+	authFailures int
+	msgCount     int
+
+	mu sync.Mutex
+	tx *transaction
+}
+
+// transaction is the state of one message, from MAIL to the final reply.
+type transaction struct {
+	id      string
+	started time.Time
+	from    mailbox
+	opts    smtp.MailOptions
+	rcpts   []string
+	up      RelayTx
+	actions policy.Actions // merged from every stage
+	rules   []string       // engine:rule of non-accept and dry-run decisions
+	size    int64
+	inData  bool
+	done    bool
+}
+
+func newSession(s *Server, l *ListenerConfig, cc *clientConn, helo string) *session {
+	id := newID()
+	ctx, cancel := context.WithCancel(context.Background())
+	return &session{
+		s: s, l: l, conn: cc, helo: helo, id: id,
+		log:    s.log.With("session", id, "listener", l.Name, "remote", cc.remote.String()),
+		ctx:    ctx,
+		cancel: cancel,
+	}
+}
+
+func newID() string {
+	var b [10]byte
+	_, _ = rand.Read(b[:])
+	return strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:]))
+}
+
+// AuthMechanisms implements smtp.AuthSession. Nothing is offered before
+// TLS unless the loopback listener says allow_insecure_auth.
+func (ss *session) AuthMechanisms() []string {
+	if ss.s.deps.Auth == nil || !ss.authAllowed() {
+		return nil
+	}
+	return ss.s.deps.Auth.Mechanisms()
+}
+
+func (ss *session) authAllowed() bool {
+	return ss.conn.tlsState != nil || ss.l.AllowInsecureAuth
+}
+
+// Auth implements smtp.AuthSession. go-smtp never closes a connection
+// after failed AUTH; mailgate does after max_failures.
+func (ss *session) Auth(mech string) (sasl.Server, error) {
+	if ss.s.deps.Auth == nil {
+		return nil, smtp.ErrAuthUnsupported
+	}
+	if !ss.authAllowed() {
+		return nil, errEncryptionRequired
+	}
+	mech = strings.ToUpper(mech)
+	return ss.s.deps.Auth.Server(mech, ss.conn.remote,
+		func(user string) {
+			ss.user, ss.mech = user, mech
+			ss.log = ss.log.With("user", user)
+			ss.log.Info("authenticated", "mechanism", mech)
+		},
+		func() {
+			ss.authFailures++
+			ss.log.Warn("authentication failed", "mechanism", mech, "failures", ss.authFailures)
+			if max := ss.maxAuthFailures(); max > 0 && ss.authFailures >= max {
+				ss.conn.closeAfterWrite.Store(true)
+			}
+		})
+}
+
+func (ss *session) maxAuthFailures() int {
+	if m, ok := ss.s.deps.Auth.(interface{ MaxFailures() int }); ok {
+		return m.MaxFailures()
+	}
+	return 3
+}
+
+// input builds the policy document for a stage.
+func (ss *session) input(stage policy.Stage, tx *transaction) policy.Input {
+	in := policy.Input{
+		Version: policy.InputVersion,
+		Stage:   stage,
+		Session: policy.Session{
+			ID:       ss.id,
+			Listener: ss.l.Name,
+			ClientIP: ss.conn.remote.String(),
+			HELO:     ss.helo,
+		},
+	}
+	if st := ss.conn.tlsState; st != nil {
+		in.Session.TLS = &policy.TLS{Version: tlsVersionName(st.Version), Cipher: tlsCipherName(st.CipherSuite)}
+	}
+	if ss.user != "" {
+		in.Auth = &policy.Auth{User: ss.user, Mechanism: ss.mech}
+	}
+	if tx != nil {
+		in.Envelope = policy.Envelope{
+			From:       tx.from.String(),
+			FromDomain: strings.ToLower(tx.from.Domain),
+			Recipients: append([]string{}, tx.rcpts...),
+			Size:       tx.opts.Size,
+			SMTPUTF8:   tx.opts.UTF8,
+		}
+	}
+	return in
+}
+
+// decide asks the policy. A policy error fails closed (the engine's
+// on_error decides whether it is an error at all). Dry-run decisions are
+// logged and enforce nothing.
+func (ss *session) decide(tx *transaction, in policy.Input) (policy.Decision, error) {
+	if ss.s.deps.Policy == nil {
+		return policy.Decision{Outcome: policy.Accept}, nil
+	}
+	d, err := ss.s.deps.Policy.Evaluate(ss.ctx, in)
+	if err != nil {
+		ss.log.Error("policy failed, deferring", "stage", string(in.Stage), "err", err)
+		return d, &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0},
+			Message: "Policy temporarily unavailable, try again later (" + ss.id + ")"}
+	}
+	for _, w := range d.Warnings {
+		ss.log.Warn("policy warning", "stage", string(in.Stage), "engine", w.Engine, "rule", w.Rule, "msg", w.Message)
+	}
+	if d.Outcome != policy.Accept && d.Outcome != "" {
+		if tx != nil {
+			tx.rules = append(tx.rules, d.Engine+":"+d.Rule)
+		}
+		if d.DryRun {
+			ss.log.Info("dry-run policy would have refused", "stage", string(in.Stage),
+				"outcome", string(d.Outcome), "engine", d.Engine, "rule", d.Rule)
+			d.Outcome = policy.Accept
+		}
+	}
+	if d.Outcome == "" {
+		d.Outcome = policy.Accept
+	}
+	return d, nil
+}
+
+// Mail implements smtp.Session: policy stage mail, then upstream MAIL.
+func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
+	if ss.l.AuthRequired() && ss.user == "" {
+		return errAuthRequired
+	}
+	ss.mu.Lock()
+	busy := ss.tx != nil
+	ss.mu.Unlock()
+	if busy {
+		return errNestedMail
+	}
+	if opts == nil {
+		opts = &smtp.MailOptions{}
+	}
+	mb, rerr := parseMailbox(from, true, opts.UTF8)
+	if rerr != nil {
+		return rerr
+	}
+	tx := &transaction{id: newID(), started: time.Now(), from: mb, opts: *opts}
+	d, err := ss.decide(tx, ss.input(policy.StageMail, tx))
+	if err != nil {
+		return ss.reply(err)
+	}
+	if d.Outcome != policy.Accept {
+		ss.logTx(tx, "rejected", "stage", "mail", "reply", formatReply(decisionReply(d)))
+		return decisionReply(d)
+	}
+	mergeActions(&tx.actions, d.Actions)
+	upOpts := *opts
+	upOpts.Auth = nil // the client's AUTH= means nothing to the upstream
+	up, err := ss.s.deps.Relay.Begin(ss.ctx, tx.actions.Upstream, mb.String(), &upOpts)
+	if err != nil {
+		r := ss.reply(err)
+		ss.logTx(tx, "upstream-refused", "stage", "mail", "reply", replyText(r))
+		return r
+	}
+	tx.up = up
+	ss.mu.Lock()
+	ss.tx = tx
+	ss.mu.Unlock()
+	ss.conn.inTx.Store(true)
+	return nil
+}
+
+// Rcpt implements smtp.Session: policy stage rcpt, then upstream RCPT. The
+// upstream's reply for this recipient goes back as is (cleaned).
+func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+	ss.mu.Lock()
+	tx := ss.tx
+	ss.mu.Unlock()
+	if tx == nil {
+		return errNoMail
+	}
+	mb, rerr := parseMailbox(to, false, tx.opts.UTF8)
+	if rerr != nil {
+		return rerr
+	}
+	in := ss.input(policy.StageRcpt, tx)
+	in.Rcpt = &policy.Rcpt{Address: mb.String(), Domain: strings.ToLower(mb.Domain)}
+	d, err := ss.decide(tx, in)
+	if err != nil {
+		return ss.reply(err)
+	}
+	if d.Outcome != policy.Accept {
+		ss.log.Info("recipient refused by policy", "rcpt", mb.String(), "engine", d.Engine, "rule", d.Rule)
+		return decisionReply(d)
+	}
+	mergeActions(&tx.actions, d.Actions)
+	if opts == nil {
+		opts = &smtp.RcptOptions{}
+	}
+	if err := tx.up.Rcpt(ss.ctx, mb.String(), opts); err != nil {
+		return ss.reply(err)
+	}
+	tx.rcpts = append(tx.rcpts, mb.String())
+	return nil
+}
+
+// Data implements smtp.Session. The whole message is received, checked
+// and spooled before anything is sent upstream; the client gets 250 only
+// after the upstream's 250. Every failure aborts the upstream transaction.
+func (ss *session) Data(r io.Reader) error {
+	ss.mu.Lock()
+	tx := ss.tx
+	if tx != nil {
+		tx.inData = true
+	}
+	ss.mu.Unlock()
+	if tx == nil {
+		return errNoMail
+	}
+	ss.conn.setMode(modeData)
+	defer ss.conn.setMode(modeCommand)
+
+	text, err := ss.data(tx, r)
+	ss.mu.Lock()
+	tx.inData = false
+	tx.done = true
+	ss.mu.Unlock()
+	if err != nil {
+		rerr := ss.reply(err)
+		ss.logTx(tx, "failed", "reply", replyText(rerr))
+		return rerr
+	}
+	ss.msgCount++
+	ok := &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK: queued as " + tx.id}
+	ss.logTx(tx, "relayed", "reply", "250 "+sanitize(text))
+	return ok
+}
+
+// data does the work of Data. Until the upstream DATA has been attempted,
+// an error aborts the upstream transaction (RSET): a message that the
+// client was not told is accepted is never completed upstream.
+func (ss *session) data(tx *transaction, r io.Reader) (string, error) {
+	sent := false
+	defer func() {
+		if !sent {
+			tx.up.Abort()
+		}
+	}()
+	lim := &ss.s.cfg.Limits
+	br := bufio.NewReaderSize(r, max(4096, lim.MaxLineLength+2))
+	h, err := readHeader(br, lim.MaxHeaderSize)
+	if err != nil {
+		return "", err
+	}
+	sp := newSpool(ss.s.cfg.Message.SpoolThreshold, ss.s.cfg.Message.SpoolDir)
+	defer sp.Close()
+	if _, err := br.WriteTo(sp); err != nil {
+		return "", err
+	}
+	tx.size = int64(h.size) + sp.Size()
+
+	in := ss.input(policy.StageData, tx)
+	in.Envelope.Size = tx.size
+	in.Message = h.policyView(tx.size)
+	d, err := ss.decide(tx, in)
+	if err != nil {
+		return "", err
+	}
+	if d.Outcome != policy.Accept {
+		return "", decisionReply(d)
+	}
+	mergeActions(&tx.actions, d.Actions)
+	if err := h.applyActions(tx.actions); err != nil {
+		return "", err
+	}
+	now := ss.s.deps.Now()
+	if err := h.hygiene(ss.s.cfg.Hostname, now); err != nil {
+		return "", err
+	}
+	if rcv := ss.received(tx, now); rcv != "" {
+		h.prepend("Received", rcv)
+	}
+	hb := h.bytes()
+	var sigs []string
+	if ss.s.deps.Signer != nil {
+		sigs, err = ss.s.deps.Signer.Sign(ss.ctx, tx.actions.DKIMDomain, io.MultiReader(bytes.NewReader(hb), sp.Reader()))
+		if err != nil {
+			return "", fmt.Errorf("proxy: dkim: %w", err)
+		}
+	}
+	msg := io.MultiReader(strings.NewReader(strings.Join(sigs, "")), bytes.NewReader(hb), sp.Reader())
+	sent = true
+	return tx.up.Data(ss.ctx, msg)
+}
+
+// received builds the Received header (RFC 5321 §4.4). "private", the
+// default, names neither the client's address nor its HELO.
+func (ss *session) received(tx *transaction, now time.Time) string {
+	proto := "ESMTP"
+	if ss.conn.tlsState != nil {
+		proto += "S"
+	}
+	if ss.user != "" {
+		proto += "A"
+	}
+	if tx.opts.UTF8 {
+		proto = "UTF8" + strings.TrimPrefix(proto, "E")
+	}
+	date := now.Format(time.RFC1123Z)
+	switch ss.s.cfg.Message.ReceivedHeader {
+	case "none":
+		return ""
+	case "full":
+		return fmt.Sprintf("from %s ([%s])\r\n\tby %s (mailgate) with %s id %s;\r\n\t%s",
+			sanitizeHELO(ss.helo), ss.conn.remote.String(), ss.s.cfg.Hostname, proto, tx.id, date)
+	default:
+		return fmt.Sprintf("by %s (mailgate) with %s id %s;\r\n\t%s", ss.s.cfg.Hostname, proto, tx.id, date)
+	}
+}
+
+func sanitizeHELO(h string) string {
+	h = sanitize(h)
+	if h == "" || strings.ContainsAny(h, "()[];\\\" ") {
+		return "unknown"
+	}
+	return h
+}
+
+// Reset implements smtp.Session: the transaction is dropped, and aborted
+// upstream unless Data owns it (BDAT runs Data concurrently; it aborts
+// itself when its reader fails).
+func (ss *session) Reset() {
+	ss.mu.Lock()
+	tx := ss.tx
+	ss.tx = nil
+	abort := tx != nil && !tx.inData && !tx.done
+	ss.mu.Unlock()
+	ss.conn.inTx.Store(false)
+	if abort {
+		tx.up.Abort()
+		ss.logTx(tx, "aborted")
+	}
+}
+
+// Logout implements smtp.Session.
+func (ss *session) Logout() error {
+	ss.Reset()
+	ss.cancel()
+	return nil
+}
+
+// logTx writes the one summary line of a transaction.
+func (ss *session) logTx(tx *transaction, outcome string, kv ...any) {
+	attrs := []any{
+		"outcome", outcome,
+		"tx", tx.id,
+		"user", ss.user,
+		"from", tx.from.String(),
+		"rcpts", len(tx.rcpts),
+		"size", tx.size,
+		"duration", time.Since(tx.started).Round(time.Microsecond).String(),
+	}
+	if tx.up != nil {
+		attrs = append(attrs, "upstream", tx.up.Upstream())
+	}
+	if len(tx.rules) > 0 {
+		attrs = append(attrs, "rules", strings.Join(tx.rules, ","))
+	}
+	if tx.actions.DKIMDomain != "" {
+		attrs = append(attrs, "dkim_domain", tx.actions.DKIMDomain)
+	}
+	ss.log.Info("transaction", append(attrs, kv...)...)
+}
+
+func replyText(err error) string {
+	var se *smtp.SMTPError
+	if errors.As(err, &se) {
+		return formatReply(se)
+	}
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+func mergeActions(dst *policy.Actions, a policy.Actions) {
+	dst.AddHeaders = append(dst.AddHeaders, a.AddHeaders...)
+	dst.RemoveHeaders = append(dst.RemoveHeaders, a.RemoveHeaders...)
+	if dst.DKIMDomain == "" {
+		dst.DKIMDomain = a.DKIMDomain
+	}
+	if dst.Upstream == "" {
+		dst.Upstream = a.Upstream
+	}
+}
