@@ -1,0 +1,154 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/gohcl"
+	"github.com/hashicorp/hcl/v2/hclparse"
+	"github.com/zclconf/go-cty/cty"
+	"github.com/zclconf/go-cty/cty/function"
+
+	"github.com/mailgate/mailgate/proxy"
+)
+
+// fileConfig is the schema of mailgate.hcl. Each package owns the block it
+// consumes; this file only puts them together.
+type fileConfig struct {
+	Hostname  string                 `hcl:"hostname"`
+	Listeners []proxy.ListenerConfig `hcl:"listener,block"`
+	TLS       *tlsBlock              `hcl:"tls,block"`
+	Limits    *proxy.Limits          `hcl:"limits,block"`
+	Message   *proxy.MessageConfig   `hcl:"message,block"`
+	Outbox    *outboxBlock           `hcl:"outbox,block"`
+	Demo      *demoBlock             `hcl:"demo,block"`
+	Log       *logBlock              `hcl:"log,block"`
+}
+
+type tlsBlock struct {
+	CertFile string `hcl:"cert_file"`
+	KeyFile  string `hcl:"key_file"`
+}
+
+// outboxBlock replaces the upstreams with a Maildir (demo and testing).
+type outboxBlock struct {
+	Maildir string `hcl:"maildir"`
+}
+
+// demoBlock is what the embedded default uses: a self-signed certificate
+// and one generated user, both made at start.
+type demoBlock struct {
+	User string `hcl:"user,optional"`
+}
+
+type logBlock struct {
+	Format string `hcl:"format,optional"` // text (default) or json
+	Level  string `hcl:"level,optional"`  // debug, info (default), warn, error
+}
+
+// config is the loaded, validated configuration.
+type config struct {
+	file    fileConfig
+	path    string // "" for the embedded default
+	baseDir string
+	proxy   proxy.Config
+}
+
+// evalContext offers env("VAR") for secrets: an unset variable is an
+// error, never an empty password.
+func evalContext() *hcl.EvalContext {
+	return &hcl.EvalContext{
+		Functions: map[string]function.Function{
+			"env": function.New(&function.Spec{
+				Params: []function.Parameter{{Name: "name", Type: cty.String}},
+				Type:   function.StaticReturnType(cty.String),
+				Impl: func(args []cty.Value, _ cty.Type) (cty.Value, error) {
+					name := args[0].AsString()
+					v, ok := os.LookupEnv(name)
+					if !ok {
+						return cty.NilVal, fmt.Errorf("environment variable %s is not set", name)
+					}
+					return cty.StringVal(v), nil
+				},
+			}),
+		},
+	}
+}
+
+// loadConfig parses, decodes and validates a configuration. src is the
+// file's content; path names it in diagnostics and anchors relative paths.
+// Diagnostics are written to diagOut with source snippets.
+func loadConfig(path string, src []byte, diagOut io.Writer) (*config, error) {
+	p := hclparse.NewParser()
+	f, diags := p.ParseHCL(src, path)
+	if !diags.HasErrors() {
+		c := &config{path: path, baseDir: filepath.Dir(path)}
+		diags = append(diags, gohcl.DecodeBody(f.Body, evalContext(), &c.file)...)
+		if !diags.HasErrors() {
+			if err := c.validate(); err != nil {
+				return nil, fmt.Errorf("%s: %w", path, err)
+			}
+			return c, nil
+		}
+	}
+	wr := hcl.NewDiagnosticTextWriter(diagOut, p.Files(), 100, false)
+	_ = wr.WriteDiagnostics(diags)
+	return nil, fmt.Errorf("%s: configuration has errors", path)
+}
+
+func loadConfigFile(path string, diagOut io.Writer) (*config, error) {
+	src, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return loadConfig(path, src, diagOut)
+}
+
+// abs resolves p against the config file's directory.
+func (c *config) abs(p string) string {
+	if p == "" || filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(c.baseDir, p)
+}
+
+func (c *config) validate() error {
+	var errs []error
+	c.proxy = proxy.Config{Hostname: c.file.Hostname, Listeners: c.file.Listeners}
+	if c.file.Limits != nil {
+		c.proxy.Limits = *c.file.Limits
+	}
+	if c.file.Message != nil {
+		c.proxy.Message = *c.file.Message
+		c.proxy.Message.SpoolDir = c.abs(c.proxy.Message.SpoolDir)
+	}
+	if err := c.proxy.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	needTLS := false
+	for _, l := range c.proxy.Listeners {
+		if l.TLSMode() != proxy.TLSNone {
+			needTLS = true
+		}
+	}
+	if needTLS && c.file.TLS == nil && c.file.Demo == nil {
+		errs = append(errs, errors.New("tls: a starttls or implicit listener needs a tls { cert_file, key_file } block"))
+	}
+	if c.file.Log != nil {
+		switch c.file.Log.Format {
+		case "", "text", "json":
+		default:
+			errs = append(errs, fmt.Errorf("log: format %q: want text or json", c.file.Log.Format))
+		}
+		switch c.file.Log.Level {
+		case "", "debug", "info", "warn", "error":
+		default:
+			errs = append(errs, fmt.Errorf("log: level %q: want debug, info, warn or error", c.file.Log.Level))
+		}
+	}
+	return errors.Join(errs...)
+}

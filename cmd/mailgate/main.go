@@ -1,0 +1,60 @@
+// Command mailgate is a mail submission proxy: it authenticates clients,
+// asks policy about every envelope, DKIM-signs what it accepts and relays
+// it synchronously to an upstream mail server.
+//
+//	mailgate                        run the self-contained demo (embedded default)
+//	mailgate serve -config FILE     run for real
+//	mailgate check -config FILE     validate a configuration and probe upstreams
+//	mailgate passwd [-user NAME]    hash a password read from stdin for the users file
+//	mailgate dkim keygen|record|check …
+//	mailgate policy test|eval …
+//
+// main only wires: the work is done in the proxy, policy and dkim packages.
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		return serveMain(nil, stdout, stderr)
+	}
+	switch args[0] {
+	case "serve":
+		return serveMain(args[1:], stdout, stderr)
+	case "check":
+		return checkMain(args[1:], stdout, stderr)
+	case "help", "-h", "-help", "--help":
+		usage(stdout)
+		return 0
+	default:
+		if f, ok := extraCommands[args[0]]; ok {
+			return f(args[1:], stdin, stdout, stderr)
+		}
+		fmt.Fprintf(stderr, "mailgate: unknown command %q\n\n", args[0])
+		usage(stderr)
+		return 2
+	}
+}
+
+// extraCommands are the tool verbs (passwd, dkim, policy), registered by
+// their own files.
+var extraCommands = map[string]func(args []string, stdin io.Reader, stdout, stderr io.Writer) int{}
+
+func usage(w io.Writer) {
+	fmt.Fprint(w, `usage:
+  mailgate                          run the self-contained demo (embedded default config)
+  mailgate serve [-config FILE]     run the proxy (embedded default without -config)
+  mailgate check -config FILE       validate a configuration and probe its upstreams
+  mailgate passwd [-user NAME]      read a password on stdin, print a users-file hash
+  mailgate dkim keygen|record|check DKIM key tools
+  mailgate policy test|eval         run policy tests, explain a decision
+`)
+}

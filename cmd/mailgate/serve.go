@@ -1,0 +1,123 @@
+package main
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/mailgate/mailgate/proxy"
+)
+
+//go:embed default.hcl
+var defaultConfig []byte
+
+// shutdownGrace bounds how long SIGTERM waits for transactions in flight.
+const shutdownGrace = 5 * time.Minute
+
+func serveMain(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "", "configuration file (default: the embedded demo configuration)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	var cfg *config
+	var err error
+	if *path == "" {
+		cfg, err = loadConfig("default.hcl (embedded)", defaultConfig, stderr)
+		if cfg != nil {
+			cfg.baseDir = "."
+		}
+	} else {
+		cfg, err = loadConfigFile(*path, stderr)
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "mailgate:", err)
+		return 1
+	}
+	logger := newLogger(cfg, stderr)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := serve(ctx, cfg, logger, stdout); err != nil {
+		logger.Error("mailgate stopped", "err", err)
+		return 1
+	}
+	return 0
+}
+
+func newLogger(cfg *config, w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: slog.LevelInfo}
+	format := "text"
+	if l := cfg.file.Log; l != nil {
+		if l.Format != "" {
+			format = l.Format
+		}
+		switch l.Level {
+		case "debug":
+			opts.Level = slog.LevelDebug
+		case "warn":
+			opts.Level = slog.LevelWarn
+		case "error":
+			opts.Level = slog.LevelError
+		}
+	}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// serve wires the configured pieces together and runs until ctx ends,
+// then drains. SIGHUP reloads certificates, keys, users and policies.
+func serve(ctx context.Context, cfg *config, logger *slog.Logger, stdout io.Writer) error {
+	w, err := wire(cfg, logger)
+	if err != nil {
+		return err
+	}
+	defer w.close()
+	srv, err := proxy.New(cfg.proxy, w.deps)
+	if err != nil {
+		return err
+	}
+	if err := srv.Listen(); err != nil {
+		return err
+	}
+	if w.demo != nil {
+		w.demo.announce(stdout, srv.Addrs())
+	}
+
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for range hup {
+			w.reload(logger)
+		}
+	}()
+
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ctx) }()
+	select {
+	case err := <-errc:
+		if err != nil {
+			return err
+		}
+	case <-ctx.Done():
+	}
+	logger.Info("shutting down: finishing transactions in flight")
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	logger.Info("stopped")
+	return nil
+}

@@ -1,0 +1,129 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sort"
+
+	"github.com/mailgate/mailgate/proxy"
+	"github.com/mailgate/mailgate/proxy/outbox"
+)
+
+// wiring holds the built collaborators and how to reload and close them.
+type wiring struct {
+	deps    proxy.Deps
+	certs   *proxy.CertStore
+	demo    *demo
+	reloads []func() error
+	closers []func()
+	probes  []func(ctx context.Context, out io.Writer) bool
+}
+
+func wire(cfg *config, logger *slog.Logger) (*wiring, error) {
+	w := &wiring{deps: proxy.Deps{Logger: logger}}
+	if cfg.file.Demo != nil {
+		d, err := newDemo(cfg, cfg.file.Demo)
+		if err != nil {
+			return nil, err
+		}
+		w.demo = d
+		w.certs = d.certs
+	} else if cfg.file.TLS != nil {
+		cs, err := proxy.LoadCertStore(cfg.abs(cfg.file.TLS.CertFile), cfg.abs(cfg.file.TLS.KeyFile))
+		if err != nil {
+			return nil, err
+		}
+		w.certs = cs
+		w.reloads = append(w.reloads, cs.Reload)
+	}
+	if w.certs != nil {
+		w.deps.TLS = w.certs.Config()
+	}
+	switch {
+	case cfg.file.Outbox != nil:
+		ob, err := outbox.New(cfg.abs(cfg.file.Outbox.Maildir))
+		if err != nil {
+			return nil, err
+		}
+		w.deps.Relay = ob
+		if w.demo != nil {
+			w.demo.outbox = ob.Dir()
+		}
+	default:
+		return nil, errors.New("no upstream: configure upstream blocks or an outbox")
+	}
+	return w, nil
+}
+
+func (w *wiring) reload(logger *slog.Logger) {
+	logger.Info("SIGHUP: reloading")
+	for _, r := range w.reloads {
+		if err := r(); err != nil {
+			logger.Error("reload failed, keeping the previous state", "err", err)
+		}
+	}
+}
+
+func (w *wiring) close() {
+	for i := len(w.closers) - 1; i >= 0; i-- {
+		w.closers[i]()
+	}
+}
+
+// demo is the embedded default's generated state.
+type demo struct {
+	user, password string
+	certs          *proxy.CertStore
+	outbox         string
+}
+
+func newDemo(cfg *config, b *demoBlock) (*demo, error) {
+	cert, err := proxy.SelfSigned(cfg.file.Hostname)
+	if err != nil {
+		return nil, fmt.Errorf("demo: %w", err)
+	}
+	user := b.User
+	if user == "" {
+		user = "demo@example.com"
+	}
+	return &demo{user: user, certs: proxy.NewStaticCertStore(cert)}, nil
+}
+
+func (d *demo) announce(w io.Writer, addrs map[string]string) {
+	names := make([]string, 0, len(addrs))
+	for n := range addrs {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		a := addrs[n]
+		fmt.Fprintf(w, `
+mailgate demo is ready on %[1]s (listener %[2]q, STARTTLS with a self-signed certificate).
+  user:     %[3]s
+  password: %[4]s
+Accepted messages are written to the Maildir %[5]s (nothing is relayed).
+
+Send a test message with curl:
+  printf 'From: %[3]s\r\nTo: you@example.net\r\nSubject: hello from mailgate\r\n\r\nIt works.\r\n' |
+    curl -sS --url smtp://%[1]s --ssl-reqd --insecure --user '%[3]s:%[4]s' \
+      --mail-from %[3]s --mail-rcpt you@example.net --upload-file -
+or with swaks:
+  swaks --server %[1]s --tls --auth PLAIN --auth-user %[3]s --auth-password '%[4]s' \
+      --from %[3]s --to you@example.net
+`, a, n, d.user, d.password, d.outbox)
+	}
+}
+
+// probe says which upstreams answer; false when one does not.
+func (w *wiring) probe(ctx context.Context, out io.Writer) bool {
+	ok := true
+	for _, p := range w.probes {
+		if !p(ctx, out) {
+			ok = false
+		}
+	}
+	return ok
+}

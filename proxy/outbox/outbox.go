@@ -1,0 +1,97 @@
+// Package outbox is the demo upstream: instead of relaying, it writes each
+// accepted message into a Maildir (https://cr.yp.to/proto/maildir.html),
+// so `go run ./cmd/mailgate` works with no mail server at all. It
+// implements proxy.Relay.
+package outbox
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/mailgate/mailgate/proxy"
+)
+
+var _ proxy.Relay = (*Outbox)(nil)
+
+// Outbox writes messages into the Maildir at Dir.
+type Outbox struct {
+	dir string
+	seq atomic.Uint64
+}
+
+// New creates the Maildir (tmp, new, cur) if needed.
+func New(dir string) (*Outbox, error) {
+	for _, sub := range []string{"tmp", "new", "cur"} {
+		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
+			return nil, fmt.Errorf("outbox: %w", err)
+		}
+	}
+	return &Outbox{dir: dir}, nil
+}
+
+// Dir is the Maildir path.
+func (o *Outbox) Dir() string { return o.dir }
+
+// Begin implements proxy.Relay.
+func (o *Outbox) Begin(_ context.Context, route, from string, _ *smtp.MailOptions) (proxy.RelayTx, error) {
+	if route != "" && route != "outbox" {
+		return nil, fmt.Errorf("outbox: unknown upstream %q", route)
+	}
+	return &tx{o: o, from: from}, nil
+}
+
+type tx struct {
+	o     *Outbox
+	from  string
+	rcpts []string
+}
+
+func (t *tx) Rcpt(_ context.Context, to string, _ *smtp.RcptOptions) error {
+	t.rcpts = append(t.rcpts, to)
+	return nil
+}
+
+func (t *tx) Abort()           {}
+func (t *tx) Upstream() string { return "outbox" }
+
+// Data writes the message to tmp/ and renames it into new/, so a reader
+// never sees a partial file.
+func (t *tx) Data(_ context.Context, r io.Reader) (string, error) {
+	var rnd [6]byte
+	_, _ = rand.Read(rnd[:])
+	host, _ := os.Hostname()
+	name := fmt.Sprintf("%d.M%dP%d_%s.%s", time.Now().Unix(), t.o.seq.Add(1), os.Getpid(), hex.EncodeToString(rnd[:]), host)
+	tmp := filepath.Join(t.o.dir, "tmp", name)
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return "", fmt.Errorf("outbox: %w", err)
+	}
+	_, err = fmt.Fprintf(f, "Return-Path: <%s>\r\nX-Original-To: %s\r\n", t.from, strings.Join(t.rcpts, ", "))
+	if err == nil {
+		_, err = io.Copy(f, r)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, filepath.Join(t.o.dir, "new", name))
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return "", fmt.Errorf("outbox: %w", err)
+	}
+	return "saved as " + name, nil
+}
