@@ -63,6 +63,20 @@ const (
 	argonMaxKeyLen  = 128
 )
 
+// hashError is a parse failure of one hash: a sentinel and a detail that
+// never contains the hash text.
+type hashError struct {
+	kind   error
+	detail string
+}
+
+func hashErr(kind error, format string, args ...any) *hashError {
+	return &hashError{kind: kind, detail: fmt.Sprintf(format, args...)}
+}
+
+func (e *hashError) Error() string { return e.kind.Error() + ": " + e.detail }
+func (e *hashError) Unwrap() error { return e.kind }
+
 // verifier checks a password against one stored hash.
 type verifier interface {
 	// verify reports whether password matches. It does the full hashing
@@ -90,31 +104,31 @@ func parseHash(h string) (verifier, error) {
 	if strings.HasPrefix(h, "{") {
 		end := strings.IndexByte(h, '}')
 		if end < 0 {
-			return nil, fmt.Errorf("%w: unterminated {SCHEME} prefix", ErrUnsupportedScheme)
+			return nil, hashErr(ErrUnsupportedScheme, "unterminated {SCHEME} prefix")
 		}
 		scheme := strings.ToUpper(h[:end+1])
 		rest := h[end+1:]
 		switch scheme {
 		case schemeBcrypt:
 			if !isBcrypt(rest) {
-				return nil, fmt.Errorf("%w: %s must be followed by a $2y$/$2b$/$2a$ hash", ErrMalformedHash, scheme)
+				return nil, hashErr(ErrMalformedHash, "%s must be followed by a $2y$/$2b$/$2a$ hash", scheme)
 			}
 			return parseBcrypt(rest)
 		case schemeArgon2id:
 			if !strings.HasPrefix(rest, "$argon2id$") {
-				return nil, fmt.Errorf("%w: %s must be followed by a $argon2id$ hash", ErrMalformedHash, scheme)
+				return nil, hashErr(ErrMalformedHash, "%s must be followed by a $argon2id$ hash", scheme)
 			}
 			return parseArgon2id(rest)
 		case schemeSHA512Crypt:
 			if !strings.HasPrefix(rest, sha512CryptMagic) {
-				return nil, fmt.Errorf("%w: %s must be followed by a $6$ hash", ErrMalformedHash, scheme)
+				return nil, hashErr(ErrMalformedHash, "%s must be followed by a $6$ hash", scheme)
 			}
 			return parseSHA512(rest)
 		default:
 			if !isPrintableScheme(scheme) {
-				return nil, fmt.Errorf("%w: unknown {SCHEME} prefix", ErrUnsupportedScheme)
+				return nil, hashErr(ErrUnsupportedScheme, "unknown {SCHEME} prefix")
 			}
-			return nil, fmt.Errorf("%w: %s (accepted: {BLF-CRYPT}, {ARGON2ID}, {SHA512-CRYPT}, or bare bcrypt, argon2id and $6$ hashes)", ErrUnsupportedScheme, scheme)
+			return nil, hashErr(ErrUnsupportedScheme, "%s (accepted: {BLF-CRYPT}, {ARGON2ID}, {SHA512-CRYPT}, or bare bcrypt, argon2id and $6$ hashes)", scheme)
 		}
 	}
 	switch {
@@ -136,9 +150,9 @@ func parseHash(h string) (verifier, error) {
 		if !isPrintableScheme(id) {
 			id = "$?"
 		}
-		return nil, fmt.Errorf("%w: crypt id %s", ErrUnsupportedScheme, id)
+		return nil, hashErr(ErrUnsupportedScheme, "crypt id %s", id)
 	default:
-		return nil, fmt.Errorf("%w: no scheme prefix (plaintext passwords are refused)", ErrUnsupportedScheme)
+		return nil, hashErr(ErrUnsupportedScheme, "no scheme prefix (plaintext passwords are refused)")
 	}
 }
 
@@ -170,7 +184,7 @@ type bcryptHash struct {
 func parseBcrypt(h string) (verifier, error) {
 	cost, err := bcrypt.Cost([]byte(h))
 	if err != nil || len(h) != 60 {
-		return nil, fmt.Errorf("%w: bcrypt hash does not parse", ErrMalformedHash)
+		return nil, hashErr(ErrMalformedHash, "bcrypt hash does not parse")
 	}
 	return &bcryptHash{hash: []byte(h), cost: cost}, nil
 }
@@ -204,7 +218,7 @@ type argon2idHash struct {
 
 func parseArgon2id(h string) (verifier, error) {
 	bad := func(why string) (verifier, error) {
-		return nil, fmt.Errorf("%w: argon2id: %s", ErrMalformedHash, why)
+		return nil, hashErr(ErrMalformedHash, "argon2id: %s", why)
 	}
 	// "", "argon2id", "v=19", "m=..,t=..,p=..", salt, key
 	parts := strings.Split(h, "$")
@@ -287,7 +301,7 @@ func (a *argon2idHash) String() string {
 func parseSHA512(h string) (verifier, error) {
 	s, err := parseSHA512Crypt(h)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrMalformedHash, err)
+		return nil, hashErr(ErrMalformedHash, "%v", err)
 	}
 	return s, nil
 }

@@ -84,6 +84,10 @@ func LoadUsers(path string) (*Users, error) {
 		hash, _, _ := strings.Cut(rest, ":")
 		v, err := parseHash(hash)
 		if err != nil {
+			var he *hashError
+			if errors.As(err, &he) {
+				return nil, fmt.Errorf("%w: %s:%d: user %q: %s", he.kind, path, line, name, he.detail)
+			}
 			return nil, fmt.Errorf("auth: %s:%d: user %q: %w", path, line, name, err)
 		}
 		key := CanonicalUser(name)
