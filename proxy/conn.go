@@ -90,7 +90,13 @@ func (c *clientConn) setMode(m readMode) { c.mode.Store(int32(m)) }
 // Read implements net.Conn with the checks described on clientConn.
 func (c *clientConn) Read(b []byte) (int, error) {
 	if c.sticky != nil {
-		return 0, c.sticky
+		// bufio.Reader.fill reads again after an error it has not yet
+		// handed out, so the error must stay the same for the reader of
+		// a body; between commands the connection is simply over.
+		if readMode(c.mode.Load()) == modeData {
+			return 0, c.sticky
+		}
+		return 0, net.ErrClosed
 	}
 	if c.pending != nil {
 		err := c.pending
@@ -127,7 +133,7 @@ func (c *clientConn) Read(b []byte) (int, error) {
 				return n, c.sticky
 			}
 			if mode == modeData {
-				c.sticky = net.ErrClosed
+				c.sticky = errDataTimeout
 				return n, errDataTimeout
 			}
 		}
@@ -139,7 +145,7 @@ func (c *clientConn) Read(b []byte) (int, error) {
 // In a body, the session replies with it; between commands, nobody would,
 // so the reply is written here before the connection closes.
 func (c *clientConn) fail(err error) error {
-	c.sticky = net.ErrClosed
+	c.sticky = err
 	if readMode(c.mode.Load()) == modeCommand {
 		var se *smtp.SMTPError
 		if errors.As(err, &se) {

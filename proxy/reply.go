@@ -15,8 +15,8 @@ import (
 // errors.As. Anything unknown becomes a generic 451 4.3.0 carrying the
 // session id, never internal text (it might disclose configuration).
 
-// ErrUpstream classifies relay errors: a Relay returns errors that
-// implement it when it knows the reply the client must get.
+// replyError is implemented by errors that know the reply the client must
+// get.
 type replyError interface {
 	error
 	SMTPReply() *smtp.SMTPError
@@ -33,6 +33,10 @@ func (s *session) reply(err error) error {
 	var re replyError
 	if errors.As(err, &re) {
 		return clean(re.SMTPReply())
+	}
+	if r := upstreamReply(err); r != nil {
+		s.log.Warn("upstream trouble", "err", err)
+		return clean(r)
 	}
 	var se *smtp.SMTPError
 	if errors.As(err, &se) {
@@ -120,3 +124,5 @@ func decisionReply(d policy.Decision) *smtp.SMTPError {
 func formatReply(r *smtp.SMTPError) string {
 	return fmt.Sprintf("%d %d.%d.%d %s", r.Code, r.EnhancedCode[0], r.EnhancedCode[1], r.EnhancedCode[2], r.Message)
 }
+
+func errorsIs(err, target error) bool { return errors.Is(err, target) }

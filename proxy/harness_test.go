@@ -1,0 +1,385 @@
+package proxy_test
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/base64"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/mailgate/mailgate/proxy"
+	"github.com/mailgate/mailgate/proxy/auth"
+	"github.com/mailgate/mailgate/proxy/upstream"
+)
+
+// recUpstream is the upstream of the unit tests: a real go-smtp server,
+// in process, recording every transaction and able to inject faults.
+type recUpstream struct {
+	t    *testing.T
+	srv  *smtp.Server
+	addr string
+
+	mu       sync.Mutex
+	conns    int
+	mails    []string
+	rsets    int
+	messages []upMessage
+	// fault injection, read under mu
+	mailErr  error
+	rcptErr  func(to string) error
+	dataErr  error
+	dropData bool
+}
+
+type upMessage struct {
+	from  string
+	rcpts []string
+	data  []byte
+}
+
+func startUpstream(t *testing.T) *recUpstream {
+	t.Helper()
+	u := &recUpstream{t: t}
+	u.srv = smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
+		u.mu.Lock()
+		u.conns++
+		u.mu.Unlock()
+		return &recSession{u: u, c: c}, nil
+	}))
+	u.srv.Domain = "upstream.test"
+	u.srv.AllowInsecureAuth = true
+	u.srv.EnableSMTPUTF8 = true
+	u.srv.MaxLineLength = 0
+	u.srv.ErrorLog = testLogger{t}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.addr = ln.Addr().String()
+	go u.srv.Serve(ln)
+	t.Cleanup(func() { u.srv.Close() })
+	return u
+}
+
+func (u *recUpstream) set(f func(u *recUpstream)) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	f(u)
+}
+
+func (u *recUpstream) snapshot() (mails []string, msgs []upMessage, conns int) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return append([]string(nil), u.mails...), append([]upMessage(nil), u.messages...), u.conns
+}
+
+type recSession struct {
+	u     *recUpstream
+	c     *smtp.Conn
+	from  string
+	rcpts []string
+}
+
+func (s *recSession) Mail(from string, _ *smtp.MailOptions) error {
+	s.u.mu.Lock()
+	defer s.u.mu.Unlock()
+	s.u.mails = append(s.u.mails, from)
+	s.from = from
+	return s.u.mailErr
+}
+
+func (s *recSession) Rcpt(to string, _ *smtp.RcptOptions) error {
+	s.u.mu.Lock()
+	f := s.u.rcptErr
+	s.u.mu.Unlock()
+	if f != nil {
+		if err := f(to); err != nil {
+			return err
+		}
+	}
+	s.rcpts = append(s.rcpts, to)
+	return nil
+}
+
+func (s *recSession) Data(r io.Reader) error {
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return err
+	}
+	s.u.mu.Lock()
+	derr, drop := s.u.dataErr, s.u.dropData
+	s.u.mu.Unlock()
+	if drop {
+		s.c.Conn().Close()
+		return nil
+	}
+	if derr != nil {
+		return derr
+	}
+	s.u.mu.Lock()
+	s.u.messages = append(s.u.messages, upMessage{from: s.from, rcpts: s.rcpts, data: b})
+	s.u.mu.Unlock()
+	return nil
+}
+
+func (s *recSession) Reset() {
+	s.u.mu.Lock()
+	s.u.rsets++
+	s.u.mu.Unlock()
+	s.from, s.rcpts = "", nil
+}
+
+func (s *recSession) Logout() error { return nil }
+
+type testLogger struct{ t *testing.T }
+
+func (l testLogger) Printf(format string, v ...any) { l.t.Logf("upstream: "+format, v...) }
+func (l testLogger) Println(v ...any)               { l.t.Log(v...) }
+
+// syncBuffer collects log output safely across goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+const (
+	testUser     = "alice@example.com"
+	testPassword = "correct horse battery staple"
+)
+
+// env is a running proxy with three listeners (sub: STARTTLS + AUTH,
+// smtps: implicit TLS + AUTH, relay: plaintext trusted loopback without
+// AUTH) in front of a recording upstream.
+type env struct {
+	t    *testing.T
+	srv  *proxy.Server
+	up   *recUpstream
+	addr map[string]string
+	logs *syncBuffer
+	cfg  proxy.Config
+}
+
+type envOption func(*proxy.Config, *proxy.Deps)
+
+func newEnv(t *testing.T, opts ...envOption) *env {
+	t.Helper()
+	up := startUpstream(t)
+	dir := t.TempDir()
+	hash, err := auth.Hash(testPassword)
+	if err != nil {
+		t.Fatal(err)
+	}
+	users := filepath.Join(dir, "users")
+	if err := os.WriteFile(users, []byte(testUser+":"+hash+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	logs := &syncBuffer{}
+	logger := slog.New(slog.NewJSONHandler(io.MultiWriter(logs, testWriter{t}), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	authn, err := auth.New(auth.Config{UsersFile: users}.WithDefaults(), auth.WithLogger(logger))
+	if err != nil {
+		t.Fatal(err)
+	}
+	router, err := upstream.NewRouter([]upstream.Config{{Name: "up", Address: up.addr, TLS: "none"}},
+		upstream.WithLogger(logger), upstream.WithHostname("mailgate.test"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { router.Close() })
+	cert, err := proxy.SelfSigned("mailgate.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	starttls, implicit, none, none2 := "starttls", "implicit", "none", "none"
+	cfg := proxy.Config{
+		Hostname: "mailgate.test",
+		Listeners: []proxy.ListenerConfig{
+			{Name: "sub", Address: "127.0.0.1:0", TLS: &starttls},
+			{Name: "smtps", Address: "127.0.0.1:0", TLS: &implicit},
+			{Name: "relay", Address: "127.0.0.1:0", TLS: &none, Auth: &none2, TrustedNetworks: []string{"127.0.0.0/8"}},
+		},
+		Message: proxy.MessageConfig{SpoolDir: dir},
+	}
+	deps := proxy.Deps{
+		Logger: logger,
+		TLS:    proxy.NewStaticCertStore(cert).Config(),
+		Auth:   authn,
+		Relay:  proxy.UpstreamRelay(router),
+	}
+	for _, o := range opts {
+		o(&cfg, &deps)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := proxy.New(cfg, deps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(ctx); err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	}()
+	t.Cleanup(func() {
+		sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer scancel()
+		if err := srv.Shutdown(sctx); err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+		cancel()
+		<-done
+	})
+	return &env{t: t, srv: srv, up: up, addr: srv.Addrs(), logs: logs, cfg: cfg}
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// rawClient speaks SMTP byte by byte, so tests can send what no library
+// client would.
+type rawClient struct {
+	t *testing.T
+	c net.Conn
+	r *bufio.Reader
+}
+
+func dialRaw(t *testing.T, addr string) *rawClient {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	rc := &rawClient{t: t, c: c, r: bufio.NewReader(c)}
+	if code, text := rc.reply(); code != 220 {
+		t.Fatalf("greeting: %d %s", code, text)
+	}
+	return rc
+}
+
+func (c *rawClient) tls() {
+	c.t.Helper()
+	tc := tls.Client(c.c, &tls.Config{InsecureSkipVerify: true})
+	if err := tc.Handshake(); err != nil {
+		c.t.Fatalf("TLS handshake: %v", err)
+	}
+	c.c = tc
+	c.r = bufio.NewReader(tc)
+}
+
+func (c *rawClient) send(s string) {
+	c.t.Helper()
+	_ = c.c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.c.Write([]byte(s)); err != nil {
+		c.t.Fatalf("write: %v", err)
+	}
+}
+
+// reply reads one (possibly multi-line) reply; code 0 means the
+// connection ended.
+func (c *rawClient) reply() (int, string) {
+	c.t.Helper()
+	_ = c.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var lines []string
+	for {
+		line, err := c.r.ReadString('\n')
+		if err != nil {
+			return 0, strings.Join(append(lines, "EOF: "+err.Error()), "\n")
+		}
+		line = strings.TrimRight(line, "\r\n")
+		lines = append(lines, line)
+		if len(line) < 4 || line[3] != '-' {
+			var code int
+			fmt.Sscanf(line, "%d", &code)
+			return code, strings.Join(lines, "\n")
+		}
+	}
+}
+
+func (c *rawClient) cmd(s string) (int, string) {
+	c.t.Helper()
+	c.send(s + "\r\n")
+	return c.reply()
+}
+
+func (c *rawClient) expect(s string, want int) string {
+	c.t.Helper()
+	code, text := c.cmd(s)
+	if code != want {
+		c.t.Fatalf("%q: got %d %q, want %d", s, code, text, want)
+	}
+	return text
+}
+
+// closed reports whether the server closed the connection.
+func (c *rawClient) closed() bool {
+	_ = c.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err := c.r.ReadByte()
+	return err != nil
+}
+
+// login does EHLO, STARTTLS, EHLO and AUTH PLAIN on the sub listener.
+func (e *env) login(t *testing.T) *rawClient {
+	t.Helper()
+	c := dialRaw(t, e.addr["sub"])
+	c.expect("EHLO client.test", 250)
+	c.expect("STARTTLS", 220)
+	c.tls()
+	c.expect("EHLO client.test", 250)
+	c.expect("AUTH PLAIN "+plainIR("", testUser, testPassword), 235)
+	return c
+}
+
+func plainIR(authz, user, pass string) string {
+	return b64(authz + "\x00" + user + "\x00" + pass)
+}
+
+const simpleMessage = "From: alice@example.com\r\nTo: bob@example.net\r\nSubject: test\r\n\r\nHello.\r\n"
+
+func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+
+func dialPlain(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func newReader(c net.Conn) *bufio.Reader { return bufio.NewReader(c) }

@@ -1,0 +1,45 @@
+package proxy
+
+import (
+	"context"
+	"io"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/mailgate/mailgate/proxy/upstream"
+)
+
+// UpstreamRelay adapts the pooled upstream client to Relay.
+func UpstreamRelay(r *upstream.Router) Relay { return routerRelay{r} }
+
+type routerRelay struct{ r *upstream.Router }
+
+func (rr routerRelay) Begin(ctx context.Context, route, from string, opts *smtp.MailOptions) (RelayTx, error) {
+	tx, err := rr.r.Begin(ctx, route, from, opts)
+	if err != nil {
+		return nil, err
+	}
+	return routerTx{tx}, nil
+}
+
+type routerTx struct{ *upstream.Tx }
+
+func (t routerTx) Data(ctx context.Context, r io.Reader) (string, error) {
+	rep, err := t.Tx.Data(ctx, r)
+	if err != nil {
+		return "", err
+	}
+	return rep.String(), nil
+}
+
+// upstreamReply maps an error of the upstream package to the client's
+// reply, or returns nil when err is not one.
+func upstreamReply(err error) *smtp.SMTPError {
+	for _, s := range []error{upstream.ErrTimeout, upstream.ErrUnavailable, upstream.ErrInvalidAddress,
+		upstream.ErrInvalidParameter, upstream.ErrSMTPUTF8, upstream.ErrRequireTLS} {
+		if errorsIs(err, s) {
+			return upstream.AsSMTPError(err)
+		}
+	}
+	return nil
+}
