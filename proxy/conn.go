@@ -57,8 +57,12 @@ type clientConn struct {
 	cmdTimeout  time.Duration
 	dataTimeout time.Duration
 
-	mode     atomic.Int32 // readMode
-	inTx     atomic.Bool  // a transaction (MAIL given) is open
+	mode atomic.Int32 // readMode
+	// failed is set when the stream broke mid-line (bare CR/LF, NUL,
+	// EOF): textproto hands a partial last line to go-smtp as if it were
+	// complete, so the session refuses every command once this is set.
+	failed   atomic.Bool
+	inTx     atomic.Bool // a transaction (MAIL given) is open
 	draining atomic.Bool
 
 	// read-side state, only touched by the reading goroutine.
@@ -90,13 +94,7 @@ func (c *clientConn) setMode(m readMode) { c.mode.Store(int32(m)) }
 // Read implements net.Conn with the checks described on clientConn.
 func (c *clientConn) Read(b []byte) (int, error) {
 	if c.sticky != nil {
-		// bufio.Reader.fill reads again after an error it has not yet
-		// handed out, so the error must stay the same for the reader of
-		// a body; between commands the connection is simply over.
-		if readMode(c.mode.Load()) == modeData {
-			return 0, c.sticky
-		}
-		return 0, net.ErrClosed
+		return 0, c.sticky
 	}
 	if c.pending != nil {
 		err := c.pending
@@ -122,7 +120,11 @@ func (c *clientConn) Read(b []byte) (int, error) {
 		// so that every complete command before the bad byte is answered
 		// in order first.
 		c.pending = errBareLineEnding
+		c.failed.Store(true)
 		return bad, nil
+	}
+	if err != nil && c.prev != '\n' {
+		c.failed.Store(true)
 	}
 	if err != nil {
 		var ne net.Error
@@ -133,7 +135,7 @@ func (c *clientConn) Read(b []byte) (int, error) {
 				return n, c.sticky
 			}
 			if mode == modeData {
-				c.sticky = errDataTimeout
+				c.sticky = net.ErrClosed
 				return n, errDataTimeout
 			}
 		}
@@ -145,7 +147,7 @@ func (c *clientConn) Read(b []byte) (int, error) {
 // In a body, the session replies with it; between commands, nobody would,
 // so the reply is written here before the connection closes.
 func (c *clientConn) fail(err error) error {
-	c.sticky = err
+	c.sticky = net.ErrClosed
 	if readMode(c.mode.Load()) == modeCommand {
 		var se *smtp.SMTPError
 		if errors.As(err, &se) {

@@ -3,9 +3,10 @@ package proxy_test
 import (
 	"bufio"
 	"bytes"
-	"encoding/base64"
 	"context"
 	"crypto/tls"
+	"encoding/base64"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -345,11 +346,18 @@ func (c *rawClient) expect(s string, want int) string {
 	return text
 }
 
-// closed reports whether the server closed the connection.
+// closed reports whether the server closed the connection without
+// sending anything more.
 func (c *rawClient) closed() bool {
+	c.t.Helper()
 	_ = c.c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	_, err := c.r.ReadByte()
-	return err != nil
+	rest, err := io.ReadAll(c.r)
+	if len(rest) > 0 {
+		c.t.Logf("server sent more before closing: %q", rest)
+		return false
+	}
+	var ne net.Error
+	return !(errors.As(err, &ne) && ne.Timeout())
 }
 
 // login does EHLO, STARTTLS, EHLO and AUTH PLAIN on the sub listener.

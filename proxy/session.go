@@ -108,6 +108,9 @@ func (ss *session) authAllowed() bool {
 // Auth implements smtp.AuthSession. go-smtp never closes a connection
 // after failed AUTH; mailgate does after max_failures.
 func (ss *session) Auth(mech string) (sasl.Server, error) {
+	if ss.conn.failed.Load() {
+		return nil, errBareLineEnding
+	}
 	if ss.s.deps.Auth == nil {
 		return nil, smtp.ErrAuthUnsupported
 	}
@@ -201,6 +204,9 @@ func (ss *session) decide(tx *transaction, in policy.Input) (policy.Decision, er
 
 // Mail implements smtp.Session: policy stage mail, then upstream MAIL.
 func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
+	if ss.conn.failed.Load() {
+		return errBareLineEnding
+	}
 	if ss.l.AuthRequired() && ss.user == "" {
 		return errAuthRequired
 	}
@@ -246,6 +252,9 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 // Rcpt implements smtp.Session: policy stage rcpt, then upstream RCPT. The
 // upstream's reply for this recipient goes back as is (cleaned).
 func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+	if ss.conn.failed.Load() {
+		return errBareLineEnding
+	}
 	ss.mu.Lock()
 	tx := ss.tx
 	ss.mu.Unlock()
@@ -290,10 +299,13 @@ func (ss *session) Data(r io.Reader) error {
 	if tx == nil {
 		return errNoMail
 	}
+	if ss.conn.failed.Load() {
+		return errBareLineEnding
+	}
 	ss.conn.setMode(modeData)
 	defer ss.conn.setMode(modeCommand)
 
-	text, err := ss.data(tx, r)
+	text, err := ss.data(tx, &stickyReader{r: r})
 	ss.mu.Lock()
 	tx.inData = false
 	tx.done = true
@@ -465,4 +477,21 @@ func mergeActions(dst *policy.Actions, a policy.Actions) {
 	if dst.Upstream == "" {
 		dst.Upstream = a.Upstream
 	}
+}
+
+// stickyReader keeps returning the first error of r. bufio.Reader.fill
+// reads again after an error it has not handed out yet, which would replace
+// a refusal (bare LF, timeout) by whatever the connection says next.
+type stickyReader struct {
+	r   io.Reader
+	err error
+}
+
+func (s *stickyReader) Read(p []byte) (int, error) {
+	if s.err != nil {
+		return 0, s.err
+	}
+	n, err := s.r.Read(p)
+	s.err = err
+	return n, err
 }
