@@ -439,7 +439,6 @@ func (ss *session) logTx(tx *transaction, outcome string, kv ...any) {
 	attrs := []any{
 		"outcome", outcome,
 		"tx", tx.id,
-		"user", ss.user,
 		"from", tx.from.String(),
 		"rcpts", len(tx.rcpts),
 		"size", tx.size,

@@ -14,6 +14,8 @@ import (
 	"github.com/zclconf/go-cty/cty/function"
 
 	"github.com/mailgate/mailgate/proxy"
+	"github.com/mailgate/mailgate/proxy/auth"
+	"github.com/mailgate/mailgate/proxy/upstream"
 )
 
 // fileConfig is the schema of mailgate.hcl. Each package owns the block it
@@ -22,6 +24,8 @@ type fileConfig struct {
 	Hostname  string                 `hcl:"hostname"`
 	Listeners []proxy.ListenerConfig `hcl:"listener,block"`
 	TLS       *tlsBlock              `hcl:"tls,block"`
+	Auth      *auth.Config           `hcl:"auth,block"`
+	Upstreams []upstream.Config      `hcl:"upstream,block"`
 	Limits    *proxy.Limits          `hcl:"limits,block"`
 	Message   *proxy.MessageConfig   `hcl:"message,block"`
 	Outbox    *outboxBlock           `hcl:"outbox,block"`
@@ -137,6 +141,42 @@ func (c *config) validate() error {
 	}
 	if needTLS && c.file.TLS == nil && c.file.Demo == nil {
 		errs = append(errs, errors.New("tls: a starttls or implicit listener needs a tls { cert_file, key_file } block"))
+	}
+	if c.file.Auth != nil {
+		a := c.file.Auth.WithDefaults()
+		a.UsersFile = c.abs(a.UsersFile)
+		if err := a.Validate(); err != nil {
+			errs = append(errs, err)
+		}
+		c.file.Auth = &a
+	}
+	needAuth := false
+	for _, l := range c.proxy.Listeners {
+		if l.AuthRequired() {
+			needAuth = true
+		}
+	}
+	if needAuth && c.file.Auth == nil && c.file.Demo == nil {
+		errs = append(errs, errors.New(`auth: a listener with auth = "required" needs an auth { users_file } block`))
+	}
+	names := map[string]bool{}
+	for i, u := range c.file.Upstreams {
+		u = u.WithDefaults()
+		u.CAFile = c.abs(u.CAFile)
+		if names[u.Name] {
+			errs = append(errs, fmt.Errorf("upstream %q: defined twice", u.Name))
+		}
+		names[u.Name] = true
+		if err := u.Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("upstream %q: %w", u.Name, err))
+		}
+		c.file.Upstreams[i] = u
+	}
+	switch {
+	case len(c.file.Upstreams) == 0 && c.file.Outbox == nil:
+		errs = append(errs, errors.New("upstream: at least one upstream block (or an outbox) is required"))
+	case len(c.file.Upstreams) > 0 && c.file.Outbox != nil:
+		errs = append(errs, errors.New("outbox: an outbox replaces the upstreams; configure one or the other"))
 	}
 	if c.file.Log != nil {
 		switch c.file.Log.Format {

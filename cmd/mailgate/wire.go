@@ -2,11 +2,19 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"sort"
+	"time"
+
+	"github.com/mailgate/mailgate/proxy/auth"
+	"github.com/mailgate/mailgate/proxy/upstream"
 
 	"github.com/mailgate/mailgate/proxy"
 	"github.com/mailgate/mailgate/proxy/outbox"
@@ -43,6 +51,45 @@ func wire(cfg *config, logger *slog.Logger) (*wiring, error) {
 		w.deps.TLS = w.certs.Config()
 	}
 	switch {
+	case cfg.file.Auth != nil:
+		a, err := auth.New(*cfg.file.Auth, auth.WithLogger(logger))
+		if err != nil {
+			return nil, err
+		}
+		w.deps.Auth = a
+		w.reloads = append(w.reloads, a.Reload)
+	case w.demo != nil:
+		a, err := w.demo.authenticator(logger)
+		if err != nil {
+			return nil, err
+		}
+		w.deps.Auth = a
+	}
+	switch {
+	case len(cfg.file.Upstreams) > 0:
+		r, err := upstream.NewRouter(cfg.file.Upstreams, upstream.WithLogger(logger),
+			upstream.WithHostname(cfg.file.Hostname))
+		if err != nil {
+			return nil, err
+		}
+		w.deps.Relay = proxy.UpstreamRelay(r)
+		w.closers = append(w.closers, func() { r.Close() })
+		w.probes = append(w.probes, func(ctx context.Context, out io.Writer) bool {
+			ok := true
+			for _, p := range r.Probe(ctx) {
+				if p.OK {
+					tlsv := p.TLSVersion
+					if tlsv == "" {
+						tlsv = "no TLS"
+					}
+					fmt.Fprintf(out, "upstream %q (%s): answers, %s, auth=%v, %s\n", p.Upstream, p.Address, tlsv, p.Auth, p.Duration.Round(time.Millisecond))
+				} else {
+					ok = false
+					fmt.Fprintf(out, "upstream %q (%s): NOT reachable: %v\n", p.Upstream, p.Address, p.Err)
+				}
+			}
+			return ok
+		})
 	case cfg.file.Outbox != nil:
 		ob, err := outbox.New(cfg.abs(cfg.file.Outbox.Maildir))
 		if err != nil {
@@ -89,7 +136,32 @@ func newDemo(cfg *config, b *demoBlock) (*demo, error) {
 	if user == "" {
 		user = "demo@example.com"
 	}
-	return &demo{user: user, certs: proxy.NewStaticCertStore(cert)}, nil
+	var pw [12]byte
+	if _, err := rand.Read(pw[:]); err != nil {
+		return nil, err
+	}
+	password := base64.RawURLEncoding.EncodeToString(pw[:])
+	return &demo{user: user, password: password, certs: proxy.NewStaticCertStore(cert)}, nil
+}
+
+// authenticator writes the demo user's hash to a private temporary users
+// file and loads it like any other.
+func (d *demo) authenticator(logger *slog.Logger) (*auth.Authenticator, error) {
+	hash, err := auth.Hash(d.password)
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "mailgate-demo-")
+	if err != nil {
+		return nil, err
+	}
+	path := filepath.Join(dir, "users")
+	if err := os.WriteFile(path, []byte(d.user+":"+hash+"\n"), 0o600); err != nil {
+		return nil, err
+	}
+	// Loaded once; the file is not needed afterwards.
+	defer os.RemoveAll(dir)
+	return auth.New(auth.Config{UsersFile: path}, auth.WithLogger(logger))
 }
 
 func (d *demo) announce(w io.Writer, addrs map[string]string) {

@@ -31,6 +31,9 @@ type Outbox struct {
 
 // New creates the Maildir (tmp, new, cur) if needed.
 func New(dir string) (*Outbox, error) {
+	if abs, err := filepath.Abs(dir); err == nil {
+		dir = abs
+	}
 	for _, sub := range []string{"tmp", "new", "cur"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
 			return nil, fmt.Errorf("outbox: %w", err)
