@@ -83,6 +83,9 @@ func TestLimits(t *testing.T) {
 		}
 	})
 	t.Run("connections_per_ip_421", func(t *testing.T) {
+		// A fresh server: the connections of the subtests above may still
+		// be closing on the server side.
+		e := newEnv(t, func(c *proxy.Config, _ *proxy.Deps) { c.Limits.MaxConnectionsPerIP = 4 })
 		var open []*rawClient
 		for i := 0; i < 4; i++ {
 			open = append(open, dialRaw(t, e.addr["relay"]))
