@@ -63,6 +63,10 @@ func TestSigningDomain(t *testing.T) {
 		{"From : a@example.com\r\n", "example.com", nil},
 		{"From:\r\n  Alice\r\n <a@Sub.Example.COM>\r\n\r\n", "sub.example.com", nil},
 		{"From: a@b\xc3\xbccher.example\r\n", "xn--bcher-kva.example", nil},
+		{"From: \"a@evil.test\"@example.com\r\n", "example.com", nil},
+		// net/mail refuses CFWS inside an addr-spec (RFC 5322 obs syntax): refused, not guessed.
+		{"From: a@(comment)example.com (x)\r\n", "", ErrFromHeader},
+		{"From: a@example.com (Alice)\r\n", "example.com", nil},
 		{"To: a@example.com\r\n", "", ErrFromHeader},
 		{"From: a@example.com\r\nfrom: a@example.com\r\n", "", ErrFromHeader},
 		{" continuation first\r\n", "", ErrHeader},
