@@ -67,3 +67,15 @@ func TestHeadersOverride(t *testing.T) {
 		t.Fatal(v.Err)
 	}
 }
+
+func TestOversignNothing(t *testing.T) {
+	cfg := Config{Keys: []KeyConfig{edKey("example.com", "s")}, Oversign: []string{}}
+	s := newTestSigner(t, cfg)
+	signed, sigs := sign(t, s, "", readMessage(t, "basic.eml"))
+	if got := tags(t, sigs[0])["h"]; got != "From:To:Subject:Date:Message-ID:MIME-Version:Content-Type:Content-Transfer-Encoding" {
+		t.Fatalf("h=%s", got)
+	}
+	if v := verifyGo(t, signed, recordsFor(t, cfg))[0]; v.Err != nil {
+		t.Fatal(v.Err)
+	}
+}

@@ -223,6 +223,11 @@ func (s *Signer) Sign(ctx context.Context, domain string, msg io.Reader) ([]stri
 			return nil, nil
 		}
 	} else {
+		// Whoever chose the domain, RFC 6376 section 5.4 requires a From
+		// field to sign.
+		if !hasField(fields, "From") {
+			return nil, fmt.Errorf("dkim: sign: %w: no From field", ErrFromHeader)
+		}
 		d, err := normalizeDomain(domain)
 		if err != nil {
 			return nil, fmt.Errorf("dkim: sign: domain %q: %w: %v", domain, ErrNoKey, err)
@@ -233,7 +238,14 @@ func (s *Signer) Sign(ctx context.Context, domain string, msg io.Reader) ([]stri
 		}
 	}
 
-	sigs, err := s.sign(keys, s.headerKeys(fields), raw, sep, br)
+	headerKeys := s.headerKeys(fields)
+	if len(headerKeys) == 0 {
+		// Unreachable (From is present and always in the list), but a nil
+		// list would make go-msgauth sign every field, trace fields
+		// included.
+		return nil, fmt.Errorf("dkim: sign: %w: no header field to sign", ErrFromHeader)
+	}
+	sigs, err := s.sign(keys, headerKeys, raw, sep, br)
 	if err != nil {
 		return nil, err
 	}
@@ -339,6 +351,15 @@ func (s *Signer) headerKeys(fields []field) []string {
 		}
 	}
 	return keys
+}
+
+func hasField(fields []field, name string) bool {
+	for _, f := range fields {
+		if strings.EqualFold(f.name, name) {
+			return true
+		}
+	}
+	return false
 }
 
 // crlfWriter passes p on to w after checking that every LF is preceded by

@@ -374,6 +374,7 @@ func TestSigningDomainRules(t *testing.T) {
 		{"policy domain must be a key domain, not a subdomain", cfg, "x.example.org", msg("a@x.example.org"), "", nil, ErrNoKey},
 		{"policy domain is not subject to unsigned=relay", cfg, "nope.test", msg("a@nope.test"), "", nil, ErrNoKey},
 		{"no From", cfg, "", "To: x@example.net\r\nSubject: s\r\n\r\nbody\r\n", "", nil, ErrFromHeader},
+		{"policy domain but no From", cfg, "example.com", "To: x@example.net\r\nSubject: s\r\n\r\nbody\r\n", "", nil, ErrFromHeader},
 		{"two From fields", cfg, "", "From: a@example.com\r\n" + msg("b@example.com"), "", nil, ErrFromHeader},
 		{"two From addresses", cfg, "", msg("a@example.com, b@example.com"), "", nil, ErrFromHeader},
 		{"From group without address", cfg, "", msg("undisclosed-senders:;"), "", nil, ErrFromHeader},
