@@ -539,3 +539,20 @@ func TestSignConcurrentWithReload(t *testing.T) {
 	})
 	wg.Wait()
 }
+
+func TestHeaderLimit(t *testing.T) {
+	s := newTestSigner(t, Config{Keys: []KeyConfig{edKey("example.com", "s")}})
+	long := "From: a@example.com\r\nX-Filler: " + strings.Repeat("a", MaxHeaderBytes) + "\r\n\r\nbody\r\n"
+	if _, err := s.Sign(context.Background(), "", strings.NewReader(long)); !errors.Is(err, ErrHeader) {
+		t.Fatalf("err = %v, want ErrHeader", err)
+	}
+	many := "From: a@example.com\r\n" + strings.Repeat("X-Filler: abc\r\n", MaxHeaderBytes/15+1) + "\r\nbody\r\n"
+	if _, err := s.Sign(context.Background(), "", strings.NewReader(many)); !errors.Is(err, ErrHeader) {
+		t.Fatalf("err = %v, want ErrHeader", err)
+	}
+	// A large body is streamed, not limited.
+	big := readMessage(t, "basic.eml") + strings.Repeat("0123456789abcdef\r\n", 2*MaxHeaderBytes/18)
+	if _, err := s.Sign(context.Background(), "", strings.NewReader(big)); err != nil {
+		t.Fatal(err)
+	}
+}
