@@ -1,0 +1,5 @@
+package dkim
+
+import "io"
+
+func ioMulti(r ...io.Reader) io.Reader { return io.MultiReader(r...) }

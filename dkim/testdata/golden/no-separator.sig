@@ -1,0 +1,5 @@
+DKIM-Signature: a=rsa-sha256; bh=47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=;
+ c=relaxed/relaxed; d=example.com;
+ h=From:From:To:To:Cc:Subject:Subject:Date:Date:Message-ID:Message-ID:Reply-To:In-Reply-To:References:MIME-Version:Content-Type:Content-Transfer-Encoding:List-Id:List-Unsubscribe:List-Unsubscribe-Post;
+ s=s; t=<T>; v=1; x=<X>;
+ b=<B>
