@@ -55,7 +55,7 @@ type SinkOptions struct {
 	// NoXFORWARD (-F) remove one EHLO keyword each. smtp-sink never announces
 	// SMTPUTF8, STARTTLS, SIZE or CHUNKING.
 	NoESMTP, No8BitMIME, NoPipelining, NoEnhancedStatusCodes bool
-	NoDSN, NoAuth, NoXCLIENT, NoXFORWARD                      bool
+	NoDSN, NoAuth, NoXCLIENT, NoXFORWARD                     bool
 
 	// Hostname is used in the greeting and EHLO reply (-h; default
 	// "smtp-sink").
