@@ -2,6 +2,7 @@ package peertest
 
 import (
 	"bytes"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -20,10 +21,15 @@ func signWithDkimpy(t *testing.T, domain, selector, msg string) ([]byte, string)
 	if out, code := RunTool(t, DefaultTimeout, nil, "openssl", "genrsa", "-out", key, "2048"); code != 0 {
 		t.Fatalf("openssl genrsa: %s", out)
 	}
-	pem, code := RunTool(t, DefaultTimeout, nil, "openssl", "rsa", "-in", key, "-pubout")
-	if code != 0 {
-		t.Fatalf("openssl rsa -pubout: %s", pem)
+	pub := filepath.Join(dir, "pub.pem")
+	if out, code := RunTool(t, DefaultTimeout, nil, "openssl", "rsa", "-in", key, "-pubout", "-out", pub); code != 0 {
+		t.Fatalf("openssl rsa -pubout: %s", out)
 	}
+	pemBytes, err := os.ReadFile(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pem := string(pemBytes)
 	script := `
 import sys
 import dkim
