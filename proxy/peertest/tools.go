@@ -82,9 +82,11 @@ var (
 	probeCache = map[string]error{}
 )
 
-// probe checks one tool once per test binary.
-func probe(name string) (string, error) {
-	tl := tools[name]
+// probe checks one known tool, running its Python import check once per
+// test binary.
+func probe(name string) (string, error) { return probeTool(name, tools[name]) }
+
+func probeTool(name string, tl tool) (string, error) {
 	p, err := lookPath(tl.bin)
 	if err != nil || tl.python == "" {
 		return p, err
@@ -111,12 +113,17 @@ func probe(name string) (string, error) {
 // redis-server and openssl. An unknown name is a bug in the test and fails it.
 func Require(t testing.TB, names ...string) {
 	t.Helper()
+	require(t, tools, names...)
+}
+
+func require(t testing.TB, table map[string]tool, names ...string) {
+	t.Helper()
 	for _, name := range names {
-		tl, ok := tools[name]
+		tl, ok := table[name]
 		if !ok {
 			t.Fatalf("peertest: Require: unknown tool %q (known: %v)", name, Tools())
 		}
-		if _, err := probe(name); err != nil {
+		if _, err := probeTool(name, tl); err != nil {
 			missing(t, fmt.Sprintf("integration peer %s not installed; install with apt-get install %s (%v)", name, tl.pkg, err))
 		}
 	}
