@@ -177,3 +177,51 @@ func TestParseSinkDump(t *testing.T) {
 		}
 	}
 }
+
+func TestSinkCountsConcurrentLoad(t *testing.T) {
+	t.Parallel()
+	sink := StartSink(t, SinkOptions{})
+	const n = 50
+	out, code := SMTPSource(t, "-m", "50", "-s", "10", "-f", "load@example.com", "-t", "sink@example.net", sink.Addr())
+	if code != 0 {
+		t.Fatalf("smtp-source exit %d:\n%s", code, out)
+	}
+	if got := sink.WaitCount(t, n, 20*time.Second); got != n {
+		t.Errorf("Count() = %d, want exactly %d", got, n)
+	}
+	for _, m := range sink.Messages() {
+		if m.From != "load@example.com" || len(m.Recipients) != 1 {
+			t.Fatalf("envelope = %q %q", m.From, m.Recipients)
+		}
+	}
+}
+
+// BenchmarkSinkCount measures polling cost with 200 stored messages, the
+// price WaitCount pays every 10 ms in load tests.
+func BenchmarkSinkCount(b *testing.B) {
+	sink := StartSink(b, SinkOptions{})
+	if out, code := SMTPSource(b, "-m", "200", "-s", "20", sink.Addr()); code != 0 {
+		b.Fatalf("smtp-source: %s", out)
+	}
+	sink.WaitCount(b, 200, 20*time.Second)
+	b.ReportAllocs()
+	for b.Loop() {
+		if sink.Count() != 200 {
+			b.Fatal("count changed")
+		}
+	}
+}
+
+func BenchmarkSinkMessages(b *testing.B) {
+	sink := StartSink(b, SinkOptions{})
+	if out, code := SMTPSource(b, "-m", "200", "-s", "20", sink.Addr()); code != 0 {
+		b.Fatalf("smtp-source: %s", out)
+	}
+	sink.WaitCount(b, 200, 20*time.Second)
+	b.ReportAllocs()
+	for b.Loop() {
+		if len(sink.Messages()) != 200 {
+			b.Fatal("count changed")
+		}
+	}
+}

@@ -215,6 +215,15 @@ func Swaks(t testing.TB, args ...string) (output string, exitCode int) {
 	return RunTool(t, DefaultTimeout, nil, "swaks", args...)
 }
 
+// SMTPSource runs Postfix's smtp-source load generator with args, for
+// example "-m", "100", "-s", "10", "-f", "a@example.com", "-t",
+// "b@example.net", sink.Addr(). It returns the combined output and exit
+// code (non-zero when a session failed).
+func SMTPSource(t testing.TB, args ...string) (output string, exitCode int) {
+	t.Helper()
+	return RunTool(t, DefaultTimeout, nil, "smtp-source", args...)
+}
+
 // Curl runs curl with args and returns its combined output and exit code.
 // Pass -sS and -w as needed; curl exits 0 even on HTTP errors unless -f is
 // given.
