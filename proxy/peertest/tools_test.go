@@ -40,7 +40,7 @@ func (r *recordTB) call(f func()) {
 
 func TestRequire(t *testing.T) {
 	table := map[string]tool{
-		"present":        {bin: "go", pkg: "golang"},
+		"present":        {bin: "sh", pkg: "dash"},
 		"absent":         {bin: "/nonexistent/peertest-absent", pkg: "peertest-absent-pkg"},
 		"python-missing": {bin: pythonPath, pkg: "python3-nosuchmodule", python: "peertest_no_such_module"},
 	}
