@@ -174,8 +174,11 @@ type Message struct {
 	// RcptArgs holds each RCPT argument in order; Recipients the addresses.
 	RcptArgs, Recipients []string
 	// Data is the message as received: dot-unstuffed, without the final
-	// ".", every line ended by CRLF. smtp-sink stores lines, so a client's
-	// bare LF shows up here as CRLF.
+	// ".", every line ended by CRLF. smtp-sink drops every CR byte it
+	// reads and keeps LF, so a client's bare LF shows up here as CRLF and a
+	// bare CR vanishes: assert smuggling defences on the sink's count and
+	// on which lines arrived, not on line endings. (The sink itself ends
+	// DATA only at a strict CRLF.CRLF.)
 	Data []byte
 	// Raw is the whole dump file, including smtp-sink's own records and its
 	// Received header.
@@ -267,8 +270,10 @@ func (s *Sink) Output() string { return s.proc.out.String() }
 
 // complete lists finished dump files in arrival order. smtp-sink creates a
 // transaction's file at MAIL, writes it as data arrives and closes it at
-// "."; an aborted transaction's file is deleted. So a file that the process
-// no longer holds open is final. Open files are read from /proc after the
+// "." before it sends its reply; an aborted transaction's file is unlinked
+// before it is closed (smtp-sink.c mail_file_reset). So a file that the
+// process no longer holds open is final, and a message the client saw
+// accepted is already counted. Open files are read from /proc after the
 // directory listing: a file closed before that read is never reopened.
 func (s *Sink) complete() ([]string, error) {
 	ents, err := os.ReadDir(s.dir)
@@ -315,7 +320,10 @@ func (s *Sink) complete() ([]string, error) {
 	return paths, nil
 }
 
-// Count is the number of transactions the sink has completed.
+// Count is the number of transactions the sink has completed. A
+// transaction counts from the moment the sink read the final "." (before
+// it replied), so right after a client saw the sink's reply no waiting is
+// needed; use WaitCount when a relay in between delivers asynchronously.
 func (s *Sink) Count() int {
 	files, err := s.complete()
 	if err != nil {

@@ -225,3 +225,44 @@ func BenchmarkSinkMessages(b *testing.B) {
 		}
 	}
 }
+
+// TestSinkLineEndings pins down what the sink can and cannot show, so that
+// smuggling tests built on it do not assert the impossible.
+func TestSinkLineEndings(t *testing.T) {
+	t.Parallel()
+	sink := StartSink(t, SinkOptions{})
+	_, port, _ := strings.Cut(sink.Addr(), ":")
+	// Raw socket: a bare LF line, a bare CR inside a line, and a fake end
+	// of data "\n.\n" that a strict server must not take for the end.
+	script := `
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+f = s.makefile("rb")
+def cmd(line):
+    if line is not None:
+        s.sendall(line)
+    return f.readline().decode()
+print(cmd(None).strip())
+for c in [b"EHLO x\r\n"]:
+    s.sendall(c)
+    while True:
+        l = f.readline().decode()
+        if l[3] == " ": break
+print(cmd(b"MAIL FROM:<a@example.com>\r\n").strip())
+print(cmd(b"RCPT TO:<b@example.net>\r\n").strip())
+print(cmd(b"DATA\r\n").strip())
+print(cmd(b"Subject: eol\r\n\r\nbare-lf\nbare\rcr\r\nfake\n.\nend\r\n.\r\n").strip())
+s.sendall(b"QUIT\r\n")
+`
+	out, code := PythonSMTP(t, script, port)
+	if code != 0 || !strings.Contains(out, "250 2.0.0 Ok") {
+		t.Fatalf("raw client exit %d:\n%s", code, out)
+	}
+	if got := sink.Count(); got != 1 {
+		t.Fatalf("Count() right after the 250 = %d, want 1", got)
+	}
+	want := "Subject: eol\r\n\r\nbare-lf\r\nbarecr\r\nfake\r\n.\r\nend\r\n"
+	if got := string(sink.Messages()[0].Data); got != want {
+		t.Errorf("Data = %q, want %q", got, want)
+	}
+}
