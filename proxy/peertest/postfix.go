@@ -137,6 +137,7 @@ func StartPostfix(t testing.TB, opts PostfixOptions) *Postfix {
 				t.Fatalf("peertest: postfix -c %s check: exit %d\n%s\nmaillog:\n%s", pf.confDir, code, out, pf.Maillog())
 			}
 		}
+		logStart := len(pf.Maillog())
 		out, code := run(t, 2*time.Minute, nil, nil, bin, "-c", pf.confDir, "start")
 		if code == 0 {
 			t.Cleanup(func() { pf.stop(t, bin) })
@@ -146,7 +147,7 @@ func StartPostfix(t testing.TB, opts PostfixOptions) *Postfix {
 			return pf
 		}
 		pf.stop(t, bin)
-		if !strings.Contains(pf.Maillog(), "in use") {
+		if log := pf.Maillog(); len(log) < logStart || !strings.Contains(log[logStart:], "in use") {
 			t.Fatalf("peertest: postfix -c %s start: exit %d\n%s\nmaillog:\n%s", pf.confDir, code, out, pf.Maillog())
 		}
 		t.Logf("peertest: postfix port %s taken, retrying", pf.addr)
