@@ -1,0 +1,109 @@
+package peertest
+
+import (
+	"bytes"
+	"errors"
+	"net"
+	"os/exec"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// syncBuffer collects a child's output from its copy goroutines.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// process is a started child in its own process group.
+type process struct {
+	cmd  *exec.Cmd
+	out  *syncBuffer
+	done chan struct{} // closed when the child has been reaped
+	err  error         // Wait's result, valid after done
+}
+
+// startProcess starts path in a new process group with output captured.
+func startProcess(path string, args ...string) (*process, error) {
+	p := &process{out: &syncBuffer{}, done: make(chan struct{})}
+	p.cmd = exec.Command(path, args...)
+	p.cmd.Stdout = p.out
+	p.cmd.Stderr = p.out
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := p.cmd.Start(); err != nil {
+		return nil, err
+	}
+	go func() {
+		p.err = p.cmd.Wait()
+		close(p.done)
+	}()
+	return p, nil
+}
+
+func (p *process) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// stop signals the whole process group by PID: SIGTERM, then SIGKILL after
+// grace.
+func (p *process) stop(grace time.Duration) {
+	pgid := p.cmd.Process.Pid
+	_ = syscall.Kill(-pgid, syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(grace):
+		_ = syscall.Kill(-pgid, syscall.SIGKILL)
+		<-p.done
+	}
+}
+
+// errExited reports a child that ended before it was ready.
+var errExited = errors.New("peertest: process exited before it was ready")
+
+// waitListening dials addr until it accepts, the child exits or timeout
+// passes. A nil p only waits for the port.
+func waitListening(p *process, addr string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		if p != nil && p.exited() {
+			return errExited
+		}
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// logOnFailure registers a cleanup that logs output when t failed.
+func logOnFailure(t testing.TB, what string, output func() string) {
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("%s output:\n%s", what, output())
+		}
+	})
+}
