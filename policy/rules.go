@@ -175,10 +175,10 @@ func compileRule(b ruleBlock) (*rule, hcl.Diagnostics) {
 			return nil, errAt("Invalid reply code", fmt.Sprintf("Rule %q (%s): %v.", b.Name, r.action, err))
 		}
 	}
-	diags := typeCheck(b.When, r.stage, cty.Bool)
+	diags := typeCheck(b.When, r.stage, cty.Bool, nil)
 	if b.Message != nil {
 		r.message = b.Message.Expr
-		diags = append(diags, typeCheck(r.message, r.stage, cty.String)...)
+		diags = append(diags, typeCheck(r.message, r.stage, cty.String, b.When)...)
 	}
 	for name, a := range map[string]*hcl.Attribute{"add_headers": b.AddHeaders, "remove_headers": b.RemoveHeaders, "dkim_domain": b.DKIMDomain, "upstream": b.Upstream} {
 		if a == nil {
@@ -189,7 +189,7 @@ func compileRule(b ruleBlock) (*rule, hcl.Diagnostics) {
 			continue
 		}
 		r.acts[name] = a.Expr
-		diags = append(diags, typeCheck(a.Expr, r.stage, actionTypes[name])...)
+		diags = append(diags, typeCheck(a.Expr, r.stage, actionTypes[name], b.When)...)
 	}
 	return r, diags
 }

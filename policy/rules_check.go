@@ -23,7 +23,11 @@ import (
 // of the right one, so every sub-expression is also evaluated on its own,
 // except below for expressions, splats and try/can (whose errors are
 // expected) and object keys.
-func typeCheck(expr hcl.Expression, stage Stage, want cty.Type) hcl.Diagnostics {
+//
+// guard, when not nil, is the rule's when expression: the null pass of a
+// message or action is skipped when the guard is false for such a session
+// (the expression is then never evaluated with a null auth).
+func typeCheck(expr hcl.Expression, stage Stage, want cty.Type, guard hcl.Expression) hcl.Diagnostics {
 	vars := map[string]cty.Value{}
 	for name, t := range schemaTypes {
 		vars[name] = cty.UnknownVal(t)
@@ -87,7 +91,14 @@ func typeCheck(expr hcl.Expression, stage Stage, want cty.Type) hcl.Diagnostics 
 		"id": cty.UnknownVal(cty.String), "listener": cty.UnknownVal(cty.String), "client_ip": cty.UnknownVal(cty.String),
 		"helo": cty.UnknownVal(cty.String), "tls": cty.NullVal(tlsType),
 	})
-	_, ds = expr.Value(&hcl.EvalContext{Variables: nullVars, Functions: ruleFunctions})
+	nullCtx := &hcl.EvalContext{Variables: nullVars, Functions: ruleFunctions}
+	if guard != nil {
+		gv, gd := guard.Value(nullCtx)
+		if !gd.HasErrors() && gv.IsKnown() && !gv.IsNull() && gv.Type() == cty.Bool && gv.False() {
+			return diags
+		}
+	}
+	_, ds = expr.Value(nullCtx)
 	add(ds, "when auth or session.tls is null: guard with auth != null")
 	return diags
 }

@@ -93,8 +93,22 @@ func runRegoTests(ctx context.Context, path string, opts TestOptions) ([]TestRes
 	if err != nil {
 		return nil, fmt.Errorf("policy: test %s: %w", path, err)
 	}
-	var out []TestResult
+	var raw []*tester.Result
 	for res := range ch {
+		raw = append(raw, res)
+	}
+	sort.Slice(raw, func(i, j int) bool {
+		a, b := raw[i].Location, raw[j].Location
+		if a == nil || b == nil {
+			return b != nil
+		}
+		if a.File != b.File {
+			return a.File < b.File
+		}
+		return a.Row < b.Row
+	})
+	var out []TestResult
+	for _, res := range raw {
 		tr := TestResult{Kind: "rego", Name: res.Package + "." + res.Name, Pass: res.Pass(), Skip: res.Skip}
 		if res.Location != nil {
 			tr.Location = fmt.Sprintf("%s:%d", res.Location.File, res.Location.Row)
@@ -112,7 +126,6 @@ func runRegoTests(ctx context.Context, path string, opts TestOptions) ([]TestRes
 		}
 		out = append(out, tr)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Location < out[j].Location })
 	return out, nil
 }
 
