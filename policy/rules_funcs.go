@@ -24,7 +24,7 @@ var ruleFunctions = map[string]function.Function{
 	"keys":          stdlib.KeysFunc,
 	"lookup":        stdlib.LookupFunc,
 	"coalesce":      stdlib.CoalesceFunc,
-	"length":        stdlib.LengthFunc,
+	"length":        lengthFunc,
 	"try":           tryfunc.TryFunc,
 	"can":           tryfunc.CanFunc,
 	"startswith":    stringPredicate(strings.HasPrefix),
@@ -126,5 +126,24 @@ var cidrContainsFunc = function.New(&function.Spec{
 			return cty.False, nil // an unparsable client address is in no network
 		}
 		return cty.BoolVal(p.Contains(ip.Unmap())), nil
+	},
+})
+
+// lengthFunc is length(string | list | map | set | tuple | object): the
+// number of characters of a string, else of elements.
+var lengthFunc = function.New(&function.Spec{
+	Params: []function.Parameter{{Name: "value", Type: cty.DynamicPseudoType}},
+	Type:   function.StaticReturnType(cty.Number),
+	Impl: func(args []cty.Value, _ cty.Type) (cty.Value, error) {
+		v := args[0]
+		switch {
+		case v.Type() == cty.String:
+			return stdlib.Strlen(v)
+		case v.Type().IsObjectType():
+			return cty.NumberIntVal(int64(len(v.Type().AttributeTypes()))), nil
+		case v.CanIterateElements():
+			return v.Length(), nil
+		}
+		return cty.NilVal, function.NewArgErrorf(0, "length needs a string or a collection, got %s", v.Type().FriendlyName())
 	},
 })
