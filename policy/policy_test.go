@@ -30,7 +30,6 @@ func fixed(action, name string) string {
 // broken is a rules file that fails at run time.
 const broken = "rule \"boom\" {\n stage = \"mail\"\n when = regex(envelope.from, \"x\")\n action = \"warn\"\n}\n"
 
-
 type eng struct {
 	name, src string
 	mode      Mode
