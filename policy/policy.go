@@ -202,10 +202,10 @@ func (p *Policy) evaluate(ctx context.Context, in Input, explain bool) (Decision
 			results = skipRest(results, set.engines[i+1:], wantResults)
 			break
 		}
-		for _, w := range res.warnings {
-			w.Engine = name
-			warnings = append(warnings, w)
+		for i := range res.warnings {
+			res.warnings[i].Engine = name
 		}
+		warnings = append(warnings, res.warnings...)
 		er.Warnings = res.warnings
 		er.Actions = res.actions
 		er.Rule = res.acceptRule
