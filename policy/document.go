@@ -1,0 +1,227 @@
+package policy
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"strings"
+
+	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/zclconf/go-cty/cty"
+)
+
+// Normalize returns a copy of in as engines see it: Version set when zero,
+// nil lists and maps made empty (so policies never meet null where the
+// contract promises a list), FromDomain and Rcpt.Domain derived from the
+// addresses when empty, and domains lower-cased. It never changes an
+// address.
+func (in Input) Normalize() Input {
+	if in.Version == 0 {
+		in.Version = InputVersion
+	}
+	if in.Envelope.Recipients == nil {
+		in.Envelope.Recipients = []string{}
+	}
+	if in.Envelope.FromDomain == "" {
+		in.Envelope.FromDomain = domainOf(in.Envelope.From)
+	} else {
+		in.Envelope.FromDomain = strings.ToLower(in.Envelope.FromDomain)
+	}
+	if in.Rcpt != nil {
+		r := *in.Rcpt
+		if r.Domain == "" {
+			r.Domain = domainOf(r.Address)
+		} else {
+			r.Domain = strings.ToLower(r.Domain)
+		}
+		in.Rcpt = &r
+	}
+	if in.Message != nil {
+		m := *in.Message
+		if m.Headers == nil {
+			m.Headers = map[string][]string{}
+		}
+		if m.FromAddresses == nil {
+			m.FromAddresses = []string{}
+		}
+		in.Message = &m
+	}
+	return in
+}
+
+// domainOf returns the lower-cased domain part of an address, or "" when it
+// has none (the null sender "<>" included).
+func domainOf(addr string) string {
+	i := strings.LastIndexByte(addr, '@')
+	if i < 0 {
+		return ""
+	}
+	return strings.ToLower(strings.TrimSuffix(addr[i+1:], ">"))
+}
+
+// ParseInput decodes a possibly partial Input document from JSON, as used by
+// the eval tool and by test fixtures. Missing fields take test defaults
+// (session id "test", listener "submission", client 192.0.2.1) and the
+// result is normalized. Unknown fields are an error, so a typo in a fixture
+// cannot silently test nothing.
+func ParseInput(data []byte) (Input, error) {
+	in := Input{
+		Version: InputVersion,
+		Session: Session{ID: "test", Listener: "submission", ClientIP: "192.0.2.1", HELO: "client.example"},
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&in); err != nil {
+		return Input{}, fmt.Errorf("policy: input: %w", err)
+	}
+	switch in.Stage {
+	case StageMail, StageRcpt, StageData:
+	default:
+		return Input{}, fmt.Errorf("policy: input: stage %q: want mail, rcpt or data", in.Stage)
+	}
+	if in.Stage == StageRcpt && in.Rcpt == nil {
+		return Input{}, fmt.Errorf("policy: input: stage rcpt needs rcpt")
+	}
+	if in.Stage == StageData && in.Message == nil {
+		in.Message = &Message{}
+	}
+	return in.Normalize(), nil
+}
+
+// ---- Rego: the input as an ast.Value, built directly (no JSON round trip).
+
+func strTerm(s string) *ast.Term { return ast.StringTerm(s) }
+
+func strArray(ss []string) *ast.Term {
+	ts := make([]*ast.Term, len(ss))
+	for i, s := range ss {
+		ts[i] = ast.StringTerm(s)
+	}
+	return ast.ArrayTerm(ts...)
+}
+
+func item(k string, v *ast.Term) [2]*ast.Term { return ast.Item(ast.StringTerm(k), v) }
+
+// astValue builds the Rego input of a normalized Input. It matches the JSON
+// form of Input: rcpt and message are absent outside their stages, auth and
+// session.tls are null when unset.
+func astValue(in *Input) ast.Value {
+	tls := ast.NullTerm()
+	if in.Session.TLS != nil {
+		tls = ast.ObjectTerm(item("version", strTerm(in.Session.TLS.Version)), item("cipher", strTerm(in.Session.TLS.Cipher)))
+	}
+	auth := ast.NullTerm()
+	if in.Auth != nil {
+		auth = ast.ObjectTerm(item("user", strTerm(in.Auth.User)), item("mechanism", strTerm(in.Auth.Mechanism)))
+	}
+	items := [][2]*ast.Term{
+		item("version", ast.IntNumberTerm(in.Version)),
+		item("stage", strTerm(string(in.Stage))),
+		item("session", ast.ObjectTerm(
+			item("id", strTerm(in.Session.ID)),
+			item("listener", strTerm(in.Session.Listener)),
+			item("client_ip", strTerm(in.Session.ClientIP)),
+			item("helo", strTerm(in.Session.HELO)),
+			item("tls", tls),
+		)),
+		item("auth", auth),
+		item("envelope", ast.ObjectTerm(
+			item("from", strTerm(in.Envelope.From)),
+			item("from_domain", strTerm(in.Envelope.FromDomain)),
+			item("recipients", strArray(in.Envelope.Recipients)),
+			item("size", ast.IntNumberTerm(int(in.Envelope.Size))),
+			item("smtputf8", ast.BooleanTerm(in.Envelope.SMTPUTF8)),
+		)),
+	}
+	if in.Rcpt != nil {
+		items = append(items, item("rcpt", ast.ObjectTerm(item("address", strTerm(in.Rcpt.Address)), item("domain", strTerm(in.Rcpt.Domain)))))
+	}
+	if in.Message != nil {
+		hs := make([][2]*ast.Term, 0, len(in.Message.Headers))
+		for k, v := range in.Message.Headers {
+			hs = append(hs, item(k, strArray(v)))
+		}
+		items = append(items, item("message", ast.ObjectTerm(
+			item("headers", ast.ObjectTerm(hs...)),
+			item("from_addresses", strArray(in.Message.FromAddresses)),
+			item("size", ast.IntNumberTerm(int(in.Message.Size))),
+		)))
+	}
+	return ast.NewObject(items...)
+}
+
+// ---- HCL: the input as a cty value of the schema type.
+
+var (
+	tlsType     = cty.Object(map[string]cty.Type{"version": cty.String, "cipher": cty.String})
+	sessionType = cty.Object(map[string]cty.Type{"id": cty.String, "listener": cty.String, "client_ip": cty.String, "helo": cty.String, "tls": tlsType})
+	authType    = cty.Object(map[string]cty.Type{"user": cty.String, "mechanism": cty.String})
+	envType     = cty.Object(map[string]cty.Type{"from": cty.String, "from_domain": cty.String, "recipients": cty.List(cty.String), "size": cty.Number, "smtputf8": cty.Bool})
+	rcptType    = cty.Object(map[string]cty.Type{"address": cty.String, "domain": cty.String})
+	messageType = cty.Object(map[string]cty.Type{"headers": cty.Map(cty.List(cty.String)), "from_addresses": cty.List(cty.String), "size": cty.Number})
+
+	// schemaTypes are the types of the variables HCL expressions see.
+	schemaTypes = map[string]cty.Type{
+		"version": cty.Number, "stage": cty.String, "session": sessionType, "auth": authType,
+		"envelope": envType, "rcpt": rcptType, "message": messageType,
+	}
+)
+
+func strList(ss []string) cty.Value {
+	if len(ss) == 0 {
+		return cty.ListValEmpty(cty.String)
+	}
+	vs := make([]cty.Value, len(ss))
+	for i, s := range ss {
+		vs[i] = cty.StringVal(s)
+	}
+	return cty.ListVal(vs)
+}
+
+// ctyVars builds the HCL variables of a normalized Input. rcpt and message
+// are typed nulls outside their stages, auth and session.tls typed nulls when
+// unset.
+func ctyVars(in *Input) map[string]cty.Value {
+	tls := cty.NullVal(tlsType)
+	if in.Session.TLS != nil {
+		tls = cty.ObjectVal(map[string]cty.Value{"version": cty.StringVal(in.Session.TLS.Version), "cipher": cty.StringVal(in.Session.TLS.Cipher)})
+	}
+	auth := cty.NullVal(authType)
+	if in.Auth != nil {
+		auth = cty.ObjectVal(map[string]cty.Value{"user": cty.StringVal(in.Auth.User), "mechanism": cty.StringVal(in.Auth.Mechanism)})
+	}
+	rcpt := cty.NullVal(rcptType)
+	if in.Rcpt != nil {
+		rcpt = cty.ObjectVal(map[string]cty.Value{"address": cty.StringVal(in.Rcpt.Address), "domain": cty.StringVal(in.Rcpt.Domain)})
+	}
+	msg := cty.NullVal(messageType)
+	if in.Message != nil {
+		hs := cty.MapValEmpty(cty.List(cty.String))
+		if len(in.Message.Headers) > 0 {
+			m := make(map[string]cty.Value, len(in.Message.Headers))
+			for k, v := range in.Message.Headers {
+				m[k] = strList(v)
+			}
+			hs = cty.MapVal(m)
+		}
+		msg = cty.ObjectVal(map[string]cty.Value{
+			"headers": hs, "from_addresses": strList(in.Message.FromAddresses), "size": cty.NumberIntVal(in.Message.Size),
+		})
+	}
+	return map[string]cty.Value{
+		"version": cty.NumberIntVal(int64(in.Version)),
+		"stage":   cty.StringVal(string(in.Stage)),
+		"session": cty.ObjectVal(map[string]cty.Value{
+			"id": cty.StringVal(in.Session.ID), "listener": cty.StringVal(in.Session.Listener),
+			"client_ip": cty.StringVal(in.Session.ClientIP), "helo": cty.StringVal(in.Session.HELO), "tls": tls,
+		}),
+		"auth": auth,
+		"envelope": cty.ObjectVal(map[string]cty.Value{
+			"from": cty.StringVal(in.Envelope.From), "from_domain": cty.StringVal(in.Envelope.FromDomain),
+			"recipients": strList(in.Envelope.Recipients), "size": cty.NumberIntVal(in.Envelope.Size),
+			"smtputf8": cty.BoolVal(in.Envelope.SMTPUTF8),
+		}),
+		"rcpt":    rcpt,
+		"message": msg,
+	}
+}

@@ -1,0 +1,400 @@
+package policy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Policy is the compiled chain of engines of a Config. It implements
+// Evaluator and is safe for concurrent use; Reload swaps the compiled set
+// atomically, so an evaluation in flight finishes on the set it started
+// with.
+type Policy struct {
+	cfg      Config
+	baseDir  string
+	log      *slog.Logger
+	interval time.Duration
+	now      func() time.Time
+
+	set      atomic.Pointer[compiledSet]
+	reloadMu sync.Mutex // serializes Reload
+	dlog     *decisionLog
+}
+
+var _ Evaluator = (*Policy)(nil)
+
+// compiledSet is one immutable generation of compiled engines.
+type compiledSet struct {
+	engines     []compiledEngine
+	fingerprint string // of the policy files, for Watch
+}
+
+type compiledEngine struct {
+	spec engineSpec
+	eng  engine
+}
+
+// Option configures a Policy.
+type Option func(*Policy)
+
+// WithLogger sets the logger (default: slog.Default() at construction).
+func WithLogger(l *slog.Logger) Option {
+	return func(p *Policy) {
+		if l != nil {
+			p.log = l
+		}
+	}
+}
+
+// WithWatchInterval overrides the polling interval of Watch.
+func WithWatchInterval(d time.Duration) Option {
+	return func(p *Policy) {
+		if d > 0 {
+			p.interval = d
+		}
+	}
+}
+
+// WithClock sets the clock used for decision log timestamps (tests).
+func WithClock(now func() time.Time) Option {
+	return func(p *Policy) { p.now = now }
+}
+
+// New validates cfg, compiles every engine (Rego queries are prepared
+// here, once) and opens the decision log. Relative paths in cfg resolve
+// against baseDir, normally the directory of the configuration file.
+// Errors name the file and line (HCL rules errors are *DiagnosticsError,
+// with source snippets). A Config without engines accepts everything.
+func New(cfg Config, baseDir string, opts ...Option) (*Policy, error) {
+	p := &Policy{cfg: cfg, baseDir: baseDir, log: slog.Default(), now: time.Now}
+	var err error
+	if p.interval, err = cfg.watchInterval(); err != nil {
+		return nil, err
+	}
+	for _, o := range opts {
+		o(p)
+	}
+	set, err := p.compile(context.Background())
+	if err != nil {
+		return nil, err
+	}
+	p.set.Store(set)
+	if cfg.DecisionLog != "" {
+		if p.dlog, err = openDecisionLog(resolve(baseDir, cfg.DecisionLog)); err != nil {
+			return nil, err
+		}
+	}
+	return p, nil
+}
+
+// compile builds a new generation from the configuration.
+func (p *Policy) compile(ctx context.Context) (*compiledSet, error) {
+	specs, err := p.cfg.specs(p.baseDir)
+	if err != nil {
+		return nil, err
+	}
+	set := &compiledSet{fingerprint: fingerprint(specs)}
+	for _, s := range specs {
+		var e engine
+		switch s.kind {
+		case "rego":
+			e, err = newRegoEngine(ctx, s)
+		case "rules":
+			e, err = newRulesEngine(s)
+		}
+		if err != nil {
+			return nil, err
+		}
+		set.engines = append(set.engines, compiledEngine{spec: s, eng: e})
+	}
+	return set, nil
+}
+
+// Close closes the decision log.
+func (p *Policy) Close() error {
+	if p.dlog == nil {
+		return nil
+	}
+	return p.dlog.close()
+}
+
+// EngineResult is what one engine concluded, for explain output and the
+// decision log.
+type EngineResult struct {
+	Engine       string    `json:"engine"` // "rego:org"
+	Mode         Mode      `json:"mode"`
+	Outcome      Outcome   `json:"outcome"` // what it would decide alone
+	Rule         string    `json:"rule,omitempty"`
+	Code         int       `json:"code,omitempty"`
+	EnhancedCode string    `json:"enhanced_code,omitempty"`
+	Message      string    `json:"message,omitempty"`
+	Warnings     []Warning `json:"warnings,omitempty"`
+	Actions      Actions   `json:"actions,omitzero"`
+	Error        string    `json:"error,omitempty"`
+	// Skipped is set for engines not evaluated because an earlier enforcing
+	// engine rejected.
+	Skipped bool `json:"skipped,omitempty"`
+}
+
+// Evaluate runs the engines in configuration order and combines them: the
+// first enforced reject wins (later engines are not evaluated), then the
+// first enforced defer, else accept. Warnings of all evaluated engines are
+// collected; actions of enforcing engines are merged (headers concatenated,
+// dkim_domain and upstream from the first engine that sets them) and
+// returned with accept.
+//
+// Dry-run engines enforce nothing: what they would have done becomes a
+// warning, and when every enforcing engine accepts, the decision carries the
+// dry-run engine's outcome with DryRun set — the caller must then act as
+// for accept (see Decision.Enforced).
+//
+// An engine error with on_error = "defer" returns a 451 4.3.0 defer and an
+// error wrapping ErrEngine; with on_error = "accept" (or in dry-run) it is
+// logged and the engine counts as accepting.
+func (p *Policy) Evaluate(ctx context.Context, in Input) (Decision, error) {
+	d, _, err := p.evaluate(ctx, in, false)
+	return d, err
+}
+
+// Explain is Evaluate that also returns each engine's own conclusion.
+func (p *Policy) Explain(ctx context.Context, in Input) (Decision, []EngineResult, error) {
+	return p.evaluate(ctx, in, true)
+}
+
+func (p *Policy) evaluate(ctx context.Context, in Input, explain bool) (Decision, []EngineResult, error) {
+	set := p.set.Load()
+	doc := newDocument(in)
+	var (
+		results       []EngineResult
+		enforcedDefer *Decision
+		dryReject     *Decision
+		dryDefer      *Decision
+		warnings      []Warning
+		actions       Actions
+		final         *Decision
+		finalErr      error
+		wantResults   = explain || p.dlog != nil
+	)
+	for i, ce := range set.engines {
+		name := ce.spec.id()
+		dry := ce.spec.mode == ModeDryRun
+		res, err := ce.eng.eval(ctx, doc)
+		er := EngineResult{Engine: name, Mode: ce.spec.mode, Outcome: Accept}
+		if err != nil {
+			er.Error = err.Error()
+			if dry || ce.spec.onError == OnErrorAccept {
+				p.log.LogAttrs(ctx, slog.LevelError, "policy engine failed; continuing",
+					slog.String("engine", name), slog.String("session", doc.in.Session.ID),
+					slog.String("stage", string(doc.in.Stage)), slog.Bool("dry_run", dry), slog.Any("error", err))
+				results = appendResult(results, er, wantResults)
+				continue
+			}
+			er.Outcome, er.Code, er.EnhancedCode, er.Message = Defer, errorDeferCode, errorDeferEnh, errorDeferMsg
+			results = appendResult(results, er, wantResults)
+			final = &Decision{Outcome: Defer, Code: errorDeferCode, EnhancedCode: errorDeferEnh, Message: errorDeferMsg, Engine: name}
+			finalErr = fmt.Errorf("policy: %s: %w: %w", name, ErrEngine, err)
+			results = skipRest(results, set.engines[i+1:], wantResults)
+			break
+		}
+		for i := range res.warnings {
+			res.warnings[i].Engine = name
+		}
+		warnings = append(warnings, res.warnings...)
+		er.Warnings = res.warnings
+		er.Actions = res.actions
+		er.Rule = res.acceptRule
+		var v *verdict
+		var outcome Outcome
+		switch {
+		case res.reject != nil:
+			v, outcome = res.reject, Reject
+		case res.deferral != nil:
+			v, outcome = res.deferral, Defer
+		}
+		var dec *Decision
+		if v != nil {
+			fallback := "rejected by policy"
+			if outcome == Defer {
+				fallback = "deferred by policy, try again later"
+			}
+			dec = &Decision{Outcome: outcome, Code: v.code, EnhancedCode: v.enh,
+				Message: sanitizeMessage(v.message, fallback), Engine: name, Rule: v.rule}
+			er.Outcome, er.Rule, er.Code, er.EnhancedCode, er.Message = outcome, v.rule, v.code, v.enh, dec.Message
+		}
+		results = appendResult(results, er, wantResults)
+		if dry {
+			if dec != nil {
+				warnings = append(warnings, Warning{Engine: name, Rule: dec.Rule,
+					Message: fmt.Sprintf("dry-run: would %s (%d %s %s)", dec.Outcome, dec.Code, dec.EnhancedCode, dec.Message)})
+				if dec.Outcome == Reject && dryReject == nil {
+					dryReject = dec
+				} else if dec.Outcome == Defer && dryDefer == nil {
+					dryDefer = dec
+				}
+			}
+			continue
+		}
+		mergeActions(&actions, res.actions)
+		if dec != nil && dec.Outcome == Reject {
+			final = dec
+			results = skipRest(results, set.engines[i+1:], wantResults)
+			break
+		}
+		if dec != nil && enforcedDefer == nil {
+			enforcedDefer = dec
+		}
+	}
+	if final == nil {
+		switch {
+		case enforcedDefer != nil:
+			final = enforcedDefer
+		case dryReject != nil:
+			final = dryReject
+			final.DryRun = true
+		case dryDefer != nil:
+			final = dryDefer
+			final.DryRun = true
+		default:
+			final = &Decision{Outcome: Accept}
+		}
+	}
+	if final.Outcome == Accept || final.DryRun {
+		final.Actions = actions
+	}
+	final.Warnings = warnings
+	p.logDecision(ctx, &doc.in, final, results, finalErr)
+	if !explain {
+		results = nil
+	}
+	return *final, results, finalErr
+}
+
+func appendResult(rs []EngineResult, r EngineResult, want bool) []EngineResult {
+	if !want {
+		return rs
+	}
+	return append(rs, r)
+}
+
+func skipRest(rs []EngineResult, rest []compiledEngine, want bool) []EngineResult {
+	if !want {
+		return rs
+	}
+	for _, ce := range rest {
+		rs = append(rs, EngineResult{Engine: ce.spec.id(), Mode: ce.spec.mode, Skipped: true})
+	}
+	return rs
+}
+
+// logDecision writes the slog line and the decision log record.
+func (p *Policy) logDecision(ctx context.Context, in *Input, d *Decision, results []EngineResult, err error) {
+	if d.Outcome != Accept || len(d.Warnings) > 0 {
+		lvl := slog.LevelInfo
+		if d.DryRun || d.Outcome == Accept {
+			lvl = slog.LevelWarn
+		}
+		if p.log.Enabled(ctx, lvl) {
+			p.log.LogAttrs(ctx, lvl, "policy decision",
+				slog.String("session", in.Session.ID), slog.String("stage", string(in.Stage)),
+				slog.String("outcome", string(d.Outcome)), slog.Bool("dry_run", d.DryRun),
+				slog.String("engine", d.Engine), slog.String("rule", d.Rule), slog.Int("warnings", len(d.Warnings)))
+		}
+	}
+	if p.dlog == nil {
+		return
+	}
+	rec := decisionRecord{
+		Time: p.now().UTC(), Session: in.Session.ID, Stage: in.Stage, Engine: d.Engine, Rule: d.Rule,
+		Outcome: d.Outcome, Code: d.Code, EnhancedCode: d.EnhancedCode, DryRun: d.DryRun,
+		Warnings: d.Warnings, Engines: results, Input: in,
+	}
+	if err != nil {
+		rec.Error = err.Error()
+	}
+	if werr := p.dlog.write(&rec); werr != nil {
+		p.log.LogAttrs(ctx, slog.LevelError, "policy decision log write failed", slog.Any("error", werr))
+	}
+}
+
+// Reload recompiles the configuration's policies off to the side and swaps
+// them in atomically. On failure the running set stays in place and the
+// error carries the diagnostics.
+func (p *Policy) Reload() error {
+	p.reloadMu.Lock()
+	defer p.reloadMu.Unlock()
+	set, err := p.compile(context.Background())
+	if err != nil {
+		return err
+	}
+	p.set.Store(set)
+	p.log.Info("policy reloaded", slog.Int("engines", len(set.engines)))
+	return nil
+}
+
+// Watch polls the policy files every watch interval (file list, sizes and
+// modification times) and reloads when they change, until ctx is done. A
+// failed reload is logged and the old set keeps running; it is retried
+// only after the files change again.
+func (p *Policy) Watch(ctx context.Context) {
+	t := time.NewTicker(p.interval)
+	defer t.Stop()
+	last := p.set.Load().fingerprint
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		specs, err := p.cfg.specs(p.baseDir)
+		if err != nil {
+			continue
+		}
+		fp := fingerprint(specs)
+		if fp == last {
+			continue
+		}
+		last = fp
+		if err := p.Reload(); err != nil {
+			p.log.Error("policy reload failed; keeping the running policy", slog.Any("error", err))
+		}
+	}
+}
+
+// fingerprint summarizes the files of every engine.
+func fingerprint(specs []engineSpec) string {
+	var b []byte
+	for _, s := range specs {
+		var files []string
+		if s.kind == "rego" {
+			files = regoFiles(s.path)
+		} else {
+			files, _ = rulesFiles(s.path)
+		}
+		for _, f := range files {
+			fi, err := os.Stat(f)
+			if err != nil {
+				b = fmt.Appendf(b, "%s:missing;", f)
+				continue
+			}
+			b = fmt.Appendf(b, "%s:%d:%d;", f, fi.Size(), fi.ModTime().UnixNano())
+		}
+	}
+	return string(b)
+}
+
+// Enforced returns the outcome the proxy must enforce: Accept when the
+// decision comes from a dry-run engine, else Outcome.
+func (d Decision) Enforced() Outcome {
+	if d.DryRun {
+		return Accept
+	}
+	return d.Outcome
+}
+
+var errClosed = errors.New("policy: decision log closed")

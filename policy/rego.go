@@ -1,0 +1,342 @@
+package policy
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/open-policy-agent/opa/v1/loader"
+	"github.com/open-policy-agent/opa/v1/rego"
+	"github.com/open-policy-agent/opa/v1/storage"
+	"github.com/open-policy-agent/opa/v1/storage/inmem"
+)
+
+// ioBuiltins are the built-ins that reach outside the process. They are
+// removed from the capabilities unless allow_io is set, so a module using
+// one fails to compile, naming the file and line.
+var ioBuiltins = map[string]bool{
+	"http.send":          true,
+	"net.lookup_ip_addr": true,
+	"opa.runtime":        true,
+}
+
+// capabilities returns the OPA capabilities of an engine.
+func capabilities(allowIO bool) *ast.Capabilities {
+	caps := ast.CapabilitiesForThisVersion()
+	if allowIO {
+		return caps
+	}
+	kept := caps.Builtins[:0]
+	for _, b := range caps.Builtins {
+		if !ioBuiltins[b.Name] {
+			kept = append(kept, b)
+		}
+	}
+	caps.Builtins = kept
+	return caps
+}
+
+// regoFilter keeps .rego modules (test modules only when tests is set) and
+// data.json / data.yaml / data.yml files; it skips everything else so an
+// example input.json next to a policy never becomes data.
+func regoFilter(tests bool) loader.Filter {
+	return func(_ string, info fs.FileInfo, _ int) bool {
+		if info.IsDir() {
+			return strings.HasPrefix(info.Name(), ".") && info.Name() != "." && info.Name() != ".."
+		}
+		n := info.Name()
+		switch {
+		case strings.HasSuffix(n, "_test.rego"):
+			return !tests
+		case strings.HasSuffix(n, ".rego"):
+			return false
+		case n == "data.json" || n == "data.yaml" || n == "data.yml":
+			return false
+		}
+		return true
+	}
+}
+
+// loadRego loads modules and data under path. Module names are file paths,
+// so compile errors name file:line.
+func loadRego(path string, tests bool, caps *ast.Capabilities) (map[string]*ast.Module, storage.Store, error) {
+	if _, err := os.Stat(path); err != nil {
+		return nil, nil, err
+	}
+	res, err := loader.NewFileLoader().
+		WithRegoVersion(ast.RegoV1).
+		WithCapabilities(caps).
+		WithProcessAnnotation(true).
+		Filtered([]string{path}, regoFilter(tests))
+	if err != nil {
+		return nil, nil, err
+	}
+	return res.ParsedModules(), inmem.NewFromObject(res.Documents), nil
+}
+
+// regoEngine evaluates one prepared query per stage call.
+type regoEngine struct {
+	pq rego.PreparedEvalQuery
+}
+
+// newRegoEngine compiles the modules under s.path and prepares the single
+// query that returns deny, defer, warn and actions of package s.pkg.
+func newRegoEngine(ctx context.Context, s engineSpec) (*regoEngine, error) {
+	caps := capabilities(s.allowIO)
+	mods, store, err := loadRego(s.path, false, caps)
+	if err != nil {
+		return nil, fmt.Errorf("policy: %s: load: %w", s.id(), err)
+	}
+	if len(mods) == 0 {
+		return nil, fmt.Errorf("policy: %s: no .rego modules under %s", s.id(), s.path)
+	}
+	pkgRef := "data." + s.pkg
+	found := false
+	names := make([]string, 0, len(mods))
+	for n, m := range mods {
+		names = append(names, n)
+		if m.Package.Path.String() == pkgRef {
+			found = true
+		}
+	}
+	if !found {
+		return nil, fmt.Errorf("policy: %s: no module declares package %s", s.id(), s.pkg)
+	}
+	sort.Strings(names)
+	// One query, one evaluation per stage: comprehensions over possibly
+	// undefined rules yield empty arrays rather than undefined.
+	q := fmt.Sprintf(`deny := [x | some x in %[1]s.deny]; dfr := [x | some x in %[1]s["defer"]]; warn := [x | some x in %[1]s.warn]; actions := [x | x := %[1]s.actions]`, pkgRef)
+	opts := []func(*rego.Rego){
+		rego.Query(q),
+		rego.Store(store),
+		rego.Capabilities(caps),
+		rego.StrictBuiltinErrors(true),
+		rego.SetRegoVersion(ast.RegoV1),
+	}
+	for _, n := range names {
+		opts = append(opts, rego.ParsedModule(mods[n]))
+	}
+	pq, err := rego.New(opts...).PrepareForEval(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("policy: %s: compile: %w", s.id(), err)
+	}
+	return &regoEngine{pq: pq}, nil
+}
+
+func (e *regoEngine) eval(ctx context.Context, doc *document) (engineResult, error) {
+	rs, err := e.pq.Eval(ctx, rego.EvalParsedInput(doc.ast()))
+	if err != nil {
+		return engineResult{}, err
+	}
+	if len(rs) != 1 {
+		return engineResult{}, fmt.Errorf("%w: query returned %d results", ErrInvalidResult, len(rs))
+	}
+	b := rs[0].Bindings
+	var res engineResult
+	for _, x := range asList(b["deny"]) {
+		v, err := regoVerdict("deny", x, '5', defaultRejectCode, defaultRejectEnh)
+		if err != nil {
+			return engineResult{}, err
+		}
+		if res.reject == nil {
+			res.reject = &v
+		}
+	}
+	for _, x := range asList(b["dfr"]) {
+		v, err := regoVerdict("defer", x, '4', defaultDeferCode, defaultDeferEnh)
+		if err != nil {
+			return engineResult{}, err
+		}
+		if res.deferral == nil {
+			res.deferral = &v
+		}
+	}
+	for _, x := range asList(b["warn"]) {
+		v, err := regoVerdict("warn", x, 0, 0, "")
+		if err != nil {
+			return engineResult{}, err
+		}
+		res.warnings = append(res.warnings, Warning{Rule: v.rule, Message: v.message})
+	}
+	if acts := asList(b["actions"]); len(acts) == 1 {
+		a, err := regoActions(acts[0])
+		if err != nil {
+			return engineResult{}, err
+		}
+		res.actions = a
+	}
+	return res, nil
+}
+
+func asList(v any) []any {
+	l, _ := v.([]any)
+	return l
+}
+
+// regoVerdict decodes one member of deny, defer or warn: a string message
+// or an object {msg, code, enhanced_code, id}. class 0 means warn (codes
+// ignored).
+func regoVerdict(set string, x any, class byte, code int, enh string) (verdict, error) {
+	v := verdict{code: code, enh: enh}
+	switch t := x.(type) {
+	case string:
+		v.message = t
+	case map[string]any:
+		for k, val := range t {
+			switch k {
+			case "msg":
+				s, ok := val.(string)
+				if !ok {
+					return v, fmt.Errorf("%w: %s: msg is not a string", ErrInvalidResult, set)
+				}
+				v.message = s
+			case "code":
+				n, ok := val.(json.Number)
+				i, err := n.Int64()
+				if !ok || err != nil {
+					return v, fmt.Errorf("%w: %s: code is not an integer", ErrInvalidResult, set)
+				}
+				v.code = int(i)
+			case "enhanced_code":
+				s, ok := val.(string)
+				if !ok {
+					return v, fmt.Errorf("%w: %s: enhanced_code is not a string", ErrInvalidResult, set)
+				}
+				v.enh = s
+			case "id":
+				s, ok := val.(string)
+				if !ok {
+					return v, fmt.Errorf("%w: %s: id is not a string", ErrInvalidResult, set)
+				}
+				v.rule = s
+			}
+		}
+	default:
+		return v, fmt.Errorf("%w: %s member is %T, want string or object", ErrInvalidResult, set, x)
+	}
+	if v.rule == "" {
+		m := v.message
+		if len(m) > 60 {
+			m = m[:60] + "…"
+		}
+		v.rule = set + "[" + m + "]"
+	}
+	if class != 0 {
+		if err := checkReply(class, v.code, v.enh); err != nil {
+			return v, fmt.Errorf("%s %s: %w", set, v.rule, err)
+		}
+	}
+	return v, nil
+}
+
+// regoActions decodes the actions object.
+func regoActions(x any) (Actions, error) {
+	var a Actions
+	obj, ok := x.(map[string]any)
+	if !ok {
+		return a, fmt.Errorf("%w: actions is %T, want object", ErrInvalidResult, x)
+	}
+	str := func(k string, v any) (string, error) {
+		s, ok := v.(string)
+		if !ok {
+			return "", fmt.Errorf("%w: actions.%s is not a string", ErrInvalidResult, k)
+		}
+		return s, nil
+	}
+	var err error
+	for k, v := range obj {
+		switch k {
+		case "add_headers":
+			switch hs := v.(type) {
+			case map[string]any:
+				names := make([]string, 0, len(hs))
+				for n := range hs {
+					names = append(names, n)
+				}
+				sort.Strings(names)
+				for _, n := range names {
+					s, err := str("add_headers."+n, hs[n])
+					if err != nil {
+						return a, err
+					}
+					a.AddHeaders = append(a.AddHeaders, Header{Name: n, Value: s})
+				}
+			case []any:
+				for _, h := range hs {
+					o, ok := h.(map[string]any)
+					if !ok {
+						return a, fmt.Errorf("%w: actions.add_headers item is not an object", ErrInvalidResult)
+					}
+					n, err1 := str("add_headers.name", o["name"])
+					val, err2 := str("add_headers.value", o["value"])
+					if err1 != nil || err2 != nil {
+						return a, fmt.Errorf("%w: actions.add_headers item needs string name and value", ErrInvalidResult)
+					}
+					a.AddHeaders = append(a.AddHeaders, Header{Name: n, Value: val})
+				}
+			default:
+				return a, fmt.Errorf("%w: actions.add_headers is %T", ErrInvalidResult, v)
+			}
+		case "remove_headers":
+			l, ok := v.([]any)
+			if !ok {
+				return a, fmt.Errorf("%w: actions.remove_headers is not a list", ErrInvalidResult)
+			}
+			for _, x := range l {
+				s, err := str("remove_headers", x)
+				if err != nil {
+					return a, err
+				}
+				a.RemoveHeaders = append(a.RemoveHeaders, s)
+			}
+		case "dkim_domain":
+			if a.DKIMDomain, err = str(k, v); err != nil {
+				return a, err
+			}
+		case "upstream":
+			if a.Upstream, err = str(k, v); err != nil {
+				return a, err
+			}
+		default:
+			return a, fmt.Errorf("%w: unknown action %q", ErrInvalidResult, k)
+		}
+	}
+	return a, checkActions(a)
+}
+
+// regoFiles lists the files an engine at path depends on, for Watch.
+func regoFiles(path string) []string {
+	return walkFiles(path, func(n string) bool {
+		return strings.HasSuffix(n, ".rego") && !strings.HasSuffix(n, "_test.rego") ||
+			n == "data.json" || n == "data.yaml" || n == "data.yml"
+	})
+}
+
+// walkFiles lists the regular files under path (or path itself) whose base
+// name passes keep, skipping hidden directories.
+func walkFiles(path string, keep func(string) bool) []string {
+	var out []string
+	_ = filepath.WalkDir(path, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return nil
+		}
+		if d.IsDir() {
+			if p != path && strings.HasPrefix(d.Name(), ".") {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if p == path || keep(d.Name()) {
+			out = append(out, p)
+		}
+		return nil
+	})
+	sort.Strings(out)
+	return out
+}

@@ -1,0 +1,310 @@
+package policy
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/gohcl"
+	"github.com/hashicorp/hcl/v2/hclparse"
+	"github.com/zclconf/go-cty/cty"
+	"github.com/zclconf/go-cty/cty/convert"
+)
+
+// Rule actions of the HCL rules engine.
+const (
+	actionReject = "reject"
+	actionDefer  = "defer"
+	actionWarn   = "warn"
+	actionAccept = "accept"
+)
+
+// DiagnosticsError carries HCL diagnostics with the sources they point
+// into, so its Error text shows each problem with a source snippet.
+type DiagnosticsError struct {
+	Diagnostics hcl.Diagnostics
+	Files       map[string]*hcl.File
+}
+
+func (e *DiagnosticsError) Error() string {
+	var b strings.Builder
+	wr := hcl.NewDiagnosticTextWriter(&b, e.Files, 0, false)
+	_ = wr.WriteDiagnostics(e.Diagnostics)
+	return strings.TrimSpace(b.String())
+}
+
+type ruleFileSchema struct {
+	Rules []ruleBlock `hcl:"rule,block"`
+}
+
+type ruleBlock struct {
+	Name          string         `hcl:"name,label"`
+	Stage         string         `hcl:"stage"`
+	When          hcl.Expression `hcl:"when"`
+	Action        string         `hcl:"action"`
+	Code          *int           `hcl:"code,optional"`
+	EnhancedCode  *string        `hcl:"enhanced_code,optional"`
+	Message       *hcl.Attribute `hcl:"message,optional"`
+	AddHeaders    *hcl.Attribute `hcl:"add_headers,optional"`
+	RemoveHeaders *hcl.Attribute `hcl:"remove_headers,optional"`
+	DKIMDomain    *hcl.Attribute `hcl:"dkim_domain,optional"`
+	Upstream      *hcl.Attribute `hcl:"upstream,optional"`
+	DeclRange     hcl.Range      `hcl:",def_range"`
+}
+
+// rule is one compiled, type-checked rule.
+type rule struct {
+	name    string
+	stage   Stage
+	when    hcl.Expression
+	action  string
+	code    int
+	enh     string
+	message hcl.Expression // nil: default message
+	acts    map[string]hcl.Expression
+}
+
+// rulesEngine evaluates HCL rules in file order.
+type rulesEngine struct {
+	byStage map[Stage][]*rule
+}
+
+// rulesFiles lists the rule files of path: the file itself, or the *.hcl
+// files of a directory except *.test.hcl, in lexical order.
+func rulesFiles(path string) ([]string, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if !fi.IsDir() {
+		return []string{path}, nil
+	}
+	files := walkFiles(path, func(n string) bool {
+		return strings.HasSuffix(n, ".hcl") && !strings.HasSuffix(n, ".test.hcl")
+	})
+	if len(files) == 0 {
+		return nil, fmt.Errorf("no *.hcl rule files under %s", path)
+	}
+	return files, nil
+}
+
+// newRulesEngine parses and type-checks every rule of the files at path.
+func newRulesEngine(s engineSpec) (*rulesEngine, error) {
+	files, err := rulesFiles(s.path)
+	if err != nil {
+		return nil, fmt.Errorf("policy: %s: %w", s.id(), err)
+	}
+	e, err := compileRuleFiles(files)
+	if err != nil {
+		return nil, fmt.Errorf("policy: %s: %w", s.id(), err)
+	}
+	return e, nil
+}
+
+func compileRuleFiles(files []string) (*rulesEngine, error) {
+	p := hclparse.NewParser()
+	var diags hcl.Diagnostics
+	var blocks []ruleBlock
+	for _, f := range files {
+		hf, d := p.ParseHCLFile(f)
+		diags = append(diags, d...)
+		if d.HasErrors() {
+			continue
+		}
+		var schema ruleFileSchema
+		diags = append(diags, gohcl.DecodeBody(hf.Body, nil, &schema)...)
+		blocks = append(blocks, schema.Rules...)
+	}
+	if diags.HasErrors() {
+		return nil, &DiagnosticsError{Diagnostics: diags, Files: p.Files()}
+	}
+	e := &rulesEngine{byStage: map[Stage][]*rule{}}
+	seen := map[string]hcl.Range{}
+	for _, b := range blocks {
+		r, d := compileRule(b)
+		if prev, ok := seen[b.Name]; ok {
+			d = append(d, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Duplicate rule name",
+				Detail: fmt.Sprintf("Rule %q was already defined at %s.", b.Name, prev), Subject: b.DeclRange.Ptr()})
+		}
+		seen[b.Name] = b.DeclRange
+		diags = append(diags, d...)
+		if r != nil && !d.HasErrors() {
+			e.byStage[r.stage] = append(e.byStage[r.stage], r)
+		}
+	}
+	if diags.HasErrors() {
+		return nil, &DiagnosticsError{Diagnostics: diags, Files: p.Files()}
+	}
+	return e, nil
+}
+
+func compileRule(b ruleBlock) (*rule, hcl.Diagnostics) {
+	r := &rule{name: b.Name, stage: Stage(b.Stage), when: b.When, action: b.Action, acts: map[string]hcl.Expression{}}
+	errAt := func(summary, detail string) hcl.Diagnostics {
+		return hcl.Diagnostics{{Severity: hcl.DiagError, Summary: summary, Detail: detail, Subject: b.DeclRange.Ptr()}}
+	}
+	switch r.stage {
+	case StageMail, StageRcpt, StageData:
+	default:
+		return nil, errAt("Invalid stage", fmt.Sprintf("Rule %q: stage %q must be \"mail\", \"rcpt\" or \"data\".", b.Name, b.Stage))
+	}
+	var class byte
+	switch r.action {
+	case actionReject:
+		class, r.code, r.enh = '5', defaultRejectCode, defaultRejectEnh
+	case actionDefer:
+		class, r.code, r.enh = '4', defaultDeferCode, defaultDeferEnh
+	case actionWarn, actionAccept:
+		if b.Code != nil || b.EnhancedCode != nil {
+			return nil, errAt("Code on a non-refusing rule", fmt.Sprintf("Rule %q: code and enhanced_code apply to reject and defer only.", b.Name))
+		}
+	default:
+		return nil, errAt("Invalid action", fmt.Sprintf("Rule %q: action %q must be \"reject\", \"defer\", \"warn\" or \"accept\".", b.Name, b.Action))
+	}
+	if b.Code != nil {
+		r.code = *b.Code
+	}
+	if b.EnhancedCode != nil {
+		r.enh = *b.EnhancedCode
+	}
+	if class != 0 {
+		if err := checkReply(class, r.code, r.enh); err != nil {
+			return nil, errAt("Invalid reply code", fmt.Sprintf("Rule %q (%s): %v.", b.Name, r.action, err))
+		}
+	}
+	diags := typeCheck(b.When, r.stage, cty.Bool, nil)
+	if b.Message != nil {
+		r.message = b.Message.Expr
+		diags = append(diags, typeCheck(r.message, r.stage, cty.String, b.When)...)
+	}
+	for name, a := range map[string]*hcl.Attribute{"add_headers": b.AddHeaders, "remove_headers": b.RemoveHeaders, "dkim_domain": b.DKIMDomain, "upstream": b.Upstream} {
+		if a == nil {
+			continue
+		}
+		if r.action != actionAccept && r.action != actionWarn {
+			diags = append(diags, errAt("Action on a refusing rule", fmt.Sprintf("Rule %q: %s applies to accept and warn rules only.", b.Name, name))...)
+			continue
+		}
+		r.acts[name] = a.Expr
+		diags = append(diags, typeCheck(a.Expr, r.stage, actionTypes[name], b.When)...)
+	}
+	return r, diags
+}
+
+var actionTypes = map[string]cty.Type{
+	"add_headers":    cty.Map(cty.String),
+	"remove_headers": cty.List(cty.String),
+	"dkim_domain":    cty.String,
+	"upstream":       cty.String,
+}
+
+func (e *rulesEngine) eval(ctx context.Context, doc *document) (engineResult, error) {
+	var res engineResult
+	if err := ctx.Err(); err != nil {
+		return res, err
+	}
+	rules := e.byStage[doc.in.Stage]
+	if len(rules) == 0 {
+		return res, nil
+	}
+	ectx := &hcl.EvalContext{Variables: doc.cty(), Functions: ruleFunctions}
+	for _, r := range rules {
+		match, err := evalAs(r.when, ectx, cty.Bool)
+		if err != nil {
+			return engineResult{}, fmt.Errorf("rule %q: when: %w", r.name, err)
+		}
+		if !match.True() {
+			continue
+		}
+		msg := ""
+		if r.message != nil {
+			v, err := evalAs(r.message, ectx, cty.String)
+			if err != nil {
+				return engineResult{}, fmt.Errorf("rule %q: message: %w", r.name, err)
+			}
+			msg = v.AsString()
+		}
+		switch r.action {
+		case actionReject:
+			res.reject = &verdict{rule: r.name, code: r.code, enh: r.enh, message: msg}
+			return res, nil // nothing later can beat a reject
+		case actionDefer:
+			if res.deferral == nil {
+				res.deferral = &verdict{rule: r.name, code: r.code, enh: r.enh, message: msg}
+			}
+		case actionWarn, actionAccept:
+			if len(r.acts) > 0 {
+				a, err := r.actions(ectx)
+				if err != nil {
+					return engineResult{}, fmt.Errorf("rule %q: %w", r.name, err)
+				}
+				mergeActions(&res.actions, a)
+			}
+			if r.action == actionWarn {
+				res.warnings = append(res.warnings, Warning{Rule: r.name, Message: msg})
+				continue
+			}
+			res.acceptRule = r.name
+			return res, nil // allow-list: an accept ends this engine's stage
+		}
+	}
+	return res, nil
+}
+
+func (r *rule) actions(ectx *hcl.EvalContext) (Actions, error) {
+	var a Actions
+	for name, expr := range r.acts {
+		v, err := evalAs(expr, ectx, actionTypes[name])
+		if err != nil {
+			return a, fmt.Errorf("%s: %w", name, err)
+		}
+		switch name {
+		case "add_headers":
+			m := v.AsValueMap()
+			keys := make([]string, 0, len(m))
+			for k := range m {
+				keys = append(keys, k)
+			}
+			sort.Strings(keys)
+			for _, k := range keys {
+				a.AddHeaders = append(a.AddHeaders, Header{Name: k, Value: m[k].AsString()})
+			}
+		case "remove_headers":
+			for _, x := range v.AsValueSlice() {
+				a.RemoveHeaders = append(a.RemoveHeaders, x.AsString())
+			}
+		case "dkim_domain":
+			a.DKIMDomain = v.AsString()
+		case "upstream":
+			a.Upstream = v.AsString()
+		}
+	}
+	return a, checkActions(a)
+}
+
+// evalAs evaluates expr and converts the result to want, refusing null and
+// unknown results and null collection elements.
+func evalAs(expr hcl.Expression, ectx *hcl.EvalContext, want cty.Type) (cty.Value, error) {
+	v, diags := expr.Value(ectx)
+	if diags.HasErrors() {
+		return cty.NilVal, diags
+	}
+	if v.IsNull() || !v.IsWhollyKnown() {
+		return cty.NilVal, fmt.Errorf("%s: result is null", expr.Range())
+	}
+	v, err := convert.Convert(v, want)
+	if err != nil {
+		return cty.NilVal, fmt.Errorf("%s: %w", expr.Range(), err)
+	}
+	if v.Type().IsCollectionType() {
+		for _, x := range v.AsValueSlice() {
+			if x.IsNull() {
+				return cty.NilVal, fmt.Errorf("%s: null element", expr.Range())
+			}
+		}
+	}
+	return v, nil
+}

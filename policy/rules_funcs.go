@@ -1,0 +1,149 @@
+package policy
+
+import (
+	"net/netip"
+	"regexp"
+	"strings"
+	"sync"
+
+	"github.com/hashicorp/hcl/v2/ext/tryfunc"
+	"github.com/zclconf/go-cty/cty"
+	"github.com/zclconf/go-cty/cty/function"
+	"github.com/zclconf/go-cty/cty/function/stdlib"
+)
+
+// ruleFunctions are the functions HCL rule expressions may call. None does
+// I/O; all are deterministic.
+var ruleFunctions = map[string]function.Function{
+	"lower":         stdlib.LowerFunc,
+	"upper":         stdlib.UpperFunc,
+	"trimspace":     stdlib.TrimSpaceFunc,
+	"split":         stdlib.SplitFunc,
+	"join":          stdlib.JoinFunc,
+	"format":        stdlib.FormatFunc,
+	"keys":          stdlib.KeysFunc,
+	"lookup":        stdlib.LookupFunc,
+	"coalesce":      stdlib.CoalesceFunc,
+	"length":        lengthFunc,
+	"try":           tryfunc.TryFunc,
+	"can":           tryfunc.CanFunc,
+	"startswith":    stringPredicate(strings.HasPrefix),
+	"endswith":      stringPredicate(strings.HasSuffix),
+	"contains":      containsFunc,
+	"regex":         regexFunc,
+	"domain":        domainFunc,
+	"cidr_contains": cidrContainsFunc,
+}
+
+func stringPredicate(f func(s, affix string) bool) function.Function {
+	return function.New(&function.Spec{
+		Params: []function.Parameter{{Name: "str", Type: cty.String}, {Name: "affix", Type: cty.String}},
+		Type:   function.StaticReturnType(cty.Bool),
+		Impl: func(args []cty.Value, _ cty.Type) (cty.Value, error) {
+			return cty.BoolVal(f(args[0].AsString(), args[1].AsString())), nil
+		},
+	})
+}
+
+// containsFunc is contains(string, substring) or contains(list, value).
+var containsFunc = function.New(&function.Spec{
+	Params: []function.Parameter{{Name: "haystack", Type: cty.DynamicPseudoType}, {Name: "needle", Type: cty.DynamicPseudoType}},
+	Type:   function.StaticReturnType(cty.Bool),
+	Impl: func(args []cty.Value, _ cty.Type) (cty.Value, error) {
+		h, n := args[0], args[1]
+		if h.Type() == cty.String {
+			if n.Type() != cty.String {
+				return cty.NilVal, function.NewArgErrorf(1, "contains on a string needs a string, got %s", n.Type().FriendlyName())
+			}
+			return cty.BoolVal(strings.Contains(h.AsString(), n.AsString())), nil
+		}
+		if !h.CanIterateElements() {
+			return cty.NilVal, function.NewArgErrorf(0, "contains needs a string, list or set, got %s", h.Type().FriendlyName())
+		}
+		return stdlib.Contains(h, n)
+	},
+})
+
+var (
+	regexCacheMu sync.RWMutex
+	regexCache   = map[string]*regexp.Regexp{}
+)
+
+// compileRegex caches compiled patterns: rule patterns are almost always
+// constants, so each compiles once per process.
+func compileRegex(p string) (*regexp.Regexp, error) {
+	regexCacheMu.RLock()
+	re := regexCache[p]
+	regexCacheMu.RUnlock()
+	if re != nil {
+		return re, nil
+	}
+	re, err := regexp.Compile(p)
+	if err != nil {
+		return nil, err
+	}
+	regexCacheMu.Lock()
+	if len(regexCache) < 4096 {
+		regexCache[p] = re
+	}
+	regexCacheMu.Unlock()
+	return re, nil
+}
+
+// regexFunc is regex(pattern, string): whether the RE2 pattern matches.
+var regexFunc = function.New(&function.Spec{
+	Params: []function.Parameter{{Name: "pattern", Type: cty.String}, {Name: "str", Type: cty.String}},
+	Type:   function.StaticReturnType(cty.Bool),
+	Impl: func(args []cty.Value, _ cty.Type) (cty.Value, error) {
+		re, err := compileRegex(args[0].AsString())
+		if err != nil {
+			return cty.NilVal, function.NewArgError(0, err)
+		}
+		return cty.BoolVal(re.MatchString(args[1].AsString())), nil
+	},
+})
+
+// domainFunc is domain(address): the lower-cased domain part, "" if none.
+var domainFunc = function.New(&function.Spec{
+	Params: []function.Parameter{{Name: "address", Type: cty.String}},
+	Type:   function.StaticReturnType(cty.String),
+	Impl: func(args []cty.Value, _ cty.Type) (cty.Value, error) {
+		return cty.StringVal(domainOf(args[0].AsString())), nil
+	},
+})
+
+// cidrContainsFunc is cidr_contains(prefix, ip).
+var cidrContainsFunc = function.New(&function.Spec{
+	Params: []function.Parameter{{Name: "prefix", Type: cty.String}, {Name: "ip", Type: cty.String}},
+	Type:   function.StaticReturnType(cty.Bool),
+	Impl: func(args []cty.Value, _ cty.Type) (cty.Value, error) {
+		p, err := netip.ParsePrefix(args[0].AsString())
+		if err != nil {
+			return cty.NilVal, function.NewArgError(0, err)
+		}
+		ip, err := netip.ParseAddr(args[1].AsString())
+		if err != nil {
+			return cty.False, nil // an unparsable client address is in no network
+		}
+		return cty.BoolVal(p.Contains(ip.Unmap())), nil
+	},
+})
+
+// lengthFunc is length(string | list | map | set | tuple | object): the
+// number of characters of a string, else of elements.
+var lengthFunc = function.New(&function.Spec{
+	Params: []function.Parameter{{Name: "value", Type: cty.DynamicPseudoType}},
+	Type:   function.StaticReturnType(cty.Number),
+	Impl: func(args []cty.Value, _ cty.Type) (cty.Value, error) {
+		v := args[0]
+		switch {
+		case v.Type() == cty.String:
+			return stdlib.Strlen(v)
+		case v.Type().IsObjectType():
+			return cty.NumberIntVal(int64(len(v.Type().AttributeTypes()))), nil
+		case v.CanIterateElements():
+			return v.Length(), nil
+		}
+		return cty.NilVal, function.NewArgErrorf(0, "length needs a string or a collection, got %s", v.Type().FriendlyName())
+	},
+})
