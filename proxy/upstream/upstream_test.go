@@ -462,6 +462,7 @@ func TestRelay(t *testing.T) {
 		for range 5 {
 			relay(t, r, "a@example.com", []string{"b@example.net"}, msg(100))
 		}
+		checkLeaks(t, r, f) // waits for the background QUITs
 		cmds := f.commands()
 		if len(cmds) != 3 {
 			t.Fatalf("upstream saw %d connections, want 3 for 5 messages at 2 per connection", len(cmds))
