@@ -539,6 +539,44 @@ func TestRelay(t *testing.T) {
 		}
 	})
 
+	t.Run("requiretls_and_envid", func(t *testing.T) {
+		f := startFake(t, fakeOpts{})
+		r := newTestRouter(t, []Config{cfgFor("primary", f.addr)}, f)
+		_, err := r.Begin(ctx, "", "a@example.com", &smtp.MailOptions{RequireTLS: true})
+		if !errors.Is(err, ErrRequireTLS) {
+			t.Errorf("err = %v, want ErrRequireTLS", err)
+		}
+		wantReply(t, err, 550, smtp.EnhancedCode{5, 7, 30})
+		_, err = r.Begin(ctx, "", "a@example.com", &smtp.MailOptions{EnvelopeID: "id\x01"})
+		wantReply(t, err, 501, smtp.EnhancedCode{5, 5, 4})
+		if n := len(f.transactions()); n != 0 {
+			t.Errorf("refused MAIL reached the upstream")
+		}
+	})
+
+	t.Run("client_gone_is_4xx", func(t *testing.T) {
+		f := startFake(t, fakeOpts{})
+		f.set(func(f *fakeUpstream) { f.onData = func([]byte) *fault { return &fault{stall: true} } })
+		r := newTestRouter(t, []Config{cfgFor("primary", f.addr)}, f)
+		cctx, cancel := context.WithCancel(ctx)
+		tx, err := r.Begin(cctx, "", "a@example.com", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := tx.Rcpt(cctx, "b@example.net", nil); err != nil {
+			t.Fatal(err)
+		}
+		time.AfterFunc(100*time.Millisecond, cancel)
+		_, err = tx.Data(cctx, bytes.NewReader(msg(1000)))
+		if !errors.Is(err, ErrUnavailable) {
+			t.Errorf("err = %v, want ErrUnavailable", err)
+		}
+		wantReply(t, err, 451, smtp.EnhancedCode{4, 4, 1})
+		if st := r.Stats(); st.Open != 0 {
+			t.Errorf("cancelled connection kept: %+v", st)
+		}
+	})
+
 	t.Run("binarymime_refused", func(t *testing.T) {
 		f := startFake(t, fakeOpts{})
 		r := newTestRouter(t, []Config{cfgFor("primary", f.addr)}, f)
