@@ -161,6 +161,40 @@ func TestRelay(t *testing.T) {
 		wantReply(t, err, 451, smtp.EnhancedCode{4, 4, 1})
 	})
 
+	t.Run("failover_on_connect_timeout", func(t *testing.T) {
+		f := startFake(t, fakeOpts{})
+		blackhole := "192.0.2.1:587" // never dialled: the dialer below stalls it
+		var d net.Dialer
+		dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+			if addr == blackhole {
+				<-ctx.Done() // a silently dropped SYN
+				return nil, ctx.Err()
+			}
+			return d.DialContext(ctx, network, addr)
+		}
+		primary := cfgFor("primary", blackhole)
+		primary.ConnectTimeout = "100ms"
+		r, err := NewRouter([]Config{primary, cfgFor("secondary", f.addr)},
+			WithDialer(dial), WithLogger(slogFor(t)), WithHostname("mailgate.test"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { checkLeaks(t, r, f) })
+		tx, err := r.Begin(ctx, "", "a@example.com", nil)
+		if err != nil {
+			t.Fatalf("Begin: %v", err)
+		}
+		defer tx.Abort()
+		if tx.Upstream() != "secondary" {
+			t.Errorf("Upstream() = %q, want secondary", tx.Upstream())
+		}
+		_, err = r.Begin(ctx, "primary", "a@example.com", nil)
+		if !errors.Is(err, ErrTimeout) {
+			t.Errorf("err = %v, want ErrTimeout", err)
+		}
+		wantReply(t, err, 451, smtp.EnhancedCode{4, 4, 2})
+	})
+
 	t.Run("no_failover_on_smtp_reply", func(t *testing.T) {
 		f1 := startFake(t, fakeOpts{})
 		f2 := startFake(t, fakeOpts{})
