@@ -8,6 +8,7 @@ import (
 	"net"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -165,8 +166,10 @@ func TestRelay(t *testing.T) {
 		f := startFake(t, fakeOpts{})
 		blackhole := "192.0.2.1:587" // never dialled: the dialer below stalls it
 		var d net.Dialer
+		var blackholeDials atomic.Int32
 		dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
 			if addr == blackhole {
+				blackholeDials.Add(1)
 				<-ctx.Done() // a silently dropped SYN
 				return nil, ctx.Err()
 			}
@@ -188,6 +191,18 @@ func TestRelay(t *testing.T) {
 		if tx.Upstream() != "secondary" {
 			t.Errorf("Upstream() = %q, want secondary", tx.Upstream())
 		}
+		tx.Abort()
+		// Held down: the next message goes straight to the secondary
+		// instead of paying connect_timeout again.
+		tx2, err := r.Begin(ctx, "", "a@example.com", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tx2.Abort()
+		if n := blackholeDials.Load(); n != 1 {
+			t.Errorf("primary dialled %d times, want 1 (held down after the failure)", n)
+		}
+		// A route naming only the held-down upstream still tries it.
 		_, err = r.Begin(ctx, "primary", "a@example.com", nil)
 		if !errors.Is(err, ErrTimeout) {
 			t.Errorf("err = %v, want ErrTimeout", err)
