@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"strings"
 	"sync"
@@ -178,8 +179,8 @@ func (u *upstream) dial(ctx context.Context) (*pconn, error) {
 	raw := &dconn{Conn: nc}
 	pc := &pconn{up: u, raw: raw}
 	end := pc.op(ctx, time.Time{})
-	defer end()
 	fail := func(stage string, err error) (*pconn, error) {
+		end()
 		pc.broken = true
 		if pc.c != nil {
 			_ = pc.c.Close()
@@ -230,6 +231,15 @@ func (u *upstream) dial(ctx context.Context) (*pconn, error) {
 			return fail("auth", err)
 		}
 	}
+	end()
+	if pc.broken { // the connect deadline hit just as we finished
+		return fail("connect", context.DeadlineExceeded)
+	}
+	attrs := []slog.Attr{slog.String("upstream", u.name), slog.String("address", u.cfg.Address)}
+	if st, ok := pc.c.TLSConnectionState(); ok {
+		attrs = append(attrs, slog.String("tls", tls.VersionName(st.Version)))
+	}
+	u.r.log.LogAttrs(ctx, slog.LevelDebug, "upstream connected", attrs...)
 	return pc, nil
 }
 

@@ -36,8 +36,15 @@ type upstream struct {
 	s         settings
 	helo      string
 	tlsConfig *tls.Config
-	idle      []*pconn // guarded by r.mu; most recently used last
+	idle      []*pconn  // guarded by r.mu; most recently used last
+	downUntil time.Time // guarded by r.mu; last connect failed: try last until then
 }
+
+// holdDown is how long an upstream that failed to connect is tried after
+// the others, so that a blackholed primary does not cost connect_timeout
+// on every message. It is still tried (last), so a single-upstream route
+// keeps working as soon as the upstream is back.
+const holdDown = 30 * time.Second
 
 // Option configures NewRouter.
 type Option func(*options)
@@ -250,22 +257,42 @@ func (r *Router) discard(pc *pconn) {
 
 // connect returns a connection to the first upstream of ups that works:
 // an idle one from its pool, else a new one. It moves to the next upstream
-// only on connect failure; with fresh it skips the pools.
+// only on connect failure; with fresh it skips the pools. Upstreams that
+// failed to connect in the last holdDown are tried after the others.
 func (r *Router) connect(ctx context.Context, ups []*upstream, fresh bool) (*pconn, error) {
 	r.mu.Lock()
-	closed := r.closed
-	r.mu.Unlock()
-	if closed {
+	if r.closed {
+		r.mu.Unlock()
 		return nil, fmt.Errorf("upstream: router closed: %w", ErrUnavailable)
 	}
-	var errs []error
+	order := make([]*upstream, 0, len(ups))
+	var down []*upstream
+	now := time.Now()
 	for _, u := range ups {
+		if now.Before(u.downUntil) {
+			down = append(down, u)
+		} else {
+			order = append(order, u)
+		}
+	}
+	order = append(order, down...)
+	r.mu.Unlock()
+
+	var errs []error
+	for _, u := range order {
 		if !fresh {
 			if pc := r.checkout(u); pc != nil {
 				return pc, nil
 			}
 		}
 		pc, err := u.dial(ctx)
+		r.mu.Lock()
+		if err == nil {
+			u.downUntil = time.Time{}
+		} else if ctx.Err() == nil {
+			u.downUntil = time.Now().Add(holdDown)
+		}
+		r.mu.Unlock()
 		if err == nil {
 			return pc, nil
 		}

@@ -106,7 +106,10 @@ func (r *Router) mail(ctx context.Context, pc *pconn, from string, opts *smtp.Ma
 	defer end()
 	if pc.rehello {
 		if err := pc.c.Hello(pc.up.helo); err != nil {
-			return pc.fail(ctx, "ehlo", err)
+			// A refused EHLO is about our connection, not the client's
+			// request: never pass it on as the client's reply.
+			pc.broken = true
+			return transportError(pc.up.name, "ehlo", classify(ctx, err), err)
 		}
 		pc.rehello = false
 	}
