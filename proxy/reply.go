@@ -7,6 +7,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/mailgate/mailgate/dkim"
 	"github.com/mailgate/mailgate/policy"
 )
 
@@ -21,6 +22,13 @@ type replyError interface {
 	error
 	SMTPReply() *smtp.SMTPError
 }
+
+var (
+	errSignFrom = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
+		Message: "Message must have exactly one From address to be signed"}
+	errSignNoKey = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
+		Message: "This server does not sign mail for the From domain"}
+)
 
 var errTooLongLine = &smtp.SMTPError{Code: 500, EnhancedCode: smtp.EnhancedCode{5, 5, 2},
 	Message: "Line too long"}
@@ -49,6 +57,12 @@ func (s *session) reply(err error) error {
 	}
 	if errors.Is(err, smtp.ErrDataReset) {
 		return err
+	}
+	switch {
+	case errors.Is(err, dkim.ErrFromHeader):
+		return errSignFrom
+	case errors.Is(err, dkim.ErrNoKey):
+		return errSignNoKey
 	}
 	if s.s.deps.Classify != nil {
 		if r := s.s.deps.Classify(err); r != nil {

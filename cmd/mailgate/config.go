@@ -13,6 +13,8 @@ import (
 	"github.com/zclconf/go-cty/cty"
 	"github.com/zclconf/go-cty/cty/function"
 
+	"github.com/mailgate/mailgate/dkim"
+	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/proxy"
 	"github.com/mailgate/mailgate/proxy/auth"
 	"github.com/mailgate/mailgate/proxy/upstream"
@@ -26,6 +28,8 @@ type fileConfig struct {
 	TLS       *tlsBlock              `hcl:"tls,block"`
 	Auth      *auth.Config           `hcl:"auth,block"`
 	Upstreams []upstream.Config      `hcl:"upstream,block"`
+	DKIM      *dkim.Config           `hcl:"dkim,block"`
+	Policy    *policy.Config         `hcl:"policy,block"`
 	Limits    *proxy.Limits          `hcl:"limits,block"`
 	Message   *proxy.MessageConfig   `hcl:"message,block"`
 	Outbox    *outboxBlock           `hcl:"outbox,block"`
@@ -178,6 +182,14 @@ func (c *config) validate() error {
 	case len(c.file.Upstreams) > 0 && c.file.Outbox != nil:
 		errs = append(errs, errors.New("outbox: an outbox replaces the upstreams; configure one or the other"))
 	}
+	if d := c.file.DKIM; d != nil {
+		for i := range d.Keys {
+			d.Keys[i].File = c.abs(d.Keys[i].File)
+		}
+		if err := d.Validate(); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if c.file.Log != nil {
 		switch c.file.Log.Format {
 		case "", "text", "json":
@@ -191,4 +203,32 @@ func (c *config) validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// loadDKIMConfig and loadPolicyConfig give the tool verbs the block they
+// need from a whole configuration file.
+func loadDKIMConfig(diag io.Writer) func(string) (dkim.Config, error) {
+	return func(path string) (dkim.Config, error) {
+		c, err := loadConfigFile(path, diag)
+		if err != nil {
+			return dkim.Config{}, err
+		}
+		if c.file.DKIM == nil {
+			return dkim.Config{}, fmt.Errorf("%s: no dkim block", path)
+		}
+		return *c.file.DKIM, nil
+	}
+}
+
+func loadPolicyConfig(diag io.Writer) func(string) (policy.Config, string, error) {
+	return func(path string) (policy.Config, string, error) {
+		c, err := loadConfigFile(path, diag)
+		if err != nil {
+			return policy.Config{}, "", err
+		}
+		if c.file.Policy == nil {
+			return policy.Config{}, "", fmt.Errorf("%s: no policy block", path)
+		}
+		return *c.file.Policy, c.baseDir, nil
+	}
 }

@@ -46,7 +46,14 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 
 // extraCommands are the tool verbs (passwd, dkim, policy), registered by
 // their own files.
-var extraCommands = map[string]func(args []string, stdin io.Reader, stdout, stderr io.Writer) int{}
+var extraCommands = map[string]func(args []string, stdin io.Reader, stdout, stderr io.Writer) int{
+	"dkim": func(args []string, _ io.Reader, stdout, stderr io.Writer) int {
+		return dkimMain(args, stdout, stderr, loadDKIMConfig(stderr))
+	},
+	"policy": func(args []string, _ io.Reader, stdout, stderr io.Writer) int {
+		return policyMain(args, stdout, stderr, loadPolicyConfig(stderr))
+	},
+}
 
 func usage(w io.Writer) {
 	fmt.Fprint(w, `usage:

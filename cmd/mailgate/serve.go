@@ -103,6 +103,9 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger, stdout io.Writ
 		}
 	}()
 
+	if w.policy != nil {
+		go w.policy.Watch(ctx)
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ctx) }()
 	select {

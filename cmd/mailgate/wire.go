@@ -13,6 +13,8 @@ import (
 	"sort"
 	"time"
 
+	"github.com/mailgate/mailgate/dkim"
+	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/proxy/auth"
 	"github.com/mailgate/mailgate/proxy/upstream"
 
@@ -28,6 +30,7 @@ type wiring struct {
 	reloads []func() error
 	closers []func()
 	probes  []func(ctx context.Context, out io.Writer) bool
+	policy  *policy.Policy // watched for changes while serving
 }
 
 func wire(cfg *config, logger *slog.Logger) (*wiring, error) {
@@ -64,6 +67,24 @@ func wire(cfg *config, logger *slog.Logger) (*wiring, error) {
 			return nil, err
 		}
 		w.deps.Auth = a
+	}
+	if cfg.file.DKIM != nil {
+		sg, err := dkim.New(*cfg.file.DKIM, dkim.WithLogger(logger))
+		if err != nil {
+			return nil, err
+		}
+		w.deps.Signer = sg
+		w.reloads = append(w.reloads, sg.Reload)
+	}
+	if cfg.file.Policy != nil {
+		p, err := policy.New(*cfg.file.Policy, cfg.baseDir, policy.WithLogger(logger))
+		if err != nil {
+			return nil, err
+		}
+		w.deps.Policy = p
+		w.policy = p
+		w.reloads = append(w.reloads, p.Reload)
+		w.closers = append(w.closers, func() { p.Close() })
 	}
 	switch {
 	case len(cfg.file.Upstreams) > 0:
