@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -29,9 +30,13 @@ func (r *Reply) String() string {
 }
 
 // Tx is one upstream mail transaction, mirroring one client transaction.
-// It is not safe for concurrent use. Every Tx must end with Data or Abort
-// (Abort after Data is a no-op, so `defer tx.Abort()` is the idiom).
+// Every Tx must end with Data or Abort (Abort after Data is a no-op, so
+// `defer tx.Abort()` is the idiom). Its methods are serialized: an Abort
+// from another goroutine (go-smtp may call Session.Logout concurrently on
+// server shutdown) waits for a running Rcpt or Data; cancel that call's
+// ctx to make it return at once.
 type Tx struct {
+	mu   sync.Mutex
 	r    *Router
 	pc   *pconn // nil once the transaction is over
 	name string
@@ -188,6 +193,8 @@ func (tx *Tx) broke(err error) error {
 // the same error). to is sent exactly as given and must not contain CR, LF,
 // NUL, '<' or '>'.
 func (tx *Tx) Rcpt(ctx context.Context, to string, opts *smtp.RcptOptions) error {
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
 	if err := tx.usable(); err != nil {
 		return err
 	}
@@ -225,6 +232,8 @@ func (tx *Tx) Rcpt(ctx context.Context, to string, opts *smtp.RcptOptions) error
 // (451 4.3.0). A connection lost after the final dot is ErrUnavailable (the
 // upstream may or may not have queued the message; the client retries).
 func (tx *Tx) Data(ctx context.Context, r io.Reader) (*Reply, error) {
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
 	if err := tx.usable(); err != nil {
 		return nil, err
 	}
@@ -248,7 +257,7 @@ func (tx *Tx) Data(ctx context.Context, r io.Reader) (*Reply, error) {
 	}
 	if openTx {
 		// DATA itself was refused: the transaction is still open upstream.
-		tx.Abort()
+		tx.abort()
 		return nil, err
 	}
 	tx.pc = nil
@@ -317,6 +326,12 @@ func parseReply(text string) *Reply {
 // min(command_timeout, 10s). It is a no-op when the transaction is already
 // over (after Data, or after a transport error).
 func (tx *Tx) Abort() {
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	tx.abort()
+}
+
+func (tx *Tx) abort() {
 	pc := tx.pc
 	if pc == nil {
 		return

@@ -445,6 +445,30 @@ func TestRelay(t *testing.T) {
 		}
 	})
 
+	t.Run("data_command_refused_rolls_back", func(t *testing.T) {
+		f := startFake(t, fakeOpts{})
+		f.set(func(f *fakeUpstream) {
+			f.onRcpt = func(string) *fault { return &fault{err: smtpErr(550, smtp.EnhancedCode{5, 1, 1}, "no")} }
+		})
+		r := newTestRouter(t, []Config{cfgFor("primary", f.addr)}, f)
+		tx, err := r.Begin(ctx, "", "a@example.com", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tx.Rcpt(ctx, "b@example.net", nil)
+		// No recipient accepted: the upstream refuses DATA itself (502),
+		// its transaction is still open, so Data rolls it back with RSET.
+		_, err = tx.Data(ctx, bytes.NewReader(msg(100)))
+		wantReply(t, err, 502, smtp.EnhancedCode{5, 5, 1})
+		cmds := f.commands()
+		if want := []string{"EHLO", "MAIL", "RCPT", "DATA", "RSET"}; len(cmds) != 1 || !slices.Equal(cmds[0], want) {
+			t.Errorf("upstream commands = %v, want %v", cmds, want)
+		}
+		if st := r.Stats(); st.Idle != 1 {
+			t.Errorf("Stats = %+v, want the connection pooled after RSET", st)
+		}
+	})
+
 	t.Run("read_error_never_finishes_message", func(t *testing.T) {
 		f := startFake(t, fakeOpts{})
 		r := newTestRouter(t, []Config{cfgFor("primary", f.addr)}, f)
