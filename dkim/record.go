@@ -85,6 +85,8 @@ func (r Record) ZoneLine() string {
 	return b.String()
 }
 
+var _ Resolver = (*net.Resolver)(nil)
+
 // Resolver looks up TXT records; *net.Resolver satisfies it. Each returned
 // string is one record, its character-strings already concatenated.
 type Resolver interface {

@@ -17,9 +17,9 @@ import (
 
 // Exit codes of the dkim subcommands.
 const (
-	exitOK      = 0 // done; for check: every key published and matching
-	exitProblem = 1 // something failed or check found a problem
-	exitUsage   = 2 // bad command line
+	dkimExitOK      = 0 // done; for check: every key published and matching
+	dkimExitProblem = 1 // something failed or check found a problem
+	dkimExitUsage   = 2 // bad command line
 )
 
 const dkimUsage = `usage: mailgate dkim <command> [flags]
@@ -49,7 +49,7 @@ func dkimMain(args []string, stdout, stderr io.Writer, loadDKIMConfig func(path 
 func runDKIM(args []string, stdout, stderr io.Writer, loadDKIMConfig func(path string) (dkim.Config, error), resolver dkim.Resolver) int {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, dkimUsage)
-		return exitUsage
+		return dkimExitUsage
 	}
 	switch args[0] {
 	case "keygen":
@@ -60,14 +60,14 @@ func runDKIM(args []string, stdout, stderr io.Writer, loadDKIMConfig func(path s
 		return dkimCheck(args[1:], stdout, stderr, loadDKIMConfig, resolver)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, dkimUsage)
-		return exitOK
+		return dkimExitOK
 	}
 	fmt.Fprintf(stderr, "mailgate dkim: unknown command %q\n\n%s", args[0], dkimUsage)
-	return exitUsage
+	return dkimExitUsage
 }
 
-// newFlagSet returns a FlagSet that reports to stderr with a usage line.
-func newFlagSet(name, synopsis string, stderr io.Writer) *flag.FlagSet {
+// dkimFlagSet returns a FlagSet that reports to stderr with a usage line.
+func dkimFlagSet(name, synopsis string, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet("mailgate dkim "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
@@ -77,83 +77,83 @@ func newFlagSet(name, synopsis string, stderr io.Writer) *flag.FlagSet {
 	return fs
 }
 
-// parseFlags parses args; done is true when the caller must return code.
-func parseFlags(fs *flag.FlagSet, args []string) (code int, done bool) {
+// dkimParseFlags parses args; done is true when the caller must return code.
+func dkimParseFlags(fs *flag.FlagSet, args []string) (code int, done bool) {
 	err := fs.Parse(args)
 	switch {
 	case errors.Is(err, flag.ErrHelp):
-		return exitOK, true
+		return dkimExitOK, true
 	case err != nil:
-		return exitUsage, true // the flag package printed the error and usage
+		return dkimExitUsage, true // the flag package printed the error and usage
 	case fs.NArg() > 0:
 		fmt.Fprintf(fs.Output(), "unexpected arguments: %s\n", strings.Join(fs.Args(), " "))
 		fs.Usage()
-		return exitUsage, true
+		return dkimExitUsage, true
 	}
 	return 0, false
 }
 
-func usageError(fs *flag.FlagSet, format string, a ...any) int {
+func dkimUsageError(fs *flag.FlagSet, format string, a ...any) int {
 	fmt.Fprintf(fs.Output(), format+"\n", a...)
 	fs.Usage()
-	return exitUsage
+	return dkimExitUsage
 }
 
 func dkimKeygen(args []string, stdout, stderr io.Writer) int {
-	fs := newFlagSet("keygen", "-domain D -selector S [-algorithm rsa|ed25519] [-bits 2048] -out FILE", stderr)
+	fs := dkimFlagSet("keygen", "-domain D -selector S [-algorithm rsa|ed25519] [-bits 2048] -out FILE", stderr)
 	domain := fs.String("domain", "", "signing domain (d=), required")
 	selector := fs.String("selector", "", "selector (s=), required")
 	algorithm := fs.String("algorithm", dkim.AlgorithmRSA, "key algorithm: rsa or ed25519")
 	bits := fs.Int("bits", 2048, "RSA modulus size in bits (at least 1024; ignored for ed25519)")
 	out := fs.String("out", "", "private key file to create, required; never overwritten")
-	if code, done := parseFlags(fs, args); done {
+	if code, done := dkimParseFlags(fs, args); done {
 		return code
 	}
 	switch {
 	case *domain == "" || *selector == "" || *out == "":
-		return usageError(fs, "-domain, -selector and -out are required")
+		return dkimUsageError(fs, "-domain, -selector and -out are required")
 	case *algorithm != dkim.AlgorithmRSA && *algorithm != dkim.AlgorithmEd25519:
-		return usageError(fs, "-algorithm must be rsa or ed25519, not %q", *algorithm)
+		return dkimUsageError(fs, "-algorithm must be rsa or ed25519, not %q", *algorithm)
 	case *algorithm == dkim.AlgorithmRSA && *bits < dkim.MinRSABits:
-		return usageError(fs, "-bits must be at least %d", dkim.MinRSABits)
+		return dkimUsageError(fs, "-bits must be at least %d", dkim.MinRSABits)
 	}
 	key, err := dkim.GenerateKey(*algorithm, *bits)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
-		return exitProblem
+		return dkimExitProblem
 	}
 	// Check the record can be built before writing anything.
 	rec, err := dkim.NewRecord(*domain, *selector, key.Public())
 	if err != nil {
-		return usageError(fs, "%v", err)
+		return dkimUsageError(fs, "%v", err)
 	}
 	if err := dkim.WriteKeyFile(*out, key); err != nil {
 		fmt.Fprintln(stderr, err)
-		return exitProblem
+		return dkimExitProblem
 	}
-	fmt.Fprintf(stdout, "; private key (%s) written to %s\n", describeKey(key.Public()), *out)
-	printRecord(stdout, rec)
-	return exitOK
+	fmt.Fprintf(stdout, "; private key (%s) written to %s\n", dkimDescribeKey(key.Public()), *out)
+	dkimPrintRecord(stdout, rec)
+	return dkimExitOK
 }
 
 func dkimRecord(args []string, stdout, stderr io.Writer) int {
-	fs := newFlagSet("record", "-key FILE [-domain D -selector S]", stderr)
+	fs := dkimFlagSet("record", "-key FILE [-domain D -selector S]", stderr)
 	keyFile := fs.String("key", "", "private key file (PEM), required")
 	domain := fs.String("domain", "", "signing domain (d=); with -selector, prints the record name")
 	selector := fs.String("selector", "", "selector (s=); with -domain, prints the record name")
-	if code, done := parseFlags(fs, args); done {
+	if code, done := dkimParseFlags(fs, args); done {
 		return code
 	}
 	if *keyFile == "" {
-		return usageError(fs, "-key is required")
+		return dkimUsageError(fs, "-key is required")
 	}
 	if (*domain == "") != (*selector == "") {
-		return usageError(fs, "-domain and -selector go together")
+		return dkimUsageError(fs, "-domain and -selector go together")
 	}
 	key, err := dkim.LoadKeyFile(*keyFile)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
-		return exitProblem
+		return dkimExitProblem
 	}
 	d, s := *domain, *selector
 	named := d != ""
@@ -162,25 +162,25 @@ func dkimRecord(args []string, stdout, stderr io.Writer) int {
 	}
 	rec, err := dkim.NewRecord(d, s, key.Public())
 	if err != nil {
-		return usageError(fs, "%v", err)
+		return dkimUsageError(fs, "%v", err)
 	}
 	if !named {
-		fmt.Fprintf(stdout, "; %s; publish at <selector>._domainkey.<domain>.\n%s\n", describeKey(key.Public()), rec.Value)
-		return exitOK
+		fmt.Fprintf(stdout, "; %s; publish at <selector>._domainkey.<domain>.\n%s\n", dkimDescribeKey(key.Public()), rec.Value)
+		return dkimExitOK
 	}
-	fmt.Fprintf(stdout, "; %s\n", describeKey(key.Public()))
-	printRecord(stdout, rec)
-	return exitOK
+	fmt.Fprintf(stdout, "; %s\n", dkimDescribeKey(key.Public()))
+	dkimPrintRecord(stdout, rec)
+	return dkimExitOK
 }
 
-// printRecord prints a zone-file line and the unsplit value (for DNS
+// dkimPrintRecord prints a zone-file line and the unsplit value (for DNS
 // provider web forms), the latter as a comment so the output stays a valid
 // zone fragment.
-func printRecord(w io.Writer, rec dkim.Record) {
+func dkimPrintRecord(w io.Writer, rec dkim.Record) {
 	fmt.Fprintf(w, "%s\n; unsplit value for %s:\n; %s\n", rec.ZoneLine(), rec.Name, rec.Value)
 }
 
-func describeKey(pub any) string {
+func dkimDescribeKey(pub any) string {
 	switch k := pub.(type) {
 	case *rsa.PublicKey:
 		return fmt.Sprintf("rsa %d bits", k.N.BitLen())
@@ -191,37 +191,37 @@ func describeKey(pub any) string {
 }
 
 func dkimCheck(args []string, stdout, stderr io.Writer, load func(string) (dkim.Config, error), resolver dkim.Resolver) int {
-	fs := newFlagSet("check", "-config FILE [-timeout 30s]", stderr)
+	fs := dkimFlagSet("check", "-config FILE [-timeout 30s]", stderr)
 	configFile := fs.String("config", "", "mailgate config file, required")
 	timeout := fs.Duration("timeout", 30*time.Second, "overall DNS timeout")
-	if code, done := parseFlags(fs, args); done {
+	if code, done := dkimParseFlags(fs, args); done {
 		return code
 	}
 	if *configFile == "" {
-		return usageError(fs, "-config is required")
+		return dkimUsageError(fs, "-config is required")
 	}
 	cfg, err := load(*configFile)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
-		return exitProblem
+		return dkimExitProblem
 	}
 	if len(cfg.Keys) == 0 {
 		fmt.Fprintln(stdout, "no DKIM keys configured")
-		return exitOK
+		return dkimExitOK
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	return printCheck(stdout, dkim.Check(ctx, cfg, resolver))
+	return dkimPrintCheck(stdout, dkim.Check(ctx, cfg, resolver))
 }
 
-// printCheck prints one line per result (and the record to publish when it
+// dkimPrintCheck prints one line per result (and the record to publish when it
 // is not published as expected) and returns the exit code.
-func printCheck(w io.Writer, results []dkim.CheckResult) int {
-	code := exitOK
+func dkimPrintCheck(w io.Writer, results []dkim.CheckResult) int {
+	code := dkimExitOK
 	for _, r := range results {
 		mark := "OK  "
 		if !r.OK() {
-			mark, code = "FAIL", exitProblem
+			mark, code = "FAIL", dkimExitProblem
 		}
 		fmt.Fprintf(w, "%s %s %s: %s", mark, r.Domain, r.Selector, r.Status)
 		if r.Detail != "" {

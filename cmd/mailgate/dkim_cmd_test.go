@@ -14,34 +14,34 @@ import (
 	"github.com/mailgate/mailgate/dkim"
 )
 
-// mapResolver serves TXT records from a map: the only fake, DNS.
-type mapResolver map[string][]string
+// dkimMapResolver serves TXT records from a map: the only fake, DNS.
+type dkimMapResolver map[string][]string
 
-func (m mapResolver) LookupTXT(_ context.Context, name string) ([]string, error) {
+func (m dkimMapResolver) LookupTXT(_ context.Context, name string) ([]string, error) {
 	if v, ok := m[name]; ok {
 		return v, nil
 	}
 	return nil, &net.DNSError{Err: "no such host", Name: name, IsNotFound: true}
 }
 
-func noConfig(string) (dkim.Config, error) {
+func dkimNoConfig(string) (dkim.Config, error) {
 	return dkim.Config{}, errors.New("no config in this test")
 }
 
-func runDKIMTest(t *testing.T, load func(string) (dkim.Config, error), dns mapResolver, args ...string) (code int, stdout, stderr string) {
+func runDKIMCmd(t *testing.T, load func(string) (dkim.Config, error), dns dkimMapResolver, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
 	var o, e bytes.Buffer
 	code = runDKIM(args, &o, &e, load, dns)
 	return code, o.String(), e.String()
 }
 
-var zoneRe = regexp.MustCompile(`(?m)^(\S+) IN TXT \( (.*) \)$`)
+var dkimZoneRe = regexp.MustCompile(`(?m)^(\S+) IN TXT \( (.*) \)$`)
 
-// zoneValue extracts the record name and the concatenated value of the
+// dkimZoneValue extracts the record name and the concatenated value of the
 // zone line in out.
-func zoneValue(t *testing.T, out string) (string, string) {
+func dkimZoneValue(t *testing.T, out string) (string, string) {
 	t.Helper()
-	m := zoneRe.FindStringSubmatch(out)
+	m := dkimZoneRe.FindStringSubmatch(out)
 	if m == nil {
 		t.Fatalf("no zone line in:\n%s", out)
 	}
@@ -60,11 +60,11 @@ func TestDKIMKeygenRecordCheck(t *testing.T) {
 		t.Run(alg, func(t *testing.T) {
 			dir := t.TempDir()
 			keyFile := filepath.Join(dir, "k.pem")
-			code, out, errOut := runDKIMTest(t, noConfig, nil, "keygen", "-domain", "Example.com", "-selector", "mg2026", "-algorithm", alg, "-out", keyFile)
+			code, out, errOut := runDKIMCmd(t, dkimNoConfig, nil, "keygen", "-domain", "Example.com", "-selector", "mg2026", "-algorithm", alg, "-out", keyFile)
 			if code != 0 {
 				t.Fatalf("keygen exit %d: %s", code, errOut)
 			}
-			name, value := zoneValue(t, out)
+			name, value := dkimZoneValue(t, out)
 			if name != "mg2026._domainkey.example.com." || !strings.HasPrefix(value, "v=DKIM1; k="+alg+"; p=") {
 				t.Fatalf("record %s %q", name, value)
 			}
@@ -78,21 +78,21 @@ func TestDKIMKeygenRecordCheck(t *testing.T) {
 
 			t.Run("keygen refuses to overwrite", func(t *testing.T) {
 				before, _ := os.ReadFile(keyFile)
-				code, _, errOut := runDKIMTest(t, noConfig, nil, "keygen", "-domain", "example.com", "-selector", "x", "-algorithm", alg, "-out", keyFile)
+				code, _, errOut := runDKIMCmd(t, dkimNoConfig, nil, "keygen", "-domain", "example.com", "-selector", "x", "-algorithm", alg, "-out", keyFile)
 				after, _ := os.ReadFile(keyFile)
 				if code != 1 || !strings.Contains(errOut, "exists") || !bytes.Equal(before, after) {
 					t.Fatalf("exit %d, %q; file changed: %v", code, errOut, !bytes.Equal(before, after))
 				}
 			})
 			t.Run("record prints the same record", func(t *testing.T) {
-				code, out, errOut := runDKIMTest(t, noConfig, nil, "record", "-key", keyFile, "-domain", "example.com", "-selector", "mg2026")
+				code, out, errOut := runDKIMCmd(t, dkimNoConfig, nil, "record", "-key", keyFile, "-domain", "example.com", "-selector", "mg2026")
 				if code != 0 {
 					t.Fatalf("exit %d: %s", code, errOut)
 				}
-				if n, v := zoneValue(t, out); n != name || v != value {
+				if n, v := dkimZoneValue(t, out); n != name || v != value {
 					t.Fatalf("record %s %q, keygen said %s %q", n, v, name, value)
 				}
-				code, out, _ = runDKIMTest(t, noConfig, nil, "record", "-key", keyFile)
+				code, out, _ = runDKIMCmd(t, dkimNoConfig, nil, "record", "-key", keyFile)
 				if code != 0 || !strings.Contains(out, "\n"+value+"\n") {
 					t.Fatalf("exit %d, value only:\n%s", code, out)
 				}
@@ -104,20 +104,20 @@ func TestDKIMKeygenRecordCheck(t *testing.T) {
 				return dkim.Config{Keys: []dkim.KeyConfig{{Domain: "example.com", Selector: "mg2026", File: keyFile}}}, nil
 			}
 			t.Run("check: published", func(t *testing.T) {
-				code, out, _ := runDKIMTest(t, load, mapResolver{name: {value}}, "check", "-config", "mailgate.hcl")
+				code, out, _ := runDKIMCmd(t, load, dkimMapResolver{name: {value}}, "check", "-config", "mailgate.hcl")
 				if code != 0 || !strings.HasPrefix(out, "OK   example.com mg2026: match") {
 					t.Fatalf("exit %d:\n%s", code, out)
 				}
 			})
 			t.Run("check: missing", func(t *testing.T) {
-				code, out, _ := runDKIMTest(t, load, mapResolver{}, "check", "-config", "mailgate.hcl")
+				code, out, _ := runDKIMCmd(t, load, dkimMapResolver{}, "check", "-config", "mailgate.hcl")
 				if code != 1 || !strings.Contains(out, "FAIL example.com mg2026: missing") || !strings.Contains(out, "publish: "+name) {
 					t.Fatalf("exit %d:\n%s", code, out)
 				}
 			})
 			t.Run("check: mismatch", func(t *testing.T) {
 				other := strings.Replace(value, "p=", "p=AAAA", 1)
-				code, out, _ := runDKIMTest(t, load, mapResolver{name: {other}}, "check", "-config", "mailgate.hcl")
+				code, out, _ := runDKIMCmd(t, load, dkimMapResolver{name: {other}}, "check", "-config", "mailgate.hcl")
 				if code != 1 || !strings.Contains(out, "mismatch") {
 					t.Fatalf("exit %d:\n%s", code, out)
 				}
@@ -152,7 +152,7 @@ func TestDKIMUsage(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			code, out, errOut := runDKIMTest(t, noConfig, nil, tc.args...)
+			code, out, errOut := runDKIMCmd(t, dkimNoConfig, nil, tc.args...)
 			if code != tc.code || !strings.Contains(out+errOut, tc.out) {
 				t.Fatalf("exit %d (want %d), output:\n%s%s\nwant %q", code, tc.code, out, errOut, tc.out)
 			}
@@ -160,7 +160,7 @@ func TestDKIMUsage(t *testing.T) {
 	}
 	t.Run("keygen bad selector writes no file", func(t *testing.T) {
 		f := filepath.Join(t.TempDir(), "k.pem")
-		runDKIMTest(t, noConfig, nil, "keygen", "-domain", "d.test", "-selector", "a b", "-out", f)
+		runDKIMCmd(t, dkimNoConfig, nil, "keygen", "-domain", "d.test", "-selector", "a b", "-out", f)
 		if _, err := os.Stat(f); !os.IsNotExist(err) {
 			t.Fatal("key written despite the usage error")
 		}
