@@ -1,0 +1,192 @@
+package main
+
+import (
+	"bytes"
+	"crypto/x509"
+	"encoding/pem"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/mailgate/mailgate/dkim"
+	"github.com/mailgate/mailgate/proxy"
+	"github.com/mailgate/mailgate/proxy/auth"
+)
+
+// TestExamplesLoad loads every configuration under examples/ (and the
+// embedded default) so none of them can rot.
+func TestExamplesLoad(t *testing.T) {
+	t.Setenv("MAILGATE_UPSTREAM_USER", "relay-user")
+	t.Setenv("MAILGATE_UPSTREAM_PASS", "relay-pass")
+	files, err := filepath.Glob("../../examples/*.hcl")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no example configs found: %v", err)
+	}
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			var diag bytes.Buffer
+			if _, err := loadConfigFile(f, &diag); err != nil {
+				t.Fatalf("%v\n%s", err, diag.String())
+			}
+		})
+	}
+	t.Run("embedded default", func(t *testing.T) {
+		var diag bytes.Buffer
+		if _, err := loadConfig("default.hcl", defaultConfig, &diag); err != nil {
+			t.Fatalf("%v\n%s", err, diag.String())
+		}
+	})
+}
+
+// TestExampleConfigWires builds every collaborator of examples/mailgate.hcl
+// with real files (certificate, users, DKIM keys, the example policies),
+// which is what `mailgate check` does, and probes the upstreams (absent
+// here, so check must say so and fail).
+func TestExampleConfigWires(t *testing.T) {
+	t.Setenv("MAILGATE_UPSTREAM_USER", "relay-user")
+	t.Setenv("MAILGATE_UPSTREAM_PASS", "relay-pass")
+	dir := t.TempDir()
+	src, err := os.ReadFile("../../examples/mailgate.hcl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Upstreams that refuse at once: nothing listens on port 1 of loopback.
+	cfgText := strings.ReplaceAll(string(src), "mail.internal.example.com:587", "127.0.0.1:1")
+	cfgText = strings.ReplaceAll(cfgText, "mail2.internal.example.com:25", "127.0.0.1:1")
+	cfgText = strings.ReplaceAll(cfgText, `username = env("MAILGATE_UPSTREAM_USER")`, "")
+	cfgText = strings.ReplaceAll(cfgText, `password = env("MAILGATE_UPSTREAM_PASS")`, "")
+	writeFile(t, filepath.Join(dir, "mailgate.hcl"), cfgText)
+	writeTestFiles(t, dir)
+
+	var out, errOut bytes.Buffer
+	code := checkMain([]string{"-config", filepath.Join(dir, "mailgate.hcl"), "-timeout", "5s"}, &out, &errOut)
+	if code != 1 {
+		t.Fatalf("check exit %d, want 1 (upstreams down)\nstdout:\n%s\nstderr:\n%s", code, out.String(), errOut.String())
+	}
+	for _, want := range []string{"configuration OK", `upstream "primary"`, "NOT reachable"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("check output lacks %q:\n%s", want, out.String())
+		}
+	}
+}
+
+func TestCheckReportsConfigErrors(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "bad.hcl"), `hostname = "x"
+listener "relay" {
+  address = "127.0.0.1:2525"
+  tls     = "none"
+  auth    = "none"
+}
+outbox { maildir = "out" }
+limits { max_mesage_size = 10 }
+`)
+	var out, errOut bytes.Buffer
+	code := checkMain([]string{"-config", filepath.Join(dir, "bad.hcl")}, &out, &errOut)
+	if code != 1 {
+		t.Fatalf("exit %d, want 1", code)
+	}
+	// The typo is reported with a snippet of the file.
+	if !strings.Contains(errOut.String(), "max_mesage_size") || !strings.Contains(errOut.String(), "bad.hcl line 8") {
+		t.Errorf("diagnostic lacks the attribute or position:\n%s", errOut.String())
+	}
+
+	writeFile(t, filepath.Join(dir, "open.hcl"), `hostname = "x"
+listener "relay" {
+  address = "0.0.0.0:25"
+  tls     = "none"
+  auth    = "none"
+}
+outbox { maildir = "out" }
+`)
+	out.Reset()
+	errOut.Reset()
+	if code := checkMain([]string{"-config", filepath.Join(dir, "open.hcl")}, &out, &errOut); code != 1 {
+		t.Fatalf("open relay config accepted")
+	}
+	if !strings.Contains(errOut.String(), "trusted_networks") {
+		t.Errorf("open relay error does not say why:\n%s", errOut.String())
+	}
+}
+
+func TestEnvFunctionUnsetIsAnError(t *testing.T) {
+	src := `hostname = "x"
+listener "relay" {
+  address = "127.0.0.1:2525"
+  tls = "none"
+  auth = "none"
+  trusted_networks = ["127.0.0.1"]
+}
+upstream "u" {
+  address  = "127.0.0.1:25"
+  tls      = "none"
+  username = "u"
+  password = env("MAILGATE_TEST_SURELY_UNSET")
+}
+`
+	var diag bytes.Buffer
+	if _, err := loadConfig("t.hcl", []byte(src), &diag); err == nil {
+		t.Fatal("unset env() accepted")
+	}
+	if !strings.Contains(diag.String(), "MAILGATE_TEST_SURELY_UNSET") {
+		t.Errorf("diagnostic does not name the variable:\n%s", diag.String())
+	}
+}
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// writeTestFiles creates the files examples/mailgate.hcl refers to.
+func writeTestFiles(t *testing.T, dir string) {
+	t.Helper()
+	cert, err := proxy.SelfSigned("mailgate.example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(dir, "tls/fullchain.pem"), string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]})))
+	writeFile(t, filepath.Join(dir, "tls/privkey.pem"), string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})))
+	hash, err := auth.Hash("a long test password")
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(dir, "users"), "alice@example.com:"+hash+"\n")
+	for sel, alg := range map[string]string{"mg2026r": dkim.AlgorithmRSA, "mg2026e": dkim.AlgorithmEd25519} {
+		k, err := dkim.GenerateKey(alg, 2048)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.MkdirAll(filepath.Join(dir, "dkim"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := dkim.WriteKeyFile(filepath.Join(dir, "dkim", "example.com."+sel+".pem"), k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pol, err := filepath.Glob("../../examples/policies/*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pol {
+		fi, err := os.Stat(p)
+		if err != nil || fi.IsDir() {
+			continue
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		writeFile(t, filepath.Join(dir, "policies", filepath.Base(p)), string(b))
+	}
+}

@@ -1,0 +1,171 @@
+# mailgate.hcl — the complete configuration reference.
+#
+# Every option appears here once with its default. Relative paths are
+# resolved against the directory of this file. Run `mailgate check -config
+# mailgate.hcl` to validate it (it also probes the upstreams).
+#
+# Secrets come from the environment with env("VAR"); an unset variable is
+# an error at load, never an empty password.
+
+# Name used in the greeting, Received headers and generated Message-IDs.
+hostname = "mailgate.example.com"
+
+# ---------------------------------------------------------------------------
+# Listeners: as many as you like; every port is configurable.
+# tls  = "starttls" (default) | "implicit" | "none"
+#        starttls: RFC 3207; TLS is required before AUTH and MAIL.
+#        implicit: RFC 8314 TLS from the first byte (port 465).
+# auth = "required" (default) | "none"
+#        "none" needs trusted_networks: mailgate is never an open relay.
+# trusted_networks: CIDRs allowed to connect (default: anyone); others are
+#        refused at connect with 554 5.7.1.
+# allow_insecure_auth: AUTH without TLS; only on a loopback address
+#        (default false).
+listener "submission" {
+  address = "0.0.0.0:587"
+  tls     = "starttls"
+  auth    = "required"
+}
+
+listener "submissions" {
+  address = "0.0.0.0:465"
+  tls     = "implicit"
+  auth    = "required"
+}
+
+listener "relay" {
+  address          = "10.0.0.5:2525"
+  tls              = "none"
+  auth             = "none"
+  trusted_networks = ["10.0.0.0/24", "127.0.0.1/32"]
+}
+
+# Server certificate for starttls/implicit listeners (PEM chain + key).
+# Reloaded on SIGHUP; a broken file keeps the certificate in use.
+tls {
+  cert_file = "tls/fullchain.pem"
+  key_file  = "tls/privkey.pem"
+}
+
+# ---------------------------------------------------------------------------
+# SMTP AUTH (PLAIN and LOGIN, only over TLS).
+# users_file lines are "user:hash"; accepted hashes: bcrypt ($2y$/$2b$/$2a$),
+# argon2id ($argon2id$…), and Dovecot-style {BLF-CRYPT}, {ARGON2ID},
+# {SHA512-CRYPT}. Plaintext and weak schemes are refused at load.
+# Make a hash with: mailgate passwd -user alice@example.com
+# The users file is reloaded on SIGHUP.
+auth {
+  users_file     = "users"
+  max_failures   = 3     # per connection, then the connection closes (default 3)
+  ip_failures    = 20    # per client address (IPv6: per /64) per window (default 20)
+  user_failures  = 10    # per user name per window (default 10)
+  failure_window = "15m" # (default "15m")
+}
+
+# ---------------------------------------------------------------------------
+# Upstreams, tried in order when connecting fails. The client gets 250 only
+# after the upstream's 250; upstream trouble is always a 4xx.
+upstream "primary" {
+  address  = "mail.internal.example.com:587"
+  tls      = "starttls"                  # none | starttls | implicit (default "starttls")
+  username = env("MAILGATE_UPSTREAM_USER") # optional; AUTH PLAIN (or LOGIN)
+  password = env("MAILGATE_UPSTREAM_PASS")
+  helo     = "mailgate.example.com"      # default: hostname
+
+  pool_size                   = 8     # idle connections kept; 0 = no reuse (default 8)
+  max_messages_per_connection = 100   # then QUIT and reconnect (default 100)
+  connect_timeout             = "30s" # dial + greeting + EHLO + TLS + AUTH (default "30s")
+  command_timeout             = "5m"  # each command reply (default "5m")
+  data_timeout                = "10m" # DATA body + final reply (default "10m")
+  idle_timeout                = "60s" # lifetime of an idle pooled connection (default "60s")
+
+  insecure_skip_verify = false # certificates are verified unless true (default false)
+  server_name          = ""    # TLS name to verify (default: host of address)
+  ca_file              = ""    # extra PEM CA bundle (default: system roots only)
+}
+
+upstream "backup" {
+  address = "mail2.internal.example.com:25"
+  tls     = "starttls"
+}
+
+# ---------------------------------------------------------------------------
+# Limits. Every one has a safe default (Postfix's defaults are the model).
+limits {
+  max_message_size       = 10485760 # bytes; SIZE= at MAIL and during DATA (default 10 MiB)
+  max_recipients         = 1000     # per message; then 452 4.5.3 (default 1000)
+  max_line_length        = 1000     # bytes incl. CRLF, commands and body (default 1000)
+  max_header_size        = 102400   # bytes of header section (default 100 KiB)
+  command_timeout        = "300s"   # idle client between commands: 421 4.4.2 (default "300s")
+  data_timeout           = "300s"   # a body that stalls this long: 451 4.4.2 (default "300s")
+  tls_handshake_timeout  = "30s"    # (default "30s")
+  max_connections        = 1000     # in total; then 421 (default 1000)
+  max_connections_per_ip = 50       # per client address; then 421 (default 50)
+}
+
+# ---------------------------------------------------------------------------
+# What happens to the message on its way through.
+message {
+  # Received header added on top (RFC 5321 §4.4):
+  #   "private" (default): by HOSTNAME with ESMTPSA id …; no client IP or HELO
+  #   "full": adds "from HELO ([client IP])"
+  #   "none": no Received header
+  received_header = "private"
+  # Bodies larger than this many bytes go to a temporary file (default 1 MiB).
+  spool_threshold = 1048576
+  # Directory of those temporary files (default: the system temp directory).
+  spool_dir = ""
+}
+
+# ---------------------------------------------------------------------------
+# DKIM signing. The signing domain is the From header's domain; several keys
+# for one domain sign once each (RSA + Ed25519, or old + new in a rotation).
+# Keys are reloaded on SIGHUP; a broken key keeps the old keyring.
+# Make a key: mailgate dkim keygen -domain example.com -selector mg2026r -algorithm rsa -out FILE
+dkim {
+  key "example.com" "mg2026r" {
+    file = "dkim/example.com.mg2026r.pem" # PKCS#1/PKCS#8 RSA >= 1024 bits
+  }
+  key "example.com" "mg2026e" {
+    file       = "dkim/example.com.mg2026e.pem" # PKCS#8 Ed25519
+    subdomains = true                           # also sign for *.example.com (default false)
+  }
+  expiration = "120h"  # x= after t=; "0" disables x= (default "120h")
+  unsigned   = "relay" # From domain without a key: "relay" unsigned or "reject" (default "relay")
+  # headers  = [...]   # signed headers (default: From To Cc Subject Date Message-ID Reply-To
+  #                    # In-Reply-To References MIME-Version Content-Type
+  #                    # Content-Transfer-Encoding List-Id List-Unsubscribe List-Unsubscribe-Post)
+  # oversign = [...]   # oversigned headers (default: every signed header)
+}
+
+# ---------------------------------------------------------------------------
+# Policy: Rego and HCL rules, evaluated at MAIL, at each RCPT and after DATA.
+# First reject wins, then first defer, else accept. See examples/policies.
+policy {
+  rego {
+    name     = "org"
+    path     = "policies"
+    mode     = "enforce"  # enforce | dry-run (default "enforce")
+    on_error = "defer"    # defer (451 4.3.0) | accept (default "defer")
+    package  = "mailgate" # (default "mailgate")
+    allow_io = false      # http.send and other I/O builtins (default false)
+  }
+  rules {
+    name     = "local"
+    path     = "policies/rules.hcl"
+    mode     = "enforce"
+    on_error = "defer"
+  }
+  decision_log   = ""   # JSON lines, one record per decision (default: none)
+  watch_interval = "5s" # how often policy files are checked for changes (default "5s")
+}
+
+# ---------------------------------------------------------------------------
+log {
+  format = "text" # text | json (default "text")
+  level  = "info" # debug | info | warn | error (default "info")
+}
+
+# outbox { maildir = "./mailgate-outbox" }
+#   Replaces the upstreams: accepted messages are written to a Maildir.
+#   For trying mailgate out; the embedded default uses it.
