@@ -173,10 +173,11 @@ func (ss *session) input(stage policy.Stage, tx *transaction) policy.Input {
 // decide asks the policy. A policy error fails closed (the engine's
 // on_error decides whether it is an error at all). Dry-run decisions are
 // logged and enforce nothing.
-func (ss *session) decide(tx *transaction, in policy.Input) (policy.Decision, error) {
+func (ss *session) decide(tx *transaction, input func() policy.Input) (policy.Decision, error) {
 	if ss.s.deps.Policy == nil {
 		return policy.Decision{Outcome: policy.Accept}, nil
 	}
+	in := input()
 	d, err := ss.s.deps.Policy.Evaluate(ss.ctx, in)
 	if err != nil {
 		ss.log.Error("policy failed, deferring", "stage", string(in.Stage), "err", err)
@@ -224,7 +225,7 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 		return rerr
 	}
 	tx := &transaction{id: newID(), started: time.Now(), from: mb, opts: *opts}
-	d, err := ss.decide(tx, ss.input(policy.StageMail, tx))
+	d, err := ss.decide(tx, func() policy.Input { return ss.input(policy.StageMail, tx) })
 	if err != nil {
 		return ss.reply(err)
 	}
@@ -265,9 +266,11 @@ func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	if rerr != nil {
 		return rerr
 	}
-	in := ss.input(policy.StageRcpt, tx)
-	in.Rcpt = &policy.Rcpt{Address: mb.String(), Domain: strings.ToLower(mb.Domain)}
-	d, err := ss.decide(tx, in)
+	d, err := ss.decide(tx, func() policy.Input {
+		in := ss.input(policy.StageRcpt, tx)
+		in.Rcpt = &policy.Rcpt{Address: mb.String(), Domain: strings.ToLower(mb.Domain)}
+		return in
+	})
 	if err != nil {
 		return ss.reply(err)
 	}
@@ -332,7 +335,8 @@ func (ss *session) data(tx *transaction, r io.Reader) (string, error) {
 		}
 	}()
 	lim := &ss.s.cfg.Limits
-	br := bufio.NewReaderSize(r, max(4096, lim.MaxLineLength+2))
+	br := getReader(r, max(4096, lim.MaxLineLength+2))
+	defer putReader(br)
 	h, err := readHeader(br, lim.MaxHeaderSize)
 	if err != nil {
 		return "", err
@@ -344,10 +348,12 @@ func (ss *session) data(tx *transaction, r io.Reader) (string, error) {
 	}
 	tx.size = int64(h.size) + sp.Size()
 
-	in := ss.input(policy.StageData, tx)
-	in.Envelope.Size = tx.size
-	in.Message = h.policyView(tx.size)
-	d, err := ss.decide(tx, in)
+	d, err := ss.decide(tx, func() policy.Input {
+		in := ss.input(policy.StageData, tx)
+		in.Envelope.Size = tx.size
+		in.Message = h.policyView(tx.size)
+		return in
+	})
 	if err != nil {
 		return "", err
 	}
@@ -493,4 +499,20 @@ func (s *stickyReader) Read(p []byte) (int, error) {
 	n, err := s.r.Read(p)
 	s.err = err
 	return n, err
+}
+
+var readerPool sync.Pool
+
+// getReader returns a pooled bufio.Reader of at least size bytes on r.
+func getReader(r io.Reader, size int) *bufio.Reader {
+	if br, ok := readerPool.Get().(*bufio.Reader); ok && br.Size() >= size {
+		br.Reset(r)
+		return br
+	}
+	return bufio.NewReaderSize(r, size)
+}
+
+func putReader(br *bufio.Reader) {
+	br.Reset(nil)
+	readerPool.Put(br)
 }

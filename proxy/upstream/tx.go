@@ -273,6 +273,8 @@ func (e *readError) Unwrap() error { return e.err }
 
 // countingWriter remembers write errors so Data can tell them from reader
 // errors.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
 type errWriter struct {
 	w   io.Writer
 	err error
@@ -294,7 +296,13 @@ func (tx *Tx) data(ctx context.Context, r io.Reader) (_ *Reply, openTx bool, _ e
 		return nil, !pc.broken, err
 	}
 	ew := &errWriter{w: w}
-	if _, err := io.Copy(ew, r); err != nil {
+	// A pooled buffer, and r hidden behind a plain Reader: io.Copy would
+	// otherwise use r's WriteTo (io.MultiReader's allocates 32 KiB per
+	// message).
+	buf := copyBufs.Get().(*[]byte)
+	_, err = io.CopyBuffer(ew, struct{ io.Reader }{r}, *buf)
+	copyBufs.Put(buf)
+	if err != nil {
 		if ew.err != nil {
 			return nil, false, pc.fail(ctx, "data", ew.err)
 		}
