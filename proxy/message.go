@@ -73,6 +73,11 @@ func readHeader(br *bufio.Reader, max int) (*header, error) {
 		if h.size > max {
 			return nil, errHeaderTooBig
 		}
+		// The connection already refuses bare CR and LF; checked again
+		// here so the header code never depends on it.
+		if len(line) < 2 || line[len(line)-2] != '\r' || bytes.IndexByte(line[:len(line)-2], '\r') >= 0 {
+			return nil, errBadHeader
+		}
 		if len(line) == 2 { // the empty line ending the header
 			return h, nil
 		}

@@ -1,0 +1,161 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"strings"
+	"testing"
+
+	"github.com/mailgate/mailgate/policy"
+)
+
+func TestMailboxReserialization(t *testing.T) {
+	cases := []struct {
+		in, want string
+		code     int
+	}{
+		{"alice@example.com", "alice@example.com", 0},
+		{"john doe@example.com", `"john doe"@example.com`, 0},
+		{`a"b@example.com`, `"a\"b"@example.com`, 0},
+		{".lead@example.com", `".lead"@example.com`, 0},
+		{"user@[192.0.2.1]", "user@[192.0.2.1]", 0},
+		{"user@[IPv6:2001:db8::1]", "user@[IPv6:2001:db8::1]", 0},
+		{"user@[999.1.1.1]", "", 553},
+		{"a%b@example.com", "", 553},
+		{"host!user@example.com", "", 553},
+		{"\x01relay:user@example.com", "", 553},
+		{"us\ter@example.com", "", 553},
+		{"user@-bad.example", "", 553},
+		{"user@", "", 553},
+		{"@example.com", "", 553},
+		{"jörg@example.com", "", 553}, // needs SMTPUTF8
+	}
+	for _, tc := range cases {
+		mb, err := parseMailbox(tc.in, false, false)
+		if tc.code != 0 {
+			if err == nil || err.Code != tc.code {
+				t.Errorf("%q: got %v, want %d", tc.in, err, tc.code)
+			}
+			continue
+		}
+		if err != nil || mb.String() != tc.want {
+			t.Errorf("%q: got %q, %v; want %q", tc.in, mb.String(), err, tc.want)
+		}
+	}
+	if mb, err := parseMailbox("jörg@bücher.example", false, true); err != nil || mb.String() != "jörg@bücher.example" {
+		t.Errorf("SMTPUTF8 address: %q %v", mb.String(), err)
+	}
+	if mb, err := parseMailbox("", true, false); err != nil || mb.String() != "" {
+		t.Errorf("null sender: %q %v", mb.String(), err)
+	}
+}
+
+// TestDecisionReplyClass: a policy cannot turn a reject into a 2xx or a
+// defer into a 5xx, and its text cannot inject reply lines.
+func TestDecisionReplyClass(t *testing.T) {
+	cases := []struct {
+		d          policy.Decision
+		code       int
+		enh, inMsg string
+	}{
+		{policy.Decision{Outcome: policy.Reject}, 550, "5.7.1", "Rejected by policy"},
+		{policy.Decision{Outcome: policy.Reject, Code: 250, EnhancedCode: "2.0.0", Message: "ok"}, 550, "5.7.1", "ok"},
+		{policy.Decision{Outcome: policy.Reject, Code: 554, EnhancedCode: "5.7.26", Message: "dmarc"}, 554, "5.7.26", "dmarc"},
+		{policy.Decision{Outcome: policy.Defer, Code: 550, EnhancedCode: "5.1.1"}, 451, "4.7.1", "Deferred"},
+		{policy.Decision{Outcome: policy.Defer, Code: 452, EnhancedCode: "4.2.2", Message: "quota\r\n250 injected"}, 452, "4.2.2", "quota 250 injected"},
+	}
+	for _, tc := range cases {
+		r := decisionReply(tc.d)
+		got := formatReply(r)
+		if r.Code != tc.code || !strings.Contains(got, tc.enh) || !strings.Contains(got, tc.inMsg) || strings.ContainsAny(r.Message, "\r\n") {
+			t.Errorf("%+v → %q", tc.d, got)
+		}
+	}
+}
+
+func TestReadHeader(t *testing.T) {
+	msg := "From: a@example.com\r\nSubject: folded\r\n  continued\r\nBcc: x@y\r\n\r\nbody\r\n"
+	br := bufio.NewReader(strings.NewReader(msg))
+	h, err := readHeader(br, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := h.values("subject"); len(got) != 1 || got[0] != "folded  continued" {
+		t.Errorf("subject %q", got)
+	}
+	rest := new(bytes.Buffer)
+	rest.ReadFrom(br)
+	if rest.String() != "body\r\n" {
+		t.Errorf("body %q", rest.String())
+	}
+	if h.remove("BCC") != 1 || h.has("bcc") {
+		t.Error("remove")
+	}
+	for name, bad := range map[string]string{
+		"continuation_first": " x\r\n\r\n",
+		"no_colon":           "From a@example.com\r\n\r\n",
+		"space_in_name":      "Bad Name: x\r\n\r\n",
+	} {
+		if _, err := readHeader(bufio.NewReader(strings.NewReader(bad)), 1000); err != errBadHeader {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	if _, err := readHeader(bufio.NewReader(strings.NewReader(strings.Repeat("X-A: b\r\n", 200)+"\r\n")), 1000); err != errHeaderTooBig {
+		t.Errorf("big header: %v", err)
+	}
+}
+
+func TestScanLineEndings(t *testing.T) {
+	cases := []struct {
+		in  string
+		bad int
+	}{
+		{"EHLO x\r\nMAIL FROM:<a@b>\r\n", -1},
+		{"EHLO x\n", 6},
+		{"EHLO x\r\r\n", 7},
+		{"a\x00b\r\n", 1},
+		{"\r\n", -1},
+	}
+	for _, tc := range cases {
+		cc := &clientConn{prev: '\n', lineHead: make([]byte, 0, 32)}
+		if got := cc.scan([]byte(tc.in), modeCommand); got != tc.bad {
+			t.Errorf("%q: bad at %d, want %d", tc.in, got, tc.bad)
+		}
+	}
+	// A CR at the end of one read is judged by the next.
+	cc := &clientConn{prev: '\n', lineHead: make([]byte, 0, 32)}
+	if cc.scan([]byte("NOOP\r"), modeCommand) != -1 || cc.scan([]byte("X"), modeCommand) != 0 {
+		t.Error("CR split across reads not caught")
+	}
+	// Source routes are neutralised in MAIL and RCPT only.
+	b := []byte("mail from: <@relay:a@b>\r\nNOOP <@x\r\n")
+	cc = &clientConn{prev: '\n', lineHead: make([]byte, 0, 32)}
+	cc.scan(b, modeCommand)
+	if !bytes.Contains(b, []byte("<\x01relay:")) || !bytes.Contains(b, []byte("NOOP <@x")) {
+		t.Errorf("source route handling: %q", b)
+	}
+}
+
+func FuzzReadHeader(f *testing.F) {
+	f.Add([]byte("From: a@example.com\r\nSubject: x\r\n\r\nbody\r\n"))
+	f.Add([]byte("A: b\r\n c\r\n\r\n"))
+	f.Add([]byte("\r\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		h, err := readHeader(bufio.NewReader(bytes.NewReader(data)), 4096)
+		if err != nil {
+			return
+		}
+		// What is relayed is exactly what was read: no field gains or
+		// loses bytes, and every field ends in CRLF.
+		out := h.bytes()
+		if !bytes.HasPrefix(data, out[:len(out)-2]) {
+			t.Fatalf("header changed: %q → %q", data, out)
+		}
+		for _, fl := range h.fields {
+			if !bytes.HasSuffix(fl.raw, []byte("\r\n")) {
+				t.Fatalf("field without CRLF: %q", fl.raw)
+			}
+		}
+		_ = h.policyView(int64(len(data)))
+	})
+}
