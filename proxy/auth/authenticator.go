@@ -2,7 +2,6 @@ package auth
 
 import (
 	"errors"
-	"fmt"
 	"log/slog"
 	"net/netip"
 	"strings"
@@ -186,9 +185,4 @@ func (s *trackedServer) Next(response []byte) ([]byte, bool, error) {
 		s.att.onFailure()
 	}
 	return challenge, done, err
-}
-
-// String describes a for logs.
-func (a *Authenticator) String() string {
-	return fmt.Sprintf("auth(%s, %d users)", a.cfg.UsersFile, a.users.Load().Len())
 }

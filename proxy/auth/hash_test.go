@@ -2,6 +2,7 @@ package auth
 
 import (
 	"errors"
+	"os"
 	"strings"
 	"testing"
 
@@ -185,4 +186,48 @@ func secretPart(h string) string {
 		}
 	}
 	return h
+}
+
+// TestInteropVectors verifies hashes written by the argon2 reference CLI
+// and Apache's htpasswd, kept in testdata so the test needs no tool, also
+// behind the Dovecot prefixes.
+func TestInteropVectors(t *testing.T) {
+	data, err := os.ReadFile("testdata/interop_vectors.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for line := range strings.Lines(string(data)) {
+		line = strings.TrimSuffix(line, "\n")
+		if strings.HasPrefix(line, "#") || line == "" {
+			continue
+		}
+		f := strings.Split(line, "\t")
+		if len(f) != 3 {
+			t.Fatalf("bad line %q", line)
+		}
+		tool, pw, hash := f[0], f[1], f[2]
+		prefix := "{ARGON2ID}"
+		if tool == "htpasswd" {
+			prefix = "{BLF-CRYPT}"
+		}
+		for _, h := range []string{hash, prefix + hash} {
+			n++
+			t.Run(tool+"/"+h[:14], func(t *testing.T) {
+				v, err := parseHash(h)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !v.verify([]byte(pw)) {
+					t.Error("right password refused")
+				}
+				if v.verify([]byte(strings.ToUpper(pw))) {
+					t.Error("wrong password accepted")
+				}
+			})
+		}
+	}
+	if n < 12 {
+		t.Fatalf("only %d vectors", n)
+	}
 }

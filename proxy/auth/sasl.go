@@ -39,7 +39,8 @@ var (
 		Message:      "Too many authentication failures, try later",
 	}
 	// ErrAuthUnavailable answers an internal failure while authenticating
-	// (RFC 4954 §6: 454 4.7.0); the cause goes to the log only.
+	// (RFC 4954 §6: 454 4.7.0), for callbacks and future shared limiters
+	// that can fail; the cause goes to the log only.
 	ErrAuthUnavailable = &smtp.SMTPError{
 		Code:         454,
 		EnhancedCode: smtp.EnhancedCode{4, 7, 0},

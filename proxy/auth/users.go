@@ -78,7 +78,7 @@ func LoadUsers(path string) (*Users, error) {
 		if !ok {
 			return nil, fmt.Errorf("%w: %s:%d: want user:hash", ErrMalformedLine, path, line)
 		}
-		if err := checkUserName(name); err != nil {
+		if err := ValidateUserName(name); err != nil {
 			return nil, fmt.Errorf("%w: %s:%d: %w", ErrMalformedLine, path, line, err)
 		}
 		hash, _, _ := strings.Cut(rest, ":")
@@ -119,7 +119,10 @@ func LoadUsers(path string) (*Users, error) {
 	return u, nil
 }
 
-func checkUserName(name string) error {
+// ValidateUserName reports why name cannot be a user name in a users file,
+// or nil: it must be non-empty UTF-8 of at most MaxUserLen bytes, without
+// ':' , white space or control characters.
+func ValidateUserName(name string) error {
 	if name == "" {
 		return errors.New("empty user name")
 	}
@@ -130,8 +133,8 @@ func checkUserName(name string) error {
 		return errors.New("user name is not UTF-8")
 	}
 	for _, r := range name {
-		if unicode.IsSpace(r) || unicode.IsControl(r) {
-			return errors.New("user name contains white space or a control character")
+		if unicode.IsSpace(r) || unicode.IsControl(r) || r == ':' {
+			return errors.New("user name contains ':', white space or a control character")
 		}
 	}
 	return nil
