@@ -47,6 +47,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 // extraCommands are the tool verbs (passwd, dkim, policy), registered by
 // their own files.
 var extraCommands = map[string]func(args []string, stdin io.Reader, stdout, stderr io.Writer) int{
+	"passwd": passwdMain,
 	"dkim": func(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		return dkimMain(args, stdout, stderr, loadDKIMConfig(stderr))
 	},
