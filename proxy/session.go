@@ -69,7 +69,7 @@ type transaction struct {
 	rcpts   []string
 	up      RelayTx
 	actions policy.Actions // merged from every stage
-	rules   []string       // engine:rule of non-accept and dry-run decisions
+	rules   []string       // stage/engine/rule of every decision a rule made
 	size    int64
 	inData  bool
 	done    bool
@@ -187,10 +187,10 @@ func (ss *session) decide(tx *transaction, input func() policy.Input) (policy.De
 	for _, w := range d.Warnings {
 		ss.log.Warn("policy warning", "stage", string(in.Stage), "engine", w.Engine, "rule", w.Rule, "msg", w.Message)
 	}
+	if tx != nil && d.Rule != "" {
+		tx.rules = append(tx.rules, string(in.Stage)+"/"+d.Engine+"/"+d.Rule)
+	}
 	if d.Outcome != policy.Accept && d.Outcome != "" {
-		if tx != nil {
-			tx.rules = append(tx.rules, d.Engine+":"+d.Rule)
-		}
 		if d.DryRun {
 			ss.log.Info("dry-run policy would have refused", "stage", string(in.Stage),
 				"outcome", string(d.Outcome), "engine", d.Engine, "rule", d.Rule)
