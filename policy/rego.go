@@ -77,7 +77,7 @@ func loadRego(path string, tests bool, caps *ast.Capabilities) (map[string]*ast.
 	if err != nil {
 		return nil, nil, err
 	}
-	return res.ParsedModules(), inmem.NewFromObject(res.Documents), nil
+	return res.ParsedModules(), inmem.NewFromObjectWithOpts(res.Documents, inmem.OptReturnASTValuesOnRead(true)), nil
 }
 
 // regoEngine evaluates one prepared query per stage call.
