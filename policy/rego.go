@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/loader"
@@ -265,7 +266,11 @@ func regoVerdict(set string, x any, class byte, code int, enh string) (verdict, 
 	if v.rule == "" {
 		m := v.message
 		if len(m) > 60 {
-			m = m[:60] + "…"
+			cut := 60
+			for cut > 0 && !utf8.RuneStart(m[cut]) {
+				cut--
+			}
+			m = m[:cut] + "…"
 		}
 		v.rule = set + "[" + m + "]"
 	}
