@@ -38,6 +38,9 @@ func TestRules_TypeCheckAtLoad(t *testing.T) {
 		{"when is not a bool", `stage = "mail"
   when = envelope.recipients
   action = "reject"`, []string{"Wrong result type", "bool"}},
+		{"when is a string", `stage = "mail"
+  when = envelope.from
+  action = "reject"`, []string{"Wrong result type", "bool, not string"}},
 		{"function argument type", `stage = "mail"
   when = lower(envelope.recipients) == "x"
   action = "reject"`, []string{"Invalid function argument"}},
