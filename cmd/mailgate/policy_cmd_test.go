@@ -15,9 +15,9 @@ import (
 	"github.com/mailgate/mailgate/policy"
 )
 
-// testLoader stands in for the lead's config loading: it decodes the
+// policyTestLoader stands in for the lead's config loading: it decodes the
 // policy block of a file and returns the file's directory as base.
-func testLoader(path string) (policy.Config, string, error) {
+func policyTestLoader(path string) (policy.Config, string, error) {
 	var root struct {
 		Policy policy.Config `hcl:"policy,block"`
 	}
@@ -31,18 +31,18 @@ func testLoader(path string) (policy.Config, string, error) {
 	return root.Policy, filepath.Dir(path), nil
 }
 
-const examples = "../../examples/policies"
+const policyExamplesDir = "../../examples/policies"
 
-func run(t *testing.T, args ...string) (int, string, string) {
+func policyRun(t *testing.T, args ...string) (int, string, string) {
 	t.Helper()
 	var out, errb bytes.Buffer
-	code := policyMain(args, &out, &errb, testLoader)
+	code := policyMain(args, &out, &errb, policyTestLoader)
 	return code, out.String(), errb.String()
 }
 
 func TestPolicyTest(t *testing.T) {
 	t.Run("examples pass", func(t *testing.T) {
-		code, out, errs := run(t, "test", examples)
+		code, out, errs := policyRun(t, "test", policyExamplesDir)
 		if code != 0 || !strings.Contains(out, "PASS: ") || !strings.Contains(out, " 0 failed") {
 			t.Errorf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errs)
 		}
@@ -51,20 +51,20 @@ func TestPolicyTest(t *testing.T) {
 		dir := t.TempDir()
 		os.WriteFile(filepath.Join(dir, "r.hcl"), []byte("rule \"x\" {\n stage = \"mail\"\n when = true\n action = \"reject\"\n}\n"), 0o644)
 		os.WriteFile(filepath.Join(dir, "r.test.hcl"), []byte("case \"expects accept\" {\n input = { stage = \"mail\" }\n outcome = \"accept\"\n}\n"), 0o644)
-		code, out, _ := run(t, "test", dir)
+		code, out, _ := policyRun(t, "test", dir)
 		if code != 1 || !strings.Contains(out, "FAIL rules r.test.hcl: expects accept") || !strings.Contains(out, "0 passed, 1 failed") {
 			t.Errorf("exit %d, stdout:\n%s", code, out)
 		}
 	})
 	t.Run("no tests is an error", func(t *testing.T) {
-		if code, _, _ := run(t, "test", t.TempDir()); code != 2 {
+		if code, _, _ := policyRun(t, "test", t.TempDir()); code != 2 {
 			t.Errorf("exit %d, want 2", code)
 		}
 	})
 }
 
 func TestPolicyEval(t *testing.T) {
-	cfg := filepath.Join(examples, "policy.hcl")
+	cfg := filepath.Join(policyExamplesDir, "policy.hcl")
 	tests := []struct {
 		input     string
 		outcome   policy.Outcome
@@ -76,7 +76,7 @@ func TestPolicyEval(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.input, func(t *testing.T) {
-			code, out, errs := run(t, "eval", "-config", cfg, "-input", filepath.Join(examples, "inputs", tt.input))
+			code, out, errs := policyRun(t, "eval", "-config", cfg, "-input", filepath.Join(policyExamplesDir, "inputs", tt.input))
 			if code != 0 {
 				t.Fatalf("exit %d: %s", code, errs)
 			}
@@ -94,14 +94,14 @@ func TestPolicyEval(t *testing.T) {
 		})
 	}
 	t.Run("missing flags", func(t *testing.T) {
-		if code, _, _ := run(t, "eval", "-config", cfg); code != 2 {
+		if code, _, _ := policyRun(t, "eval", "-config", cfg); code != 2 {
 			t.Errorf("exit %d, want 2", code)
 		}
 	})
 	t.Run("bad input document", func(t *testing.T) {
 		p := filepath.Join(t.TempDir(), "in.json")
 		os.WriteFile(p, []byte(`{"stage": "mail", "envelope": {"form": "x"}}`), 0o644)
-		code, _, errs := run(t, "eval", "-config", cfg, "-input", p)
+		code, _, errs := policyRun(t, "eval", "-config", cfg, "-input", p)
 		if code != 2 || !strings.Contains(errs, "form") {
 			t.Errorf("exit %d, stderr %q", code, errs)
 		}
@@ -109,23 +109,23 @@ func TestPolicyEval(t *testing.T) {
 }
 
 func TestPolicyCheck(t *testing.T) {
-	if code, out, errs := run(t, "check", "-config", filepath.Join(examples, "policy.hcl")); code != 0 || !strings.Contains(out, "OK") {
+	if code, out, errs := policyRun(t, "check", "-config", filepath.Join(policyExamplesDir, "policy.hcl")); code != 0 || !strings.Contains(out, "OK") {
 		t.Errorf("exit %d %s %s", code, out, errs)
 	}
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "r.hcl"), []byte("rule \"x\" {\n stage = \"mail\"\n when = envelope.form == \"\"\n action = \"reject\"\n}\n"), 0o644)
 	os.WriteFile(filepath.Join(dir, "c.hcl"), []byte("policy {\n rules {\n name = \"r\"\n path = \"r.hcl\"\n }\n}\n"), 0o644)
-	code, _, errs := run(t, "check", "-config", filepath.Join(dir, "c.hcl"))
+	code, _, errs := policyRun(t, "check", "-config", filepath.Join(dir, "c.hcl"))
 	if code == 0 || !strings.Contains(errs, "envelope.form") || !strings.Contains(errs, "r.hcl line 3") {
 		t.Errorf("exit %d, stderr:\n%s", code, errs)
 	}
 }
 
 func TestPolicyUsage(t *testing.T) {
-	if code, _, errs := run(t); code != 2 || !strings.Contains(errs, "usage") {
+	if code, _, errs := policyRun(t); code != 2 || !strings.Contains(errs, "usage") {
 		t.Errorf("exit %d", code)
 	}
-	if code, _, _ := run(t, "frobnicate"); code != 2 {
+	if code, _, _ := policyRun(t, "frobnicate"); code != 2 {
 		t.Errorf("exit %d", code)
 	}
 }
