@@ -24,7 +24,9 @@ type Decision struct {
 	Engine string `json:"engine,omitempty"`
 	Rule   string `json:"rule,omitempty"`
 	// DryRun is set when the deciding policy runs in dry-run mode: the
-	// proxy logs the outcome and enforces nothing.
+	// proxy logs the outcome and enforces nothing (it acts as for accept,
+	// Actions included; see Enforced). A decision from an enforcing engine
+	// never has DryRun set.
 	DryRun   bool      `json:"dry_run,omitempty"`
 	Warnings []Warning `json:"warnings,omitempty"`
 	Actions  Actions   `json:"actions,omitzero"`
@@ -49,4 +51,13 @@ type Actions struct {
 type Header struct {
 	Name  string `json:"name"`
 	Value string `json:"value"`
+}
+
+// Enforced returns the outcome the proxy must enforce: Accept when the
+// decision comes from a dry-run engine, else Outcome.
+func (d Decision) Enforced() Outcome {
+	if d.DryRun {
+		return Accept
+	}
+	return d.Outcome
 }

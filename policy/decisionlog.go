@@ -2,6 +2,7 @@ package policy
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"sync"
@@ -25,6 +26,8 @@ type decisionRecord struct {
 	Engines      []EngineResult `json:"engines,omitempty"`
 	Input        *Input         `json:"input"`
 }
+
+var errClosed = errors.New("policy: decision log closed")
 
 // decisionLog appends JSON lines to a file; writes are serialized so lines
 // never interleave.

@@ -90,33 +90,59 @@ func ParseInput(data []byte) (Input, error) {
 
 // ---- Rego: the input as an ast.Value, built directly (no JSON round trip).
 
-func strTerm(s string) *ast.Term { return ast.StringTerm(s) }
+func strTerm(s string) *ast.Term {
+	if s == "" {
+		return ast.InternedEmptyString
+	}
+	return ast.StringTerm(s)
+}
 
 func strArray(ss []string) *ast.Term {
+	if len(ss) == 0 {
+		return ast.InternedEmptyArray
+	}
 	ts := make([]*ast.Term, len(ss))
 	for i, s := range ss {
-		ts[i] = ast.StringTerm(s)
+		ts[i] = strTerm(s)
 	}
 	return ast.ArrayTerm(ts...)
 }
 
-func item(k string, v *ast.Term) [2]*ast.Term { return ast.Item(ast.StringTerm(k), v) }
+// keyTerms are the object keys of the input document, built once: terms
+// are immutable during evaluation, so every input shares them.
+var keyTerms = func() map[string]*ast.Term {
+	m := map[string]*ast.Term{}
+	for _, k := range []string{"version", "stage", "session", "auth", "envelope", "rcpt", "message",
+		"id", "listener", "client_ip", "helo", "tls", "cipher", "user", "mechanism", "from", "from_domain",
+		"recipients", "size", "smtputf8", "address", "domain", "headers", "from_addresses"} {
+		m[k] = ast.StringTerm(k)
+	}
+	return m
+}()
+
+func item(k string, v *ast.Term) [2]*ast.Term {
+	kt := keyTerms[k]
+	if kt == nil {
+		kt = ast.StringTerm(k)
+	}
+	return ast.Item(kt, v)
+}
 
 // astValue builds the Rego input of a normalized Input. It matches the JSON
 // form of Input: rcpt and message are absent outside their stages, auth and
 // session.tls are null when unset.
 func astValue(in *Input) ast.Value {
-	tls := ast.NullTerm()
+	tls := ast.InternedNullTerm
 	if in.Session.TLS != nil {
 		tls = ast.ObjectTerm(item("version", strTerm(in.Session.TLS.Version)), item("cipher", strTerm(in.Session.TLS.Cipher)))
 	}
-	auth := ast.NullTerm()
+	auth := ast.InternedNullTerm
 	if in.Auth != nil {
 		auth = ast.ObjectTerm(item("user", strTerm(in.Auth.User)), item("mechanism", strTerm(in.Auth.Mechanism)))
 	}
 	items := [][2]*ast.Term{
-		item("version", ast.IntNumberTerm(in.Version)),
-		item("stage", strTerm(string(in.Stage))),
+		item("version", ast.InternedTerm(in.Version)),
+		item("stage", ast.InternedTerm(string(in.Stage))),
 		item("session", ast.ObjectTerm(
 			item("id", strTerm(in.Session.ID)),
 			item("listener", strTerm(in.Session.Listener)),
@@ -129,8 +155,8 @@ func astValue(in *Input) ast.Value {
 			item("from", strTerm(in.Envelope.From)),
 			item("from_domain", strTerm(in.Envelope.FromDomain)),
 			item("recipients", strArray(in.Envelope.Recipients)),
-			item("size", ast.IntNumberTerm(int(in.Envelope.Size))),
-			item("smtputf8", ast.BooleanTerm(in.Envelope.SMTPUTF8)),
+			item("size", ast.InternedTerm(int(in.Envelope.Size))),
+			item("smtputf8", ast.InternedTerm(in.Envelope.SMTPUTF8)),
 		)),
 	}
 	if in.Rcpt != nil {
@@ -144,7 +170,7 @@ func astValue(in *Input) ast.Value {
 		items = append(items, item("message", ast.ObjectTerm(
 			item("headers", ast.ObjectTerm(hs...)),
 			item("from_addresses", strArray(in.Message.FromAddresses)),
-			item("size", ast.IntNumberTerm(int(in.Message.Size))),
+			item("size", ast.InternedTerm(int(in.Message.Size))),
 		)))
 	}
 	return ast.NewObject(items...)
@@ -178,24 +204,44 @@ func strList(ss []string) cty.Value {
 	return cty.ListVal(vs)
 }
 
-// ctyVars builds the HCL variables of a normalized Input. rcpt and message
-// are typed nulls outside their stages, auth and session.tls typed nulls when
-// unset.
-func ctyVars(in *Input) map[string]cty.Value {
-	tls := cty.NullVal(tlsType)
-	if in.Session.TLS != nil {
-		tls = cty.ObjectVal(map[string]cty.Value{"version": cty.StringVal(in.Session.TLS.Version), "cipher": cty.StringVal(in.Session.TLS.Cipher)})
-	}
-	auth := cty.NullVal(authType)
-	if in.Auth != nil {
-		auth = cty.ObjectVal(map[string]cty.Value{"user": cty.StringVal(in.Auth.User), "mechanism": cty.StringVal(in.Auth.Mechanism)})
-	}
-	rcpt := cty.NullVal(rcptType)
-	if in.Rcpt != nil {
-		rcpt = cty.ObjectVal(map[string]cty.Value{"address": cty.StringVal(in.Rcpt.Address), "domain": cty.StringVal(in.Rcpt.Domain)})
-	}
-	msg := cty.NullVal(messageType)
-	if in.Message != nil {
+// ctyVar builds one HCL variable of a normalized Input. rcpt and message
+// are typed nulls outside their stages, auth and session.tls typed nulls
+// when unset.
+func ctyVar(in *Input, name string) cty.Value {
+	switch name {
+	case "version":
+		return cty.NumberIntVal(int64(in.Version))
+	case "stage":
+		return cty.StringVal(string(in.Stage))
+	case "session":
+		tls := cty.NullVal(tlsType)
+		if in.Session.TLS != nil {
+			tls = cty.ObjectVal(map[string]cty.Value{"version": cty.StringVal(in.Session.TLS.Version), "cipher": cty.StringVal(in.Session.TLS.Cipher)})
+		}
+		return cty.ObjectVal(map[string]cty.Value{
+			"id": cty.StringVal(in.Session.ID), "listener": cty.StringVal(in.Session.Listener),
+			"client_ip": cty.StringVal(in.Session.ClientIP), "helo": cty.StringVal(in.Session.HELO), "tls": tls,
+		})
+	case "auth":
+		if in.Auth == nil {
+			return cty.NullVal(authType)
+		}
+		return cty.ObjectVal(map[string]cty.Value{"user": cty.StringVal(in.Auth.User), "mechanism": cty.StringVal(in.Auth.Mechanism)})
+	case "envelope":
+		return cty.ObjectVal(map[string]cty.Value{
+			"from": cty.StringVal(in.Envelope.From), "from_domain": cty.StringVal(in.Envelope.FromDomain),
+			"recipients": strList(in.Envelope.Recipients), "size": cty.NumberIntVal(in.Envelope.Size),
+			"smtputf8": cty.BoolVal(in.Envelope.SMTPUTF8),
+		})
+	case "rcpt":
+		if in.Rcpt == nil {
+			return cty.NullVal(rcptType)
+		}
+		return cty.ObjectVal(map[string]cty.Value{"address": cty.StringVal(in.Rcpt.Address), "domain": cty.StringVal(in.Rcpt.Domain)})
+	case "message":
+		if in.Message == nil {
+			return cty.NullVal(messageType)
+		}
 		hs := cty.MapValEmpty(cty.List(cty.String))
 		if len(in.Message.Headers) > 0 {
 			m := make(map[string]cty.Value, len(in.Message.Headers))
@@ -204,24 +250,9 @@ func ctyVars(in *Input) map[string]cty.Value {
 			}
 			hs = cty.MapVal(m)
 		}
-		msg = cty.ObjectVal(map[string]cty.Value{
+		return cty.ObjectVal(map[string]cty.Value{
 			"headers": hs, "from_addresses": strList(in.Message.FromAddresses), "size": cty.NumberIntVal(in.Message.Size),
 		})
 	}
-	return map[string]cty.Value{
-		"version": cty.NumberIntVal(int64(in.Version)),
-		"stage":   cty.StringVal(string(in.Stage)),
-		"session": cty.ObjectVal(map[string]cty.Value{
-			"id": cty.StringVal(in.Session.ID), "listener": cty.StringVal(in.Session.Listener),
-			"client_ip": cty.StringVal(in.Session.ClientIP), "helo": cty.StringVal(in.Session.HELO), "tls": tls,
-		}),
-		"auth": auth,
-		"envelope": cty.ObjectVal(map[string]cty.Value{
-			"from": cty.StringVal(in.Envelope.From), "from_domain": cty.StringVal(in.Envelope.FromDomain),
-			"recipients": strList(in.Envelope.Recipients), "size": cty.NumberIntVal(in.Envelope.Size),
-			"smtputf8": cty.BoolVal(in.Envelope.SMTPUTF8),
-		}),
-		"rcpt":    rcpt,
-		"message": msg,
-	}
+	return cty.NilVal
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
-	"sync"
 
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/zclconf/go-cty/cty"
@@ -57,27 +56,36 @@ type engine interface {
 	eval(ctx context.Context, doc *document) (engineResult, error)
 }
 
-// document is one Input in the representations engines need, each built at
-// most once per Evaluate and shared by all engines.
+// document is one Input in the representations engines need, each built
+// lazily at most once per Evaluate and shared by the engines. Engines run
+// one after the other, so it needs no locking; it never outlives Evaluate.
 type document struct {
 	in Input // normalized
 
-	astOnce sync.Once
-	astVal  ast.Value
-	ctyOnce sync.Once
-	ctyVars map[string]cty.Value
+	astVal ast.Value
+	cty    map[string]cty.Value // HCL variables built so far
 }
 
 func newDocument(in Input) *document { return &document{in: in.Normalize()} }
 
 func (d *document) ast() ast.Value {
-	d.astOnce.Do(func() { d.astVal = astValue(&d.in) })
+	if d.astVal == nil {
+		d.astVal = astValue(&d.in)
+	}
 	return d.astVal
 }
 
-func (d *document) cty() map[string]cty.Value {
-	d.ctyOnce.Do(func() { d.ctyVars = ctyVars(&d.in) })
-	return d.ctyVars
+// ctyVars returns the HCL variables names, building each once.
+func (d *document) ctyVars(names []string) map[string]cty.Value {
+	if d.cty == nil {
+		d.cty = make(map[string]cty.Value, len(schemaTypes))
+	}
+	for _, n := range names {
+		if _, ok := d.cty[n]; !ok {
+			d.cty[n] = ctyVar(&d.in, n)
+		}
+	}
+	return d.cty
 }
 
 // sanitizeMessage makes s safe to show an SMTP client: one line of

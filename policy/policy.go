@@ -2,7 +2,6 @@ package policy
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -387,14 +386,3 @@ func fingerprint(specs []engineSpec) string {
 	}
 	return string(b)
 }
-
-// Enforced returns the outcome the proxy must enforce: Accept when the
-// decision comes from a dry-run engine, else Outcome.
-func (d Decision) Enforced() Outcome {
-	if d.DryRun {
-		return Accept
-	}
-	return d.Outcome
-}
-
-var errClosed = errors.New("policy: decision log closed")

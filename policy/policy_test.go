@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -437,5 +438,17 @@ func TestConfigValidation(t *testing.T) {
 				t.Errorf("err = %v, want %q", err, tt.want)
 			}
 		})
+	}
+}
+
+func TestEvaluate_DoesNotModifyInput(t *testing.T) {
+	p := chainPolicy(t, []eng{{name: "a", src: fixed("warn", "w")}})
+	in := dataInput("a@example.com", "a@Example.COM", nil, nil)
+	in.Rcpt = &Rcpt{Address: "b@Example.NET"}
+	in.Version = 0
+	before := fmt.Sprintf("%#v %#v %#v", in, *in.Rcpt, *in.Message)
+	evaluate(t, p, in)
+	if after := fmt.Sprintf("%#v %#v %#v", in, *in.Rcpt, *in.Message); after != before {
+		t.Errorf("Evaluate modified its input:\n%s\n%s", before, after)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/loader"
@@ -77,7 +78,7 @@ func loadRego(path string, tests bool, caps *ast.Capabilities) (map[string]*ast.
 	if err != nil {
 		return nil, nil, err
 	}
-	return res.ParsedModules(), inmem.NewFromObject(res.Documents), nil
+	return res.ParsedModules(), inmem.NewFromObjectWithOpts(res.Documents, inmem.OptReturnASTValuesOnRead(true)), nil
 }
 
 // regoEngine evaluates one prepared query per stage call.
@@ -99,19 +100,34 @@ func newRegoEngine(ctx context.Context, s engineSpec) (*regoEngine, error) {
 	pkgRef := "data." + s.pkg
 	found := false
 	names := make([]string, 0, len(mods))
+	// kinds records, per result name, whether every rule defining it is a
+	// partial set rule (always defined, possibly empty): those are queried
+	// directly, the others through a comprehension that turns undefined
+	// into empty. Names no rule defines are left out of the query.
+	kinds := map[string]bool{}
 	for n, m := range mods {
 		names = append(names, n)
-		if m.Package.Path.String() == pkgRef {
-			found = true
+		if m.Package.Path.String() != pkgRef {
+			continue
+		}
+		found = true
+		for _, r := range m.Rules {
+			name := r.Head.Ref().String()
+			if _, ok := resultNames[name]; !ok {
+				continue
+			}
+			multi := r.Head.RuleKind() == ast.MultiValue && len(r.Head.Ref()) == 1
+			if prev, seen := kinds[name]; seen {
+				multi = multi && prev
+			}
+			kinds[name] = multi
 		}
 	}
 	if !found {
 		return nil, fmt.Errorf("policy: %s: no module declares package %s", s.id(), s.pkg)
 	}
 	sort.Strings(names)
-	// One query, one evaluation per stage: comprehensions over possibly
-	// undefined rules yield empty arrays rather than undefined.
-	q := fmt.Sprintf(`deny := [x | some x in %[1]s.deny]; dfr := [x | some x in %[1]s["defer"]]; warn := [x | some x in %[1]s.warn]; actions := [x | x := %[1]s.actions]`, pkgRef)
+	q := resultQuery(pkgRef, kinds)
 	opts := []func(*rego.Rego){
 		rego.Query(q),
 		rego.Store(store),
@@ -127,6 +143,31 @@ func newRegoEngine(ctx context.Context, s engineSpec) (*regoEngine, error) {
 		return nil, fmt.Errorf("policy: %s: compile: %w", s.id(), err)
 	}
 	return &regoEngine{pq: pq}, nil
+}
+
+// resultNames maps the rule names of the convention to query variables.
+var resultNames = map[string]string{"deny": "deny", "defer": "dfr", "warn": "warn", "actions": "actions"}
+
+// resultQuery builds the one query evaluated per stage call.
+func resultQuery(pkgRef string, kinds map[string]bool) string {
+	var parts []string
+	for _, name := range []string{"deny", "defer", "warn"} {
+		multi, ok := kinds[name]
+		switch {
+		case !ok:
+		case multi:
+			parts = append(parts, fmt.Sprintf("%s := %s[%q]", resultNames[name], pkgRef, name))
+		default:
+			parts = append(parts, fmt.Sprintf("%s := [x | some x in %s[%q]]", resultNames[name], pkgRef, name))
+		}
+	}
+	if _, ok := kinds["actions"]; ok {
+		parts = append(parts, fmt.Sprintf("actions := [x | x := %s.actions]", pkgRef))
+	}
+	if len(parts) == 0 {
+		return "true"
+	}
+	return strings.Join(parts, "; ")
 }
 
 func (e *regoEngine) eval(ctx context.Context, doc *document) (engineResult, error) {
@@ -174,6 +215,8 @@ func (e *regoEngine) eval(ctx context.Context, doc *document) (engineResult, err
 	return res, nil
 }
 
+// asList returns the members of a set or array result (sets come back as
+// []any in OPA's canonical, sorted order).
 func asList(v any) []any {
 	l, _ := v.([]any)
 	return l
@@ -223,7 +266,11 @@ func regoVerdict(set string, x any, class byte, code int, enh string) (verdict, 
 	if v.rule == "" {
 		m := v.message
 		if len(m) > 60 {
-			m = m[:60] + "…"
+			cut := 60
+			for cut > 0 && !utf8.RuneStart(m[cut]) {
+				cut--
+			}
+			m = m[:cut] + "…"
 		}
 		v.rule = set + "[" + m + "]"
 	}

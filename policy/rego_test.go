@@ -203,6 +203,30 @@ func TestRego_DataAndPackage(t *testing.T) {
 	}
 }
 
+func TestRego_DataYAML(t *testing.T) {
+	p := regoPolicy(t, map[string]string{
+		"p.rego":          "package mailgate\n\ndeny contains \"blocked\" if input.rcpt.domain in data.lists.blocked\n",
+		"lists/data.yaml": "blocked:\n  - bad.example\n",
+	}, RegoConfig{})
+	if d := evaluate(t, p, rcptInput("", "a@example.com", "x@bad.example", 0)); d.Outcome != Reject {
+		t.Errorf("data.yaml in a subdirectory not loaded under data.lists: %+v", d)
+	}
+}
+
+func TestRunTests_RegoCapabilities(t *testing.T) {
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{
+		"p.rego":      "package mailgate\n\nup if http.send({\"method\": \"GET\", \"url\": \"http://127.0.0.1:1/\"})\n",
+		"p_test.rego": "package mailgate_test\n\ntest_nothing if true\n",
+	})
+	if _, err := RunTests(context.Background(), []string{dir}, TestOptions{}); err == nil || !strings.Contains(err.Error(), "http.send") {
+		t.Errorf("err = %v, want http.send refused in tests too", err)
+	}
+	if _, err := RunTests(context.Background(), []string{dir}, TestOptions{AllowIO: true}); err != nil {
+		t.Errorf("AllowIO: %v", err)
+	}
+}
+
 func TestRego_InputShape(t *testing.T) {
 	// The Rego input matches the JSON form of Input: absent rcpt/message
 	// outside their stages, null auth when unauthenticated, lists never null.

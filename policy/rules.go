@@ -70,6 +70,9 @@ type rule struct {
 // rulesEngine evaluates HCL rules in file order.
 type rulesEngine struct {
 	byStage map[Stage][]*rule
+	// vars lists, per stage, the input variables its rules reference, so
+	// a stage builds only those (a mail rule never pays for headers).
+	vars map[Stage][]string
 }
 
 // rulesFiles lists the rule files of path: the file itself, or the *.hcl
@@ -137,6 +140,30 @@ func compileRuleFiles(files []string) (*rulesEngine, error) {
 	}
 	if diags.HasErrors() {
 		return nil, &DiagnosticsError{Diagnostics: diags, Files: p.Files()}
+	}
+	e.vars = map[Stage][]string{}
+	for stage, rules := range e.byStage {
+		used := map[string]bool{}
+		for _, r := range rules {
+			exprs := []hcl.Expression{r.when, r.message}
+			for _, a := range r.acts {
+				exprs = append(exprs, a)
+			}
+			for _, x := range exprs {
+				if x == nil {
+					continue
+				}
+				for _, tr := range x.Variables() {
+					used[tr.RootName()] = true
+				}
+			}
+		}
+		for n := range used {
+			if _, ok := schemaTypes[n]; ok {
+				e.vars[stage] = append(e.vars[stage], n)
+			}
+		}
+		sort.Strings(e.vars[stage])
 	}
 	return e, nil
 }
@@ -210,7 +237,7 @@ func (e *rulesEngine) eval(ctx context.Context, doc *document) (engineResult, er
 	if len(rules) == 0 {
 		return res, nil
 	}
-	ectx := &hcl.EvalContext{Variables: doc.cty(), Functions: ruleFunctions}
+	ectx := &hcl.EvalContext{Variables: doc.ctyVars(e.vars[doc.in.Stage]), Functions: ruleFunctions}
 	for _, r := range rules {
 		match, err := evalAs(r.when, ectx, cty.Bool)
 		if err != nil {

@@ -69,7 +69,12 @@ func typeCheck(expr hcl.Expression, stage Stage, want cty.Type, guard hcl.Expres
 	v, ds := expr.Value(ectx)
 	add(ds, "")
 	if !ds.HasErrors() {
-		if _, err := convert.Convert(v, want); err != nil {
+		if want == cty.Bool && v.Type() != cty.Bool && v.Type() != cty.DynamicPseudoType {
+			// No silent string-to-bool conversion: "yes" would fail only
+			// at run time.
+			add(hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "Wrong result type",
+				Detail: fmt.Sprintf("The expression must produce bool, not %s.", v.Type().FriendlyName()), Subject: expr.Range().Ptr()}}, "")
+		} else if _, err := convert.Convert(v, want); err != nil {
 			add(hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "Wrong result type",
 				Detail: fmt.Sprintf("The expression must produce %s: %v.", want.FriendlyName(), err), Subject: expr.Range().Ptr()}}, "")
 		}

@@ -60,6 +60,23 @@ var containsFunc = function.New(&function.Spec{
 		if !h.CanIterateElements() {
 			return cty.NilVal, function.NewArgErrorf(0, "contains needs a string, list or set, got %s", h.Type().FriendlyName())
 		}
+		if n.Type() == cty.String && !h.Type().IsMapType() && !h.Type().IsObjectType() {
+			// Fast path for the common list-of-strings case: compare
+			// strings directly instead of cty.Value.Equals per element.
+			s := n.AsString()
+			for it := h.ElementIterator(); it.Next(); {
+				_, e := it.Element()
+				switch {
+				case !e.IsKnown():
+					return cty.UnknownVal(cty.Bool), nil
+				case e.IsNull() || e.Type() != cty.String:
+					continue
+				case e.AsString() == s:
+					return cty.True, nil
+				}
+			}
+			return cty.False, nil
+		}
 		return stdlib.Contains(h, n)
 	},
 })

@@ -38,6 +38,9 @@ func TestRules_TypeCheckAtLoad(t *testing.T) {
 		{"when is not a bool", `stage = "mail"
   when = envelope.recipients
   action = "reject"`, []string{"Wrong result type", "bool"}},
+		{"when is a string", `stage = "mail"
+  when = envelope.from
+  action = "reject"`, []string{"Wrong result type", "bool, not string"}},
 		{"function argument type", `stage = "mail"
   when = lower(envelope.recipients) == "x"
   action = "reject"`, []string{"Invalid function argument"}},
@@ -138,6 +141,10 @@ func TestRules_Functions(t *testing.T) {
 		{`contains(envelope.from, "bob")`, false},
 		{`contains(envelope.recipients, "x@example.org")`, true},
 		{`contains(envelope.recipients, "y@example.org")`, false},
+		{`contains(["a", envelope.from], "alice@example.com")`, true},
+		{`contains([1, 2], 2)`, true},
+		{`contains(keys(message.headers), "list-unsubscribe")`, true},
+		{`contains(keys(message.headers), "x-nope")`, false},
 		{`regex("^hello", lower(message.headers["subject"][0]))`, true},
 		{`regex("^world", lower(message.headers["subject"][0]))`, false},
 		{`try(domain(auth.user), "") == "example.com"`, true},
