@@ -61,3 +61,17 @@ func (d Decision) Enforced() Outcome {
 	}
 	return d.Outcome
 }
+
+// Merge adds b to a: headers to add or remove are appended; dkim_domain
+// and upstream keep the first value set (the first engine, or the earliest
+// stage, that sets one wins).
+func (a *Actions) Merge(b Actions) {
+	a.AddHeaders = append(a.AddHeaders, b.AddHeaders...)
+	a.RemoveHeaders = append(a.RemoveHeaders, b.RemoveHeaders...)
+	if a.DKIMDomain == "" {
+		a.DKIMDomain = b.DKIMDomain
+	}
+	if a.Upstream == "" {
+		a.Upstream = b.Upstream
+	}
+}

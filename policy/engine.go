@@ -156,16 +156,3 @@ func checkActions(a Actions) error {
 	}
 	return nil
 }
-
-// mergeActions appends b's headers to a's and keeps a's dkim_domain and
-// upstream when set (first engine that sets one wins).
-func mergeActions(a *Actions, b Actions) {
-	a.AddHeaders = append(a.AddHeaders, b.AddHeaders...)
-	a.RemoveHeaders = append(a.RemoveHeaders, b.RemoveHeaders...)
-	if a.DKIMDomain == "" {
-		a.DKIMDomain = b.DKIMDomain
-	}
-	if a.Upstream == "" {
-		a.Upstream = b.Upstream
-	}
-}

@@ -239,7 +239,7 @@ func (p *Policy) evaluate(ctx context.Context, in Input, explain bool) (Decision
 			}
 			continue
 		}
-		mergeActions(&actions, res.actions)
+		actions.Merge(res.actions)
 		if dec != nil && dec.Outcome == Reject {
 			final = dec
 			results = skipRest(results, set.engines[i+1:], wantResults)

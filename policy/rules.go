@@ -268,7 +268,7 @@ func (e *rulesEngine) eval(ctx context.Context, doc *document) (engineResult, er
 				if err != nil {
 					return engineResult{}, fmt.Errorf("rule %q: %w", r.name, err)
 				}
-				mergeActions(&res.actions, a)
+				res.actions.Merge(a)
 			}
 			if r.action == actionWarn {
 				res.warnings = append(res.warnings, Warning{Rule: r.name, Message: msg})

@@ -233,7 +233,7 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 		ss.logTx(tx, "rejected", "stage", "mail", "reply", formatReply(decisionReply(d)))
 		return decisionReply(d)
 	}
-	mergeActions(&tx.actions, d.Actions)
+	tx.actions.Merge(d.Actions)
 	upOpts := *opts
 	upOpts.Auth = nil // the client's AUTH= means nothing to the upstream
 	up, err := ss.s.deps.Relay.Begin(ss.ctx, tx.actions.Upstream, mb.String(), &upOpts)
@@ -278,7 +278,7 @@ func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 		ss.log.Info("recipient refused by policy", "rcpt", mb.String(), "engine", d.Engine, "rule", d.Rule)
 		return decisionReply(d)
 	}
-	mergeActions(&tx.actions, d.Actions)
+	tx.actions.Merge(d.Actions)
 	if opts == nil {
 		opts = &smtp.RcptOptions{}
 	}
@@ -360,7 +360,7 @@ func (ss *session) data(tx *transaction, r io.Reader) (string, error) {
 	if d.Outcome != policy.Accept {
 		return "", decisionReply(d)
 	}
-	mergeActions(&tx.actions, d.Actions)
+	tx.actions.Merge(d.Actions)
 	if err := h.applyActions(tx.actions); err != nil {
 		return "", err
 	}
@@ -471,17 +471,6 @@ func replyText(err error) string {
 		return ""
 	}
 	return err.Error()
-}
-
-func mergeActions(dst *policy.Actions, a policy.Actions) {
-	dst.AddHeaders = append(dst.AddHeaders, a.AddHeaders...)
-	dst.RemoveHeaders = append(dst.RemoveHeaders, a.RemoveHeaders...)
-	if dst.DKIMDomain == "" {
-		dst.DKIMDomain = a.DKIMDomain
-	}
-	if dst.Upstream == "" {
-		dst.Upstream = a.Upstream
-	}
 }
 
 // stickyReader keeps returning the first error of r. bufio.Reader.fill
