@@ -366,3 +366,19 @@ func TestShutdownDrains(t *testing.T) {
 		t.Error("still accepting after Shutdown")
 	}
 }
+
+// TestShutdownClosesPreTLSSessions: a client sitting in the plaintext part
+// of a STARTTLS listener does not hold up shutdown.
+func TestShutdownClosesPreTLSSessions(t *testing.T) {
+	e := newEnv(t)
+	c := dialRaw(t, e.addr["sub"])
+	c.expect("EHLO waiting.test", 250)
+	ctx, cancel := contextWithTimeout(5 * time.Second)
+	defer cancel()
+	if err := e.srv.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if code, text := c.reply(); code != 421 {
+		t.Fatalf("pre-TLS session: %d %s, want 421", code, text)
+	}
+}

@@ -27,7 +27,9 @@ type Server struct {
 
 	mu        sync.Mutex
 	conns     map[*clientConn]struct{}
+	pending   map[net.Conn]struct{} // accepted, not yet handed to go-smtp (TLS, pre-STARTTLS)
 	perIP     map[netip.Addr]int
+	total     int
 	listeners []*listener
 	closed    bool
 	wg        sync.WaitGroup // accept loops and hand-overs
@@ -57,11 +59,12 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		}
 	}
 	return &Server{
-		cfg:   cfg,
-		deps:  deps,
-		log:   deps.Logger,
-		conns: make(map[*clientConn]struct{}),
-		perIP: make(map[netip.Addr]int),
+		cfg:     cfg,
+		deps:    deps,
+		log:     deps.Logger,
+		conns:   make(map[*clientConn]struct{}),
+		pending: make(map[net.Conn]struct{}),
+		perIP:   make(map[netip.Addr]int),
 	}, nil
 }
 
@@ -177,6 +180,14 @@ func (s *Server) handover(l *listener, raw net.Conn) {
 		raw.Close()
 		return
 	}
+	s.mu.Lock()
+	s.pending[raw] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.pending, raw)
+		s.mu.Unlock()
+	}()
 	released := false
 	release := func() {
 		if !released {
@@ -245,23 +256,21 @@ func (s *Server) admit(ip netip.Addr) string {
 	if s.closed {
 		return "Service shutting down"
 	}
-	total := 0
-	for _, n := range s.perIP {
-		total += n
-	}
-	if total >= s.cfg.Limits.MaxConnections {
+	if s.total >= s.cfg.Limits.MaxConnections {
 		return "Too many connections"
 	}
 	if s.perIP[ip] >= s.cfg.Limits.MaxConnectionsPerIP {
 		return "Too many connections from your address"
 	}
 	s.perIP[ip]++
+	s.total++
 	return ""
 }
 
 func (s *Server) release(ip netip.Addr) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.total--
 	if s.perIP[ip] <= 1 {
 		delete(s.perIP, ip)
 	} else {
@@ -289,6 +298,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for _, l := range s.listeners {
 		l.ln.Close()
 	}
+	// Connections still in their TLS handshake or plaintext STARTTLS
+	// dialogue hold no transaction: tell them and close.
+	s.mu.Lock()
+	for c := range s.pending {
+		writeLine(c, "421 4.3.2 Service shutting down, try again later")
+		c.Close()
+	}
+	s.mu.Unlock()
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	var err error
