@@ -21,6 +21,10 @@ hostname = "mailgate.example.com"
 #        refused at connect with 554 5.7.1.
 # allow_insecure_auth: AUTH without TLS; only on a loopback address
 #        (default false).
+# proxy_protocol: load balancers (CIDRs) in front of this listener; their
+#        connections must start with a PROXY v1/v2 header whose client address
+#        is used for everything; other connections are refused (default: none,
+#        see examples/loadbalanced.hcl).
 listener "submission" {
   address = "0.0.0.0:587"
   tls     = "starttls"

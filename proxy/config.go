@@ -43,12 +43,18 @@ type ListenerConfig struct {
 	// AllowInsecureAuth allows AUTH without TLS; only on a listener whose
 	// address is a loopback address.
 	AllowInsecureAuth bool `hcl:"allow_insecure_auth,optional"`
+	// ProxyProtocol lists the load balancers (CIDRs) in front of this
+	// listener. When set, connections from them must start with a PROXY
+	// protocol v1 or v2 header (HAProxy send-proxy-v2) whose client address
+	// is used for everything (trusted_networks, limits, logs, policy);
+	// connections from anywhere else are refused.
+	ProxyProtocol []string `hcl:"proxy_protocol,optional"`
 
 	// Parsed by Validate.
-	tlsMode     string
-	authMode    string
-	trusted     []netip.Prefix
-	authOptions bool
+	tlsMode  string
+	authMode string
+	trusted  []netip.Prefix
+	proxies  []netip.Prefix
 }
 
 // TLSMode returns the listener's TLS mode after defaults.
@@ -165,18 +171,12 @@ func (l *ListenerConfig) validate() error {
 		}
 		l.authMode = "none"
 	}
-	l.trusted = l.trusted[:0]
-	for _, s := range l.TrustedNetworks {
-		p, err := netip.ParsePrefix(s)
-		if err != nil {
-			if a, aerr := netip.ParseAddr(s); aerr == nil {
-				p = netip.PrefixFrom(a, a.BitLen())
-			} else {
-				errs = append(errs, fmt.Errorf("trusted_networks: %q: %w", s, err))
-				continue
-			}
-		}
-		l.trusted = append(l.trusted, p.Masked())
+	var err2 error
+	if l.trusted, err2 = parsePrefixes(l.TrustedNetworks); err2 != nil {
+		errs = append(errs, fmt.Errorf("trusted_networks: %w", err2))
+	}
+	if l.proxies, err2 = parsePrefixes(l.ProxyProtocol); err2 != nil {
+		errs = append(errs, fmt.Errorf("proxy_protocol: %w", err2))
 	}
 	if l.authMode == "none" && len(l.trusted) == 0 {
 		errs = append(errs, errors.New(`auth = "none" needs trusted_networks: mailgate is never an open relay`))
@@ -242,4 +242,23 @@ func parseDuration(s string, def time.Duration) (time.Duration, error) {
 		return 0, fmt.Errorf("%q: must be positive", s)
 	}
 	return d, nil
+}
+
+// parsePrefixes parses CIDRs; a bare address means that address alone.
+func parsePrefixes(ss []string) ([]netip.Prefix, error) {
+	var ps []netip.Prefix
+	var errs []error
+	for _, s := range ss {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			a, aerr := netip.ParseAddr(s)
+			if aerr != nil {
+				errs = append(errs, fmt.Errorf("%q: %w", s, err))
+				continue
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		ps = append(ps, p.Masked())
+	}
+	return ps, errors.Join(errs...)
 }

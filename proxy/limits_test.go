@@ -382,3 +382,48 @@ func TestShutdownClosesPreTLSSessions(t *testing.T) {
 		t.Fatalf("pre-TLS session: %d %s, want 421", code, text)
 	}
 }
+
+// TestProxyProtocol: behind a load balancer the PROXY header's client
+// address is the one trusted_networks, limits and logs see; a connection
+// without a header is refused.
+func TestProxyProtocol(t *testing.T) {
+	e := newEnv(t, func(c *proxy.Config, _ *proxy.Deps) {
+		c.Listeners[2].ProxyProtocol = []string{"127.0.0.1"}
+		c.Listeners[2].TrustedNetworks = []string{"192.0.2.0/24"}
+		c.Message.ReceivedHeader = "full"
+	})
+	t.Run("header_from_load_balancer_used", func(t *testing.T) {
+		conn := dialPlain(t, e.addr["relay"])
+		if _, err := conn.Write([]byte("PROXY TCP4 192.0.2.10 127.0.0.1 40000 25\r\n")); err != nil {
+			t.Fatal(err)
+		}
+		c := &rawClient{t: t, c: conn, r: newReader(conn)}
+		if code, text := c.reply(); code != 220 {
+			t.Fatalf("greeting: %d %s", code, text)
+		}
+		c.expect("EHLO client.test", 250)
+		if code, text := send(t, c, "app@example.com", []string{"bob@example.net"}, "From: app@example.com\r\n\r\nx\r\n"); code != 250 {
+			t.Fatalf("%d %s", code, text)
+		}
+		_, msgs, _ := e.up.snapshot()
+		if len(msgs) != 1 || !strings.Contains(string(msgs[0].data), "[192.0.2.10]") {
+			t.Fatalf("client address from the PROXY header not used: %q", msgs)
+		}
+	})
+	t.Run("no_header_refused", func(t *testing.T) {
+		conn := dialPlain(t, e.addr["relay"])
+		conn.Write([]byte("EHLO sneaky.test\r\n"))
+		c := &rawClient{t: t, c: conn, r: newReader(conn)}
+		if code, _ := c.reply(); code == 220 {
+			t.Fatal("connection without a PROXY header accepted")
+		}
+	})
+	t.Run("header_outside_trusted_networks_refused", func(t *testing.T) {
+		conn := dialPlain(t, e.addr["relay"])
+		conn.Write([]byte("PROXY TCP4 198.51.100.7 127.0.0.1 40000 25\r\n"))
+		c := &rawClient{t: t, c: conn, r: newReader(conn)}
+		if code, _ := c.reply(); code != 554 {
+			t.Fatalf("client outside trusted_networks: %d, want 554", code)
+		}
+	})
+}

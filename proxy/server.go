@@ -82,6 +82,9 @@ func (s *Server) Listen() error {
 			s.listeners = nil
 			return fmt.Errorf("proxy: listener %q: %w", lc.Name, err)
 		}
+		if len(lc.proxies) > 0 {
+			ln = proxyListener(ln, lc.proxies)
+		}
 		s.listeners = append(s.listeners, &listener{cfg: lc, ln: ln})
 	}
 	return nil
@@ -167,6 +170,12 @@ func (s *Server) acceptLoop(l *listener) error {
 }
 
 func (s *Server) handover(l *listener, raw net.Conn) {
+	if !proxyHeaderOK(raw) {
+		s.log.Warn("connection refused: no valid PROXY protocol header", "listener", l.cfg.Name,
+			"peer", raw.RemoteAddr().String())
+		raw.Close()
+		return
+	}
 	remote := addrOf(raw.RemoteAddr())
 	if len(l.cfg.trusted) > 0 && !inPrefixes(remote, l.cfg.trusted) {
 		s.log.Warn("connection refused: not in trusted_networks", "listener", l.cfg.Name, "remote", remote.String())

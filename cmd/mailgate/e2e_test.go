@@ -39,6 +39,8 @@ type mailgate struct {
 	relay string // plaintext, trusted loopback, no AUTH
 	logs  *lockedBuffer
 	dkim  map[string]string // TXT records by name
+	// extra holds every listener's address by name.
+	extra map[string]string
 }
 
 type lockedBuffer struct {
@@ -150,8 +152,10 @@ log {
 			t.Errorf("the password appears in the log")
 		}
 	})
-	for _, a := range []string{m.sub, m.smtps, m.relay} {
-		waitPort(t, a)
+	m.extra = map[string]string{}
+	for _, l := range cfg.proxy.Listeners {
+		m.extra[l.Name] = l.Address
+		waitPort(t, l.Address)
 	}
 	return m
 }

@@ -42,6 +42,7 @@ var tools = map[string]tool{
 	"opendkim-testkey": {bin: "opendkim-testkey", pkg: "opendkim-tools"},
 	"redis-server":     {bin: "redis-server", pkg: "redis-server"},
 	"openssl":          {bin: "openssl", pkg: "openssl"},
+	"haproxy":          {bin: "haproxy", pkg: "haproxy"},
 }
 
 // Tools lists the names Require accepts.

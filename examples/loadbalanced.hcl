@@ -1,0 +1,42 @@
+# One of several identical mailgate instances behind HAProxy
+# (examples/haproxy/haproxy.cfg). Instances keep no state: any of them can
+# take any connection. HAProxy sends a PROXY protocol v2 header, so
+# mailgate sees, limits, logs and decides on the real client address.
+#
+# Start each instance with its own address, e.g. MAILGATE_ADDR=10.0.0.11.
+hostname = "mailgate.example.com"
+
+listener "submission" {
+  address        = "0.0.0.0:10587"
+  tls            = "starttls"
+  proxy_protocol = ["10.0.0.2/32", "10.0.0.3/32"] # the HAProxy pair
+}
+
+listener "submissions" {
+  address        = "0.0.0.0:10465"
+  tls            = "implicit"
+  proxy_protocol = ["10.0.0.2/32", "10.0.0.3/32"]
+}
+
+tls {
+  cert_file = "/etc/mailgate/tls/fullchain.pem"
+  key_file  = "/etc/mailgate/tls/privkey.pem"
+}
+
+auth {
+  users_file = "/etc/mailgate/users" # the same file on every instance
+}
+
+upstream "primary" {
+  address  = "mail.internal.example.com:587"
+  username = env("MAILGATE_UPSTREAM_USER")
+  password = env("MAILGATE_UPSTREAM_PASS")
+}
+
+dkim {
+  key "example.com" "mg2026r" { file = "/etc/mailgate/dkim/example.com.mg2026r.pem" }
+}
+
+log {
+  format = "json"
+}
