@@ -393,7 +393,17 @@ dkim {
 			}
 		})
 	}
+	t.Run("several_from_addresses_refused", func(t *testing.T) {
+		out, code := peertest.Swaks(t, "--server", m.relay, "--from", e2eUser, "--to", "bob@example.net",
+			"--data", "From: alice@example.com, mallory@example.com\r\nSubject: two\r\n\r\nx\r\n")
+		if code == 0 || !strings.Contains(out, "550 5.7.1") {
+			t.Fatalf("exit %d:\n%s", code, out)
+		}
+	})
 	pf.WaitQueueEmpty(t, 30*time.Second)
+	if got := sink.Count(); got != len(cases) {
+		t.Errorf("sink has %d messages, want %d", got, len(cases))
+	}
 }
 
 // TestE2EPolicyExamples runs the example policies through mailgate with
