@@ -148,6 +148,10 @@ wait_port() { # wait_port PORT PID-or-empty
 
 # ---------------------------------------------------------------- /proc
 # cpu_ticks PID: utime+stime; cpu_children PID: cutime+cstime (reaped children).
+# cpu_busy: "busy total" jiffies of the whole machine (/proc/stat; idle+iowait are idle).
+# The third number, user+nice+system, leaves out interrupt time (loopback TCP
+# runs in softirq, charged to no process).
+cpu_busy() { awk '$1 == "cpu" {t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t, $2 + $3 + $4}' /proc/stat; }
 proc_fields() { sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null || echo; }
 cpu_ticks() { proc_fields "$1" | awk '{print ($12+$13)+0}'; }
 cpu_children() { proc_fields "$1" | awk '{print ($14+$15)+0}'; }
@@ -167,7 +171,6 @@ txt_of() { sed -n 's/^; v=DKIM1/v=DKIM1/p' | head -1; }
 RSA_TXT="$("$MG" dkim keygen -domain example.com -selector bench-rsa -algorithm rsa -out "$TMP/keys/rsa.pem" | txt_of)"
 ED_TXT="$("$MG" dkim keygen -domain example.com -selector bench-ed -algorithm ed25519 -out "$TMP/keys/ed.pem" | txt_of)"
 [ -n "$RSA_TXT" ] && [ -n "$ED_TXT" ] || die "mailgate dkim keygen printed no TXT record"
-chmod 644 "$TMP/keys/"*.pem # opendkim reads the RSA key too (private to this run's temp dir)
 DNS_JSON="$(RSA="$RSA_TXT" ED="$ED_TXT" "$PY" -c 'import json,os; print(json.dumps({"bench-rsa._domainkey.example.com": os.environ["RSA"], "bench-ed._domainkey.example.com": os.environ["ED"]}))')"
 
 # ---------------------------------------------------------------- the sink
@@ -404,7 +407,7 @@ verify_sample() { "$PY" -c "$VERIFY_PY" "$1" "$DUMP" "$DNS_JSON" 2>&1 | tail -3;
 
 # ---------------------------------------------------------------- one run
 CSV="$OUT/raw.csv"
-echo "rep,mode,scenario,messages,size,sessions,accept_seconds,deliver_seconds,accept_msgs_per_s,deliver_msgs_per_s,cpu_seconds,cpu_s_per_1k,peak_rss_kb,peak_pss_kb,sink_count,verified" >"$CSV"
+echo "rep,mode,scenario,messages,size,sessions,accept_seconds,deliver_seconds,accept_msgs_per_s,deliver_msgs_per_s,cpu_seconds,cpu_s_per_1k,peak_rss_kb,peak_pss_kb,machine_busy_pct,other_load_pct,sink_count,verified" >"$CSV"
 FAILED=0
 
 # run_one REP MODE SCENARIO
@@ -440,6 +443,10 @@ run_one() {
 		sampler=$!
 		PIDS+=("$sampler")
 	fi
+	local m0 m1 k0 k1 h0 h1
+	m0=$(cpu_busy)
+	k0=$(cpu_ticks "$SINK_PID")
+	h0=$(cpu_children $$) # this script's reaped children: smtp-source, find, awk...
 	t0=$(date +%s%N)
 	rc=0
 	timeout 1800 "${src[@]}" "$target" >"$dir/smtp-source.log" 2>&1 || rc=$?
@@ -447,8 +454,17 @@ run_one() {
 	# Wait until the sink has every message (Postfix queues; mailgate and
 	# the ceiling are synchronous, so this returns at once for them).
 	local deadline=$(($(date +%s) + 120 + N / 20))
-	while count=$(sink_count); [ "$count" -lt "$N" ] && [ "$(date +%s)" -lt "$deadline" ]; do sleep 0.05; done
+	# Poll fast at first, then gently: counting 20,000 files costs CPU the
+	# system under test would miss.
+	local polls=0
+	while count=$(sink_count); [ "$count" -lt "$N" ] && [ "$(date +%s)" -lt "$deadline" ]; do
+		polls=$((polls + 1))
+		if [ "$polls" -lt 10 ]; then sleep 0.05; else sleep 0.25; fi
+	done
 	t2=$(date +%s%N)
+	m1=$(cpu_busy)
+	k1=$(cpu_ticks "$SINK_PID")
+	h1=$(cpu_children $$)
 	if [ "$scen" = classic ]; then
 		c1=$(classic_ticks)
 		hwm=$(classic_hwm)
@@ -484,12 +500,16 @@ run_one() {
 		KEEP=1
 	fi
 	awk -v rep="$rep" -v mode="$mode" -v scen="$scen" -v n="$N" -v size="$SIZE" -v s="$SESSIONS" \
-		-v t0="$t0" -v t1="$t1" -v t2="$t2" -v c0="$c0" -v c1="$c1" -v hz="$CLK_TCK" -v hwm="$hwm" -v pss="$pss" \
+		-v t0="$t0" -v t1="$t1" -v t2="$t2" -v c0="$c0" -v c1="$c1" -v hz="$CLK_TCK" -v hwm="$hwm" -v pss="$pss" -v m0="$m0" -v m1="$m1" -v known=$((c1 - c0 + k1 - k0 + h1 - h0)) \
 		-v count="$count" -v ver="$verified" -v sut="$([ "$scen" = ceiling ] && echo 0 || echo 1)" 'BEGIN {
 		a = (t1 - t0) / 1e9; d = (t2 - t0) / 1e9
 		cpu = (c1 - c0) / hz
 		if (!sut) { cpuS = ""; per = ""; rss = ""; ps = "" } else { cpuS = sprintf("%.2f", cpu); per = sprintf("%.3f", cpu * 1000 / n); rss = hwm; ps = pss }
-		printf "%d,%s,%s,%d,%d,%d,%.3f,%.3f,%.1f,%.1f,%s,%s,%s,%s,%d,%s\n", rep, mode, scen, n, size, s, a, d, n / a, n / d, cpuS, per, rss, ps, count, ver
+		split(m0, x, " "); split(m1, y, " ")
+		busy = (y[2] > x[2]) ? 100 * (y[1] - x[1]) / (y[2] - x[2]) : 0
+		other = (y[2] > x[2]) ? 100 * (y[3] - x[3] - known) / (y[2] - x[2]) : 0
+		if (other < 0) other = 0
+		printf "%d,%s,%s,%d,%d,%d,%.3f,%.3f,%.1f,%.1f,%s,%s,%s,%s,%.0f,%.0f,%d,%s\n", rep, mode, scen, n, size, s, a, d, n / a, n / d, cpuS, per, rss, ps, busy, other, count, ver
 	}' >>"$CSV"
 	log "$(tail -1 "$CSV")"
 	[ "$KEEP" = 1 ] || rm -rf "$dir"
@@ -535,6 +555,11 @@ print("machine: %s" % machine)
 print("load: %s messages/run, %s-byte payload, 1 recipient, %s sessions; %d rep(s); whole run %d s"
       % (r0.get("messages"), r0.get("size"), r0.get("sessions"), max(int(r["rep"]) for r in rows) if rows else 0, elapsed))
 bad = [r for r in rows if r["verified"] != "ok"]
+noisy = [r for r in rows if float(r["other_load_pct"]) > 10]
+if noisy:
+    print("\n**warning: %d of %d runs shared the machine with other work (other load > 10%% of all CPUs, max %.0f%%);"
+          " compare scenarios within this run only, and rerun on a quiet machine for absolute numbers.**"
+          % (len(noisy), len(rows), max(float(r["other_load_pct"]) for r in noisy)))
 if bad:
     print("\n**%d run(s) FAILED verification; their numbers are excluded:** %s"
           % (len(bad), "; ".join("%s/%s/%s: %s" % (r["rep"], r["mode"], r["scenario"], r["verified"]) for r in bad)))
@@ -554,10 +579,12 @@ for mode in ["conn", "session"]:
             "rss": max([int(r["peak_rss_kb"]) for r in sr if r["peak_rss_kb"]], default=None),
             "pss": max([int(r["peak_pss_kb"]) for r in sr if r["peak_pss_kb"]], default=None),
             "n": len(sr),
+            "busy": med([float(r["machine_busy_pct"]) for r in sr]),
+            "other": med([float(r["other_load_pct"]) for r in sr]),
         }
     print("\n### %s\n" % modes[mode])
-    print("| scenario | msgs/s | CPU s / 1k msgs | peak RSS MiB | peak PSS MiB | × ceiling msgs/s | × classic msgs/s | × classic CPU |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| scenario | msgs/s | CPU s / 1k msgs | peak RSS MiB | peak PSS MiB | machine busy (other) | × ceiling msgs/s | × classic msgs/s | × classic CPU |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     ceil = stats.get("ceiling", {}).get("del")
     cl = stats.get("classic")
     f = lambda v, fmt: "—" if v is None else fmt % v
@@ -566,9 +593,9 @@ for mode in ["conn", "session"]:
         label = names[s]
         if s == "classic":
             label += " (delivered; accepted %.0f msgs/s)" % st["acc"]
-        print("| %s | %.0f | %s | %s | %s | %s | %s | %s |" % (
+        print("| %s | %.0f | %s | %s | %s | %.0f%% (%.0f%%) | %s | %s | %s |" % (
             label, rate, f(st["cpu"], "%.3f"), f(None if st["rss"] is None else st["rss"] / 1024, "%.1f"),
-            f(None if st["pss"] is None else st["pss"] / 1024, "%.1f"),
+            f(None if st["pss"] is None else st["pss"] / 1024, "%.1f"), st["busy"], st["other"],
             f(rate / ceil if ceil else None, "%.2f"),
             f(rate / cl["del"] if cl else None, "%.2f"),
             f(st["cpu"] / cl["cpu"] if cl and cl["cpu"] and st["cpu"] is not None else None, "%.2f")))
@@ -577,6 +604,9 @@ print("stack the acceptance rate (smtp-source done) is given too. msgs/s and CPU
 print("max over reps. CPU and memory are the system under test only (mailgate; or Postfix master +")
 print("children + OpenDKIM), never smtp-source/smtp-sink. Peak RSS sums VmHWM (classic: over its")
 print("processes, shared libraries counted once per process); peak PSS is sampled every 0.5 s.")
+print("machine busy: all CPUs, everything (load generator and sink included), during the run; (other): the")
+print("user+system time not from the system under test, smtp-sink or this script's children (smtp-source…):")
+print("foreign load. Short runs make it noisy (10 ms ticks).")
 EOF
 cat "$OUT/table.md"
 log "raw numbers: $CSV; table: $OUT/table.md; $ELAPSED s"
