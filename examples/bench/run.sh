@@ -449,7 +449,13 @@ run_one() {
 	h0=$(cpu_children $$) # this script's reaped children: smtp-source, find, awk...
 	t0=$(date +%s%N)
 	rc=0
-	timeout 1800 "${src[@]}" "$target" >"$dir/smtp-source.log" 2>&1 || rc=$?
+	# In the background and waited for, so a signal to this script runs the
+	# cleanup trap at once (it stops smtp-source too).
+	timeout 1800 "${src[@]}" "$target" >"$dir/smtp-source.log" 2>&1 &
+	local srcpid=$!
+	PIDS+=("$srcpid")
+	wait "$srcpid" || rc=$?
+	forget_pid "$srcpid"
 	t1=$(date +%s%N)
 	# Wait until the sink has every message (Postfix queues; mailgate and
 	# the ceiling are synchronous, so this returns at once for them).
