@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"crypto/tls"
 	"errors"
 	"net"
@@ -20,6 +21,14 @@ var errBareLineEnding = &smtp.SMTPError{
 	Code:         550,
 	EnhancedCode: smtp.EnhancedCode{5, 6, 0},
 	Message:      "Bare CR, bare LF or NUL received (RFC 5321 section 2.3.8), closing connection",
+}
+
+// errLineTooLong is the reply for a line over max_line_length (RFC 5321
+// §4.5.3.1.6), in commands and in message text alike.
+var errLineTooLong = &smtp.SMTPError{
+	Code:         500,
+	EnhancedCode: smtp.EnhancedCode{5, 5, 2},
+	Message:      "Line too long, closing connection",
 }
 
 // errDataTimeout is the reply when a message body stalls for longer than
@@ -67,6 +76,8 @@ type clientConn struct {
 
 	// read-side state, only touched by the reading goroutine.
 	prev     byte
+	lineLen  int   // bytes of the current line so far
+	maxLine  int   // max_line_length, CRLF included; 0: no limit
 	pending  error // delivered on the next Read, after the good prefix
 	sticky   error // every later Read returns it
 	lineHead []byte
@@ -78,8 +89,9 @@ type clientConn struct {
 	onClose         func()
 }
 
-func newClientConn(c net.Conn, remote netip.Addr, cmdTimeout, dataTimeout time.Duration) *clientConn {
+func newClientConn(c net.Conn, remote netip.Addr, maxLine int, cmdTimeout, dataTimeout time.Duration) *clientConn {
 	return &clientConn{
+		maxLine:     maxLine,
 		Conn:        c,
 		remote:      remote,
 		cmdTimeout:  cmdTimeout,
@@ -115,11 +127,11 @@ func (c *clientConn) Read(b []byte) (int, error) {
 		_ = c.Conn.SetReadDeadline(time.Now().Add(timeout))
 	}
 	n, err := c.Conn.Read(b)
-	if bad := c.scan(b[:n], mode); bad >= 0 {
+	if bad, why := c.scan(b[:n], mode); bad >= 0 {
 		// Hand over the good prefix now and the error on the next Read,
 		// so that every complete command before the bad byte is answered
 		// in order first.
-		c.pending = errBareLineEnding
+		c.pending = why
 		c.failed.Store(true)
 		return bad, nil
 	}
@@ -158,39 +170,74 @@ func (c *clientConn) fail(err error) error {
 	return err
 }
 
-// scan checks b for bare CR, bare LF and NUL, returning the index of the
-// first offending byte or -1. A CR at the end of b is judged by the first
-// byte of the next read; the offending index is then 0.
+// scan checks b for bare CR, bare LF, NUL and lines longer than maxLine
+// (CRLF included), returning the index of the first offending byte or -1.
+// A CR at the end of one read is judged by the first byte of the next; the
+// offending index is then 0. It works line by line with bytes.IndexByte,
+// so the common case costs a few vectorised passes per line; go-smtp's own
+// line limit (a byte loop) is switched off in favour of this one.
 //
 // In command mode it also neutralises source routes (RFC 5321 §4.1.2
 // "<@a,@b:user@c>"): go-smtp silently strips them, mailgate refuses them.
 // The '@' after the '<' of a MAIL FROM or RCPT TO path becomes 0x01, which
 // go-smtp's path parser rejects with 501.
-func (c *clientConn) scan(b []byte, mode readMode) int {
-	for i := 0; i < len(b); i++ {
-		ch := b[i]
-		if c.prev == '\r' && ch != '\n' {
-			return i
+func (c *clientConn) scan(b []byte, mode readMode) (int, error) {
+	i := 0
+	for i < len(b) {
+		if c.prev == '\r' && b[i] != '\n' {
+			return i, errBareLineEnding
 		}
-		switch ch {
-		case '\n':
-			if c.prev != '\r' {
-				return i
-			}
-			c.lineHead = c.lineHead[:0]
-		case 0:
-			return i
-		default:
-			if mode == modeCommand && len(c.lineHead) < cap(c.lineHead) {
-				if ch == '@' && isPathStart(c.lineHead) {
-					b[i] = 0x01
-				}
-				c.lineHead = append(c.lineHead, ch)
-			}
+		j := bytes.IndexByte(b[i:], '\n')
+		end := len(b)
+		if j >= 0 {
+			end = i + j
 		}
-		c.prev = ch
+		seg := b[i:end]
+		bad := -1
+		if k := bytes.IndexByte(seg, '\r'); k >= 0 && k != len(seg)-1 {
+			bad = k + 1 // the byte after a bare CR
+		}
+		if k := bytes.IndexByte(seg, 0); k >= 0 && (bad < 0 || k < bad) {
+			bad = k
+		}
+		if bad >= 0 {
+			return i + bad, errBareLineEnding
+		}
+		n := c.lineLen + len(seg)
+		if j >= 0 {
+			n++ // the LF
+		}
+		if c.maxLine > 0 && n > c.maxLine {
+			return i, errLineTooLong
+		}
+		if mode == modeCommand {
+			c.watchHead(seg)
+		}
+		c.lineLen += len(seg)
+		if len(seg) > 0 {
+			c.prev = seg[len(seg)-1]
+		}
+		if j < 0 {
+			return -1, nil
+		}
+		if c.prev != '\r' {
+			return end, errBareLineEnding
+		}
+		c.prev, c.lineLen, c.lineHead = '\n', 0, c.lineHead[:0]
+		i = end + 1
 	}
-	return -1
+	return -1, nil
+}
+
+// watchHead follows the first bytes of a command line to spot a source
+// route (see scan).
+func (c *clientConn) watchHead(seg []byte) {
+	for k := 0; k < len(seg) && len(c.lineHead) < cap(c.lineHead); k++ {
+		if seg[k] == '@' && isPathStart(c.lineHead) {
+			seg[k] = 0x01
+		}
+		c.lineHead = append(c.lineHead, seg[k])
+	}
 }
 
 // isPathStart reports whether head is "MAIL FROM:<" or "RCPT TO:<", in

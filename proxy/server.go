@@ -132,7 +132,9 @@ func (s *Server) newSMTPServer(l *listener) *smtp.Server {
 	srv.Domain = s.cfg.Hostname
 	srv.MaxRecipients = s.cfg.Limits.MaxRecipients
 	srv.MaxMessageBytes = s.cfg.Limits.MaxMessageSize
-	srv.MaxLineLength = s.cfg.Limits.MaxLineLength
+	// clientConn enforces max_line_length in the same pass as its other
+	// checks; go-smtp's limit would be a second byte-by-byte pass.
+	srv.MaxLineLength = 0
 	// mailgate decides itself when AUTH is allowed (see session.authAllowed):
 	// go-smtp cannot see TLS through the strict connection wrapper.
 	srv.AllowInsecureAuth = true
@@ -235,7 +237,7 @@ func (s *Server) handover(l *listener, raw net.Conn) {
 		st := tc.ConnectionState()
 		conn, state, dropGreeting = tc, &st, true
 	}
-	cc := newClientConn(conn, remote, lim.commandTimeout, lim.dataTimeout)
+	cc := newClientConn(conn, remote, lim.MaxLineLength, lim.commandTimeout, lim.dataTimeout)
 	cc.tlsState = state
 	cc.dropGreeting = dropGreeting
 	cc.onClose = func() {
