@@ -87,3 +87,28 @@ func BenchmarkRules(b *testing.B) {
 func BenchmarkChain(b *testing.B) {
 	runStages(b, benchPolicy(b, loadExampleConfig(b)))
 }
+
+// BenchmarkMessage is the per-message cost of the example configuration:
+// stage mail, one rcpt and data, one after the other in one iteration, as
+// the proxy evaluates them for a one-recipient message.
+func BenchmarkMessage(b *testing.B) {
+	p := benchPolicy(b, loadExampleConfig(b))
+	ins := benchInputs()
+	stages := []Input{ins["mail"], ins["rcpt"], ins["data"]}
+	ctx := context.Background()
+	for _, in := range stages {
+		if d, err := p.Evaluate(ctx, in); err != nil || d.Outcome != Accept {
+			b.Fatalf("benchmark input not accepted: %+v %v", d, err)
+		}
+	}
+	b.ReportAllocs()
+	start := cpuTime()
+	for b.Loop() {
+		for _, in := range stages {
+			if _, err := p.Evaluate(ctx, in); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.ReportMetric(float64(cpuTime()-start)/float64(b.N), "cpu-ns/op")
+}
