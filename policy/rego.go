@@ -13,9 +13,11 @@ import (
 
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/loader"
+	"github.com/open-policy-agent/opa/v1/metrics"
 	"github.com/open-policy-agent/opa/v1/rego"
 	"github.com/open-policy-agent/opa/v1/storage"
 	"github.com/open-policy-agent/opa/v1/storage/inmem"
+	"github.com/open-policy-agent/opa/v1/topdown"
 )
 
 // ioBuiltins are the built-ins that reach outside the process. They are
@@ -170,8 +172,20 @@ func resultQuery(pkgRef string, kinds map[string]bool) string {
 	return strings.Join(parts, "; ")
 }
 
+// noMetrics is shared by every evaluation: nothing reads OPA's metrics, and
+// a fresh metrics set per evaluation costs allocations and a lock per timer.
+var noMetrics = metrics.NoOp()
+
 func (e *regoEngine) eval(ctx context.Context, doc *document) (engineResult, error) {
-	rs, err := e.pq.Eval(ctx, rego.EvalParsedInput(doc.ast()))
+	// Without an external cancel, OPA starts a goroutine per evaluation to
+	// watch ctx; context.AfterFunc costs nothing when ctx cannot be
+	// cancelled, and nothing more than a registration when it can.
+	cancel := topdown.NewCancel()
+	if ctx.Done() != nil {
+		stop := context.AfterFunc(ctx, cancel.Cancel)
+		defer stop()
+	}
+	rs, err := e.pq.Eval(ctx, rego.EvalParsedInput(doc.ast()), rego.EvalMetrics(noMetrics), rego.EvalExternalCancel(cancel))
 	if err != nil {
 		return engineResult{}, err
 	}
