@@ -27,6 +27,12 @@ auth {
   users_file = "/etc/mailgate/users" # the same file on every instance
 }
 
+# AUTH failure counters shared by all instances.
+redis {
+  address  = "10.0.0.20:6379"
+  password = env("MAILGATE_REDIS_PASS")
+}
+
 upstream "primary" {
   address  = "mail.internal.example.com:587"
   username = env("MAILGATE_UPSTREAM_USER")

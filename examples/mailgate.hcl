@@ -66,6 +66,20 @@ auth {
   failure_window = "15m" # (default "15m")
 }
 
+# Shared state for several instances behind a load balancer: with a redis
+# block, the AUTH failure counters above (ip_failures, user_failures) live
+# in Redis, so every instance sees every failure. If Redis cannot be
+# reached, AUTH is refused with 454 4.7.0 (fail closed). Default: none
+# (counters in each instance's memory).
+# redis {
+#   address    = "127.0.0.1:6379"
+#   username   = ""                          # Redis 6 ACL user (default none)
+#   password   = env("MAILGATE_REDIS_PASS")  # (default none)
+#   db         = 0                           # (default 0)
+#   tls        = false                       # (default false)
+#   key_prefix = "mailgate:"                 # (default "mailgate:")
+# }
+
 # ---------------------------------------------------------------------------
 # Upstreams, tried in order when connecting fails. The client gets 250 only
 # after the upstream's 250; upstream trouble is always a 4xx.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 
@@ -35,6 +36,7 @@ type fileConfig struct {
 	Outbox    *outboxBlock           `hcl:"outbox,block"`
 	Demo      *demoBlock             `hcl:"demo,block"`
 	Log       *logBlock              `hcl:"log,block"`
+	Redis     *redisBlock            `hcl:"redis,block"`
 }
 
 type tlsBlock struct {
@@ -51,6 +53,17 @@ type outboxBlock struct {
 // and one generated user, both made at start.
 type demoBlock struct {
 	User string `hcl:"user,optional"`
+}
+
+// redisBlock is shared state for several instances: with it, AUTH failure
+// counters live in Redis instead of each instance's memory.
+type redisBlock struct {
+	Address   string `hcl:"address"`
+	Username  string `hcl:"username,optional"`
+	Password  string `hcl:"password,optional"`
+	DB        int    `hcl:"db,optional"`
+	TLS       bool   `hcl:"tls,optional"`
+	KeyPrefix string `hcl:"key_prefix,optional"` // default "mailgate:"
 }
 
 type logBlock struct {
@@ -188,6 +201,14 @@ func (c *config) validate() error {
 		}
 		if err := d.Validate(); err != nil {
 			errs = append(errs, err)
+		}
+	}
+	if r := c.file.Redis; r != nil {
+		if _, _, err := net.SplitHostPort(r.Address); err != nil {
+			errs = append(errs, fmt.Errorf("redis: address %q: %w", r.Address, err))
+		}
+		if r.DB < 0 {
+			errs = append(errs, errors.New("redis: db must not be negative"))
 		}
 	}
 	if c.file.Log != nil {

@@ -19,6 +19,7 @@ import (
 func TestExamplesLoad(t *testing.T) {
 	t.Setenv("MAILGATE_UPSTREAM_USER", "relay-user")
 	t.Setenv("MAILGATE_UPSTREAM_PASS", "relay-pass")
+	t.Setenv("MAILGATE_REDIS_PASS", "redis-pass")
 	files, err := filepath.Glob("../../examples/*.hcl")
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no example configs found: %v", err)
@@ -46,6 +47,7 @@ func TestExamplesLoad(t *testing.T) {
 func TestExampleConfigWires(t *testing.T) {
 	t.Setenv("MAILGATE_UPSTREAM_USER", "relay-user")
 	t.Setenv("MAILGATE_UPSTREAM_PASS", "relay-pass")
+	t.Setenv("MAILGATE_REDIS_PASS", "redis-pass")
 	dir := t.TempDir()
 	src, err := os.ReadFile("../../examples/mailgate.hcl")
 	if err != nil {

@@ -70,6 +70,13 @@ func (l *lockedBuffer) String() string {
 // needs, and serves it until the test ends.
 func startMailgate(t *testing.T, extra string) *mailgate {
 	t.Helper()
+	return startMailgateAuth(t, extra, "")
+}
+
+// startMailgateAuth is startMailgate with extra attributes in the auth
+// block.
+func startMailgateAuth(t *testing.T, extra, authAttrs string) *mailgate {
+	t.Helper()
 	dir := t.TempDir()
 	m := &mailgate{dir: dir, logs: newLockedBuffer(), dkim: map[string]string{}}
 	m.sub = fmt.Sprintf("127.0.0.1:%d", peertest.FreePort(t))
@@ -125,13 +132,14 @@ tls {
 }
 auth {
   users_file = "users"
+  %s
 }
 log {
   format = "json"
   level  = "debug"
 }
 %s
-`, m.sub, m.smtps, m.relay, extra)
+`, m.sub, m.smtps, m.relay, authAttrs, extra)
 	path := filepath.Join(dir, "mailgate.hcl")
 	writeFile(t, path, cfgText)
 	var diag bytes.Buffer
@@ -524,5 +532,41 @@ sys.exit(0 if len(refused) == 2 and codes == [452] else 1)
 	}
 	if logs := m.logs.String(); !strings.Contains(logs, `envelope-sender-alignment`) {
 		t.Errorf("the transaction log does not name the rule that refused")
+	}
+}
+
+// TestE2ESharedAuthLimitsInRedis: two instances share AUTH failure
+// counters through a real redis-server: failures against one instance
+// lock the user out on the other.
+func TestE2ESharedAuthLimitsInRedis(t *testing.T) {
+	peertest.Require(t, "smtp-sink", "swaks", "redis-server")
+	rs := peertest.StartRedis(t)
+	sink := peertest.StartSink(t, peertest.SinkOptions{})
+	shared := upstreamBlock(sink.Addr()) + fmt.Sprintf(`
+redis {
+  address    = %q
+  key_prefix = "e2e-%d:"
+}
+`, rs.Addr(), time.Now().UnixNano())
+	a := startMailgateAuth(t, shared, "user_failures = 2")
+	b := startMailgateAuth(t, shared, "user_failures = 2")
+	login := func(m *mailgate, pass string) (string, int) {
+		return peertest.Swaks(t, "--timeout", "20", "--server", m.sub, "--tls", "--auth", "PLAIN",
+			"--auth-user", e2eUser, "--auth-password", pass, "--from", e2eUser, "--to", "bob@example.net")
+	}
+	if out, code := login(b, e2ePassword); code != 0 {
+		t.Fatalf("instance b before any failure: exit %d\n%s", code, out)
+	}
+	for i := 0; i < 2; i++ {
+		if out, _ := login(a, "wrong"); !strings.Contains(out, "535 5.7.8") {
+			t.Fatalf("wrong password on a: %s", out)
+		}
+	}
+	out, code := login(b, e2ePassword)
+	if code == 0 || !strings.Contains(out, "454 4.7.0") {
+		t.Fatalf("instance b still lets the user in after 2 failures on a: exit %d\n%s", code, out)
+	}
+	if got := sink.Count(); got != 1 {
+		t.Fatalf("sink has %d messages, want 1", got)
 	}
 }

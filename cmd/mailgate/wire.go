@@ -3,23 +3,26 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"sort"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/mailgate/mailgate/dkim"
 	"github.com/mailgate/mailgate/policy"
-	"github.com/mailgate/mailgate/proxy/auth"
-	"github.com/mailgate/mailgate/proxy/upstream"
-
 	"github.com/mailgate/mailgate/proxy"
+	"github.com/mailgate/mailgate/proxy/auth"
 	"github.com/mailgate/mailgate/proxy/outbox"
+	"github.com/mailgate/mailgate/proxy/upstream"
 )
 
 // wiring holds the built collaborators and how to reload and close them.
@@ -55,7 +58,25 @@ func wire(cfg *config, logger *slog.Logger) (*wiring, error) {
 	}
 	switch {
 	case cfg.file.Auth != nil:
-		a, err := auth.New(*cfg.file.Auth, auth.WithLogger(logger))
+		opts := []auth.Option{auth.WithLogger(logger)}
+		if rb := cfg.file.Redis; rb != nil {
+			rdb := newRedis(rb)
+			w.closers = append(w.closers, func() { rdb.Close() })
+			w.probes = append(w.probes, func(ctx context.Context, out io.Writer) bool {
+				if err := rdb.Ping(ctx).Err(); err != nil {
+					fmt.Fprintf(out, "redis (%s): NOT reachable: %v\n", rb.Address, err)
+					return false
+				}
+				fmt.Fprintf(out, "redis (%s): answers\n", rb.Address)
+				return true
+			})
+			ac := cfg.file.Auth.WithDefaults()
+			opts = append(opts, auth.WithLimiter(auth.NewRedisLimiter(rdb, auth.RedisLimiterConfig{
+				IPFailures: ac.IPFailures, UserFailures: ac.UserFailures, Window: ac.Window(),
+				Prefix: rb.KeyPrefix, Logger: logger,
+			})))
+		}
+		a, err := auth.New(*cfg.file.Auth, opts...)
 		if err != nil {
 			return nil, err
 		}
@@ -219,4 +240,13 @@ func (w *wiring) probe(ctx context.Context, out io.Writer) bool {
 		}
 	}
 	return ok
+}
+
+func newRedis(b *redisBlock) *redis.Client {
+	o := &redis.Options{Addr: b.Address, Username: b.Username, Password: b.Password, DB: b.DB}
+	if b.TLS {
+		host, _, _ := net.SplitHostPort(b.Address)
+		o.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: host}
+	}
+	return redis.NewClient(o)
 }
