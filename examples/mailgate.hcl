@@ -179,6 +179,15 @@ policy {
 }
 
 # ---------------------------------------------------------------------------
+# Prometheus metrics at http://ADDRESS/metrics (default: none): connections by
+# listener and result, open connections, transactions by outcome and their
+# duration, relayed message sizes, AUTH results, policy decisions by stage,
+# plus Go runtime and process metrics. Bind it to a private address.
+metrics {
+  address = "127.0.0.1:9151"
+}
+
+# ---------------------------------------------------------------------------
 log {
   format = "text" # text | json (default "text")
   level  = "info" # debug | info | warn | error (default "info")

@@ -31,6 +31,8 @@ type Deps struct {
 	Relay Relay
 	// Now is the clock (Date and Received headers). Default time.Now.
 	Now func() time.Time
+	// Metrics records Prometheus metrics. Nil records nothing.
+	Metrics *Metrics
 	// Classify maps an error from Relay or Signer to the reply the client
 	// must get, or nil when it does not know the error (then 451 4.3.0).
 	Classify func(error) *smtp.SMTPError

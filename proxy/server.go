@@ -180,12 +180,14 @@ func (s *Server) handover(l *listener, raw net.Conn) {
 	}
 	remote := addrOf(raw.RemoteAddr())
 	if len(l.cfg.trusted) > 0 && !inPrefixes(remote, l.cfg.trusted) {
+		s.deps.Metrics.connection(l.cfg.Name, "refused_network")
 		s.log.Warn("connection refused: not in trusted_networks", "listener", l.cfg.Name, "remote", remote.String())
 		writeLine(raw, "554 5.7.1 Access denied")
 		raw.Close()
 		return
 	}
 	if reason := s.admit(remote); reason != "" {
+		s.deps.Metrics.connection(l.cfg.Name, "refused_limit")
 		s.log.Warn("connection refused: "+reason, "listener", l.cfg.Name, "remote", remote.String())
 		writeLine(raw, "421 4.7.0 "+reason+", try again later")
 		raw.Close()
@@ -217,6 +219,7 @@ func (s *Server) handover(l *listener, raw net.Conn) {
 		err := tc.HandshakeContext(ctx)
 		cancel()
 		if err != nil {
+			s.deps.Metrics.connection(l.cfg.Name, "tls_failed")
 			s.log.Info("TLS handshake failed", "listener", l.cfg.Name, "remote", remote.String(), "err", err)
 			raw.Close()
 			release()
@@ -240,7 +243,10 @@ func (s *Server) handover(l *listener, raw net.Conn) {
 	cc := newClientConn(conn, remote, lim.MaxLineLength, lim.commandTimeout, lim.dataTimeout)
 	cc.tlsState = state
 	cc.dropGreeting = dropGreeting
+	s.deps.Metrics.connection(l.cfg.Name, "accepted")
+	s.deps.Metrics.openDelta(l.cfg.Name, 1)
 	cc.onClose = func() {
+		s.deps.Metrics.openDelta(l.cfg.Name, -1)
 		s.mu.Lock()
 		delete(s.conns, cc)
 		s.mu.Unlock()

@@ -120,11 +120,13 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 	mech = strings.ToUpper(mech)
 	return ss.s.deps.Auth.Server(mech, ss.conn.remote,
 		func(user string) {
+			ss.s.deps.Metrics.authAttempt(mech, "success")
 			ss.user, ss.mech = user, mech
 			ss.log = ss.log.With("user", user)
 			ss.log.Info("authenticated", "mechanism", mech)
 		},
 		func() {
+			ss.s.deps.Metrics.authAttempt(mech, "failure")
 			ss.authFailures++
 			ss.log.Warn("authentication failed", "mechanism", mech, "failures", ss.authFailures)
 			if max := ss.maxAuthFailures(); max > 0 && ss.authFailures >= max {
@@ -180,6 +182,7 @@ func (ss *session) decide(tx *transaction, input func() policy.Input) (policy.De
 	in := input()
 	d, err := ss.s.deps.Policy.Evaluate(ss.ctx, in)
 	if err != nil {
+		ss.s.deps.Metrics.decision(string(in.Stage), "error")
 		ss.log.Error("policy failed, deferring", "stage", string(in.Stage), "err", err)
 		return d, &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0},
 			Message: "Policy temporarily unavailable, try again later (" + ss.id + ")"}
@@ -200,6 +203,7 @@ func (ss *session) decide(tx *transaction, input func() policy.Input) (policy.De
 	if d.Outcome == "" {
 		d.Outcome = policy.Accept
 	}
+	ss.s.deps.Metrics.decision(string(in.Stage), string(d.Outcome))
 	return d, nil
 }
 
@@ -442,6 +446,7 @@ func (ss *session) Logout() error {
 
 // logTx writes the one summary line of a transaction.
 func (ss *session) logTx(tx *transaction, outcome string, kv ...any) {
+	ss.s.deps.Metrics.transaction(ss.l.Name, outcome, tx.started, tx.size)
 	attrs := []any{
 		"outcome", outcome,
 		"tx", tx.id,

@@ -37,6 +37,7 @@ type fileConfig struct {
 	Demo      *demoBlock             `hcl:"demo,block"`
 	Log       *logBlock              `hcl:"log,block"`
 	Redis     *redisBlock            `hcl:"redis,block"`
+	Metrics   *metricsBlock          `hcl:"metrics,block"`
 }
 
 type tlsBlock struct {
@@ -64,6 +65,11 @@ type redisBlock struct {
 	DB        int    `hcl:"db,optional"`
 	TLS       bool   `hcl:"tls,optional"`
 	KeyPrefix string `hcl:"key_prefix,optional"` // default "mailgate:"
+}
+
+// metricsBlock serves Prometheus metrics over HTTP at /metrics.
+type metricsBlock struct {
+	Address string `hcl:"address"` // e.g. "127.0.0.1:9151"
 }
 
 type logBlock struct {
@@ -209,6 +215,11 @@ func (c *config) validate() error {
 		}
 		if r.DB < 0 {
 			errs = append(errs, errors.New("redis: db must not be negative"))
+		}
+	}
+	if mb := c.file.Metrics; mb != nil {
+		if _, _, err := net.SplitHostPort(mb.Address); err != nil {
+			errs = append(errs, fmt.Errorf("metrics: address %q: %w", mb.Address, err))
 		}
 	}
 	if c.file.Log != nil {

@@ -570,3 +570,33 @@ redis {
 		t.Fatalf("sink has %d messages, want 1", got)
 	}
 }
+
+// TestE2EMetrics scrapes /metrics with curl after real traffic.
+func TestE2EMetrics(t *testing.T) {
+	peertest.Require(t, "smtp-sink", "swaks", "curl")
+	sink := peertest.StartSink(t, peertest.SinkOptions{})
+	maddr := fmt.Sprintf("127.0.0.1:%d", peertest.FreePort(t))
+	m := startMailgate(t, upstreamBlock(sink.Addr())+fmt.Sprintf("metrics {\n  address = %q\n}\n", maddr))
+	if out, code := swaks(t, m, "--server", m.relay); code != 0 {
+		t.Fatalf("swaks: exit %d\n%s", code, out)
+	}
+	if out, _ := swaks(t, m, "--server", m.sub, "--tls", "--auth", "PLAIN", "--auth-user", e2eUser, "--auth-password", "wrong"); !strings.Contains(out, "535") {
+		t.Fatalf("wrong password: %s", out)
+	}
+	waitPort(t, maddr)
+	out, code := peertest.Curl(t, "-sS", "http://"+maddr+"/metrics")
+	if code != 0 {
+		t.Fatalf("curl: exit %d\n%s", code, out)
+	}
+	for _, want := range []string{
+		`mailgate_transactions_total{listener="relay",outcome="relayed"} 1`,
+		`mailgate_auth_total{mechanism="PLAIN",result="failure"} 1`,
+		`mailgate_connections_total{listener="relay",result="accepted"}`, // readiness probes count too
+		`mailgate_relayed_message_bytes_count 1`,
+		`go_goroutines`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+}

@@ -8,10 +8,16 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/mailgate/mailgate/proxy"
 )
@@ -83,6 +89,21 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger, stdout io.Writ
 		return err
 	}
 	defer w.close()
+	if mb := cfg.file.Metrics; mb != nil {
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		w.deps.Metrics = proxy.NewMetrics(reg)
+		ln, err := net.Listen("tcp", mb.Address)
+		if err != nil {
+			return fmt.Errorf("metrics: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go hs.Serve(ln)
+		defer hs.Close()
+		logger.Info("metrics", "address", ln.Addr().String(), "path", "/metrics")
+	}
 	srv, err := proxy.New(cfg.proxy, w.deps)
 	if err != nil {
 		return err
