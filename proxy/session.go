@@ -34,8 +34,8 @@ var (
 		Message: "Nested MAIL command"}
 	errNoMail = &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1},
 		Message: "Need MAIL before RCPT"}
-	errTooManyAuthFailures = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
-		Message: "Too many authentication failures, closing connection"}
+	errAuthInTx = &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1},
+		Message: "AUTH is not permitted during a mail transaction"}
 )
 
 // session is one client connection's go-smtp Session. Per-message state
@@ -116,6 +116,13 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 	}
 	if !ss.authAllowed() {
 		return nil, errEncryptionRequired
+	}
+	ss.mu.Lock()
+	inTx := ss.tx != nil
+	ss.mu.Unlock()
+	if inTx {
+		// RFC 4954 §4: AUTH is not permitted during a mail transaction.
+		return nil, errAuthInTx
 	}
 	mech = strings.ToUpper(mech)
 	return ss.s.deps.Auth.Server(mech, ss.conn.remote,
