@@ -1,7 +1,6 @@
 package proxy_test
 
 import (
-	"context"
 	"crypto"
 	"io"
 	"log/slog"
@@ -70,26 +69,11 @@ func benchServer(b *testing.B, deps func(*proxy.Deps)) string {
 		Listeners: []proxy.ListenerConfig{{Name: "relay", Address: "127.0.0.1:0", TLS: &none, Auth: &none2,
 			TrustedNetworks: []string{"127.0.0.0/8"}}},
 	}
-	if err := cfg.Validate(); err != nil {
-		b.Fatal(err)
-	}
 	d := proxy.Deps{Logger: logger, Relay: proxy.UpstreamRelay(router)}
 	if deps != nil {
 		deps(&d)
 	}
-	srv, err := proxy.New(cfg, d)
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := srv.Listen(); err != nil {
-		b.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	go srv.Serve(ctx)
-	b.Cleanup(func() {
-		srv.Shutdown(context.Background())
-		cancel()
-	})
+	srv := serveProxy(b, cfg, d)
 	return srv.Addrs()["relay"]
 }
 

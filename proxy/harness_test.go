@@ -233,33 +233,7 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 	for _, o := range opts {
 		o(&cfg, &deps)
 	}
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	srv, err := proxy.New(cfg, deps)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := srv.Serve(ctx); err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	}()
-	t.Cleanup(func() {
-		sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer scancel()
-		if err := srv.Shutdown(sctx); err != nil {
-			t.Errorf("Shutdown: %v", err)
-		}
-		cancel()
-		<-done
-	})
+	srv := serveProxy(t, cfg, deps)
 	return &env{t: t, srv: srv, up: up, addr: srv.Addrs(), logs: logs, cfg: cfg}
 }
 
@@ -394,4 +368,38 @@ func newReader(c net.Conn) *bufio.Reader { return bufio.NewReader(c) }
 
 func contextWithTimeout(d time.Duration) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), d)
+}
+
+// serveProxy validates cfg, starts a Server on it and shuts it down when
+// the test or benchmark ends.
+func serveProxy(tb testing.TB, cfg proxy.Config, deps proxy.Deps) *proxy.Server {
+	tb.Helper()
+	if err := cfg.Validate(); err != nil {
+		tb.Fatal(err)
+	}
+	srv, err := proxy.New(cfg, deps)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := srv.Listen(); err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(ctx); err != nil {
+			tb.Errorf("Serve: %v", err)
+		}
+	}()
+	tb.Cleanup(func() {
+		sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer scancel()
+		if err := srv.Shutdown(sctx); err != nil {
+			tb.Errorf("Shutdown: %v", err)
+		}
+		cancel()
+		<-done
+	})
+	return srv
 }
