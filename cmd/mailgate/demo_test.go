@@ -9,15 +9,12 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
-
-	"github.com/mailgate/mailgate/proxy/peertest"
 )
 
 // TestDemoDefault runs the embedded default configuration (what
@@ -30,19 +27,27 @@ func TestDemoDefault(t *testing.T) {
 	}
 	dir := t.TempDir()
 	cfg.baseDir = dir
-	addr := "127.0.0.1:" + itoa(peertest.FreePort(t))
-	cfg.proxy.Listeners[0].Address = addr
+	cfg.proxy.Listeners[0].Address = "127.0.0.1:0"
 	out := newLockedBuffer()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- serve(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), out) }()
+	bound := make(chan map[string]string, 1)
+	go func() {
+		done <- serve(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), out, func(a map[string]string) { bound <- a })
+	}()
 	defer func() {
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("serve: %v", err)
 		}
 	}()
-	waitPort(t, addr)
+	var addr string
+	select {
+	case a := <-bound:
+		addr = a["submission"]
+	case err := <-done:
+		t.Fatalf("serve: %v", err)
+	}
 	deadline := time.Now().Add(5 * time.Second)
 	for !strings.Contains(out.String(), "swaks") && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
@@ -76,5 +81,3 @@ func TestDemoDefault(t *testing.T) {
 		t.Errorf("files left in tmp/: %v", tmp)
 	}
 }
-
-func itoa(n int) string { return strconv.Itoa(n) }

@@ -113,14 +113,14 @@ backend mg
 // headers from 127.0.0.1 and returns its address.
 func startMailgateProxied(t *testing.T, sink string) string {
 	t.Helper()
-	m := startMailgate(t, upstreamBlock(sink)+fmt.Sprintf(`
+	m := startMailgate(t, upstreamBlock(sink)+fmt.Sprint(`
 listener "behind-lb" {
-  address          = "127.0.0.1:%d"
+  address          = "127.0.0.1:0"
   tls              = "none"
   auth             = "none"
   trusted_networks = ["127.0.0.0/8"]
   proxy_protocol   = ["127.0.0.1"]
 }
-`, peertest.FreePort(t)))
+`))
 	return m.extra["behind-lb"]
 }

@@ -79,9 +79,6 @@ func startMailgateAuth(t *testing.T, extra, authAttrs string) *mailgate {
 	t.Helper()
 	dir := t.TempDir()
 	m := &mailgate{dir: dir, logs: newLockedBuffer(), dkim: map[string]string{}}
-	m.sub = fmt.Sprintf("127.0.0.1:%d", peertest.FreePort(t))
-	m.smtps = fmt.Sprintf("127.0.0.1:%d", peertest.FreePort(t))
-	m.relay = fmt.Sprintf("127.0.0.1:%d", peertest.FreePort(t))
 
 	cert, err := proxy.SelfSigned("mailgate.test")
 	if err != nil {
@@ -139,7 +136,7 @@ log {
   level  = "debug"
 }
 %s
-`, m.sub, m.smtps, m.relay, authAttrs, extra)
+`, "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", authAttrs, extra)
 	path := filepath.Join(dir, "mailgate.hcl")
 	writeFile(t, path, cfgText)
 	var diag bytes.Buffer
@@ -150,7 +147,10 @@ log {
 	logger := slog.New(slog.NewJSONHandler(io.MultiWriter(m.logs, tLog{t}), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- serve(ctx, cfg, logger, io.Discard) }()
+	// Port 0 everywhere: serve reports the bound addresses, so no test
+	// races another process for a port.
+	bound := make(chan map[string]string, 1)
+	go func() { done <- serve(ctx, cfg, logger, io.Discard, func(a map[string]string) { bound <- a }) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
@@ -160,11 +160,15 @@ log {
 			t.Errorf("the password appears in the log")
 		}
 	})
-	m.extra = map[string]string{}
-	for _, l := range cfg.proxy.Listeners {
-		m.extra[l.Name] = l.Address
-		waitPort(t, l.Address)
+	select {
+	case m.extra = <-bound:
+	case err := <-done:
+		done <- err
+		t.Fatalf("serve: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("mailgate did not start")
 	}
+	m.sub, m.smtps, m.relay = m.extra["submission"], m.extra["submissions"], m.extra["relay"]
 	return m
 }
 
@@ -575,15 +579,14 @@ redis {
 func TestE2EMetrics(t *testing.T) {
 	peertest.Require(t, "smtp-sink", "swaks", "curl")
 	sink := peertest.StartSink(t, peertest.SinkOptions{})
-	maddr := fmt.Sprintf("127.0.0.1:%d", peertest.FreePort(t))
-	m := startMailgate(t, upstreamBlock(sink.Addr())+fmt.Sprintf("metrics {\n  address = %q\n}\n", maddr))
+	m := startMailgate(t, upstreamBlock(sink.Addr())+"metrics {\n  address = \"127.0.0.1:0\"\n}\n")
+	maddr := m.extra["metrics"]
 	if out, code := swaks(t, m, "--server", m.relay); code != 0 {
 		t.Fatalf("swaks: exit %d\n%s", code, out)
 	}
 	if out, _ := swaks(t, m, "--server", m.sub, "--tls", "--auth", "PLAIN", "--auth-user", e2eUser, "--auth-password", "wrong"); !strings.Contains(out, "535") {
 		t.Fatalf("wrong password: %s", out)
 	}
-	waitPort(t, maddr)
 	out, code := peertest.Curl(t, "-sS", "http://"+maddr+"/metrics")
 	if code != 0 {
 		t.Fatalf("curl: exit %d\n%s", code, out)

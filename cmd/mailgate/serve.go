@@ -52,7 +52,7 @@ func serveMain(args []string, stdout, stderr io.Writer) int {
 	logger := newLogger(cfg, stderr)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if err := serve(ctx, cfg, logger, stdout); err != nil {
+	if err := serve(ctx, cfg, logger, stdout, nil); err != nil {
 		logger.Error("mailgate stopped", "err", err)
 		return 1
 	}
@@ -83,12 +83,16 @@ func newLogger(cfg *config, w io.Writer) *slog.Logger {
 
 // serve wires the configured pieces together and runs until ctx ends,
 // then drains. SIGHUP reloads certificates, keys, users and policies.
-func serve(ctx context.Context, cfg *config, logger *slog.Logger, stdout io.Writer) error {
+// ready, when not nil, is called once every socket is bound, with the bound
+// address of each listener by name (and of the metrics server as
+// "metrics"): port 0 in the configuration picks a free port.
+func serve(ctx context.Context, cfg *config, logger *slog.Logger, stdout io.Writer, ready func(map[string]string)) error {
 	w, err := wire(cfg, logger)
 	if err != nil {
 		return err
 	}
 	defer w.close()
+	metricsAddr := ""
 	if mb := cfg.file.Metrics; mb != nil {
 		reg := prometheus.NewRegistry()
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -102,7 +106,8 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger, stdout io.Writ
 		hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		go hs.Serve(ln)
 		defer hs.Close()
-		logger.Info("metrics", "address", ln.Addr().String(), "path", "/metrics")
+		metricsAddr = ln.Addr().String()
+		logger.Info("metrics", "address", metricsAddr, "path", "/metrics")
 	}
 	srv, err := proxy.New(cfg.proxy, w.deps)
 	if err != nil {
@@ -113,6 +118,13 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger, stdout io.Writ
 	}
 	if w.demo != nil {
 		w.demo.announce(stdout, srv.Addrs())
+	}
+	if ready != nil {
+		addrs := srv.Addrs()
+		if metricsAddr != "" {
+			addrs["metrics"] = metricsAddr
+		}
+		ready(addrs)
 	}
 
 	hup := make(chan os.Signal, 1)

@@ -24,24 +24,31 @@ func StartRedis(t testing.TB) *Redis {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	port := FreePort(t)
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	conf := filepath.Join(dir, "redis.conf")
-	content := fmt.Sprintf("bind 127.0.0.1\nport %d\nsave \"\"\nappendonly no\ndir %s\nprotected-mode yes\n", port, dir)
-	if err := os.WriteFile(conf, []byte(content), 0o600); err != nil {
-		t.Fatal(err)
+	// FreePort closes its socket before redis-server binds it, so another
+	// process may take it meanwhile: try a few ports.
+	var lastErr error
+	for attempt := 0; attempt < 5; attempt++ {
+		port := FreePort(t)
+		addr := fmt.Sprintf("127.0.0.1:%d", port)
+		conf := filepath.Join(dir, "redis.conf")
+		content := fmt.Sprintf("bind 127.0.0.1\nport %d\nsave \"\"\nappendonly no\ndir %s\nprotected-mode yes\n", port, dir)
+		if err := os.WriteFile(conf, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		p, err := startProcess(bin, conf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if lastErr = waitListening(p, addr, 10*time.Second); lastErr != nil {
+			t.Logf("redis-server on %s: %v\n%s", addr, lastErr, p.out.String())
+			p.stop(time.Second)
+			continue
+		}
+		t.Cleanup(func() { p.stop(2 * time.Second) })
+		return &Redis{addr: addr, proc: p}
 	}
-	p, err := startProcess(bin, conf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &Redis{addr: addr, proc: p}
-	t.Cleanup(func() { p.stop(2 * time.Second) })
-	logOnFailure(t, "redis-server", p.out.String)
-	if err := waitListening(p, addr, 10*time.Second); err != nil {
-		t.Fatalf("redis-server: %v", err)
-	}
-	return r
+	t.Fatalf("redis-server did not start: %v", lastErr)
+	return nil
 }
 
 // Addr is the server's host:port.
