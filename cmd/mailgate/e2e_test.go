@@ -16,8 +16,10 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -601,5 +603,85 @@ func TestE2EMetrics(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("/metrics lacks %q", want)
 		}
+	}
+}
+
+// TestE2EReloadOnSIGHUP: SIGHUP makes a running mailgate pick up a new
+// users file and a new policy; a broken DKIM key file keeps the old key.
+func TestE2EReloadOnSIGHUP(t *testing.T) {
+	peertest.Require(t, "smtp-sink", "swaks", "python3-dkim")
+	sink := peertest.StartSink(t, peertest.SinkOptions{})
+	rulesDir := t.TempDir()
+	rules := filepath.Join(rulesDir, "rules.hcl")
+	writeFile(t, rules, `rule "nothing" {
+  stage  = "rcpt"
+  when   = false
+  action = "reject"
+}
+`)
+	m := startMailgate(t, upstreamBlock(sink.Addr())+fmt.Sprintf(`
+dkim {
+  key "example.com" "rsa1" { file = "rsa1.pem" }
+}
+policy {
+  rules {
+    name = "local"
+    path = %q
+  }
+  watch_interval = "1h"
+}
+`, rules))
+	hup := func() {
+		t.Helper()
+		if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(30 * time.Second)
+		for !strings.Contains(m.logs.String(), "SIGHUP: reload finished") {
+			if time.Now().After(deadline) {
+				t.Fatal("no reload after SIGHUP")
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	// A new user, a policy that blocks a domain, a broken DKIM key.
+	hash, err := auth.Hash("dave's password")
+	if err != nil {
+		t.Fatal(err)
+	}
+	users, _ := os.ReadFile(filepath.Join(m.dir, "users"))
+	writeFile(t, filepath.Join(m.dir, "users"), string(users)+"dave@example.com:"+hash+"\n")
+	writeFile(t, rules, `rule "block-blocked" {
+  stage   = "rcpt"
+  when    = rcpt.domain == "blocked.example"
+  action  = "reject"
+  message = "blocked after reload"
+}
+`)
+	writeFile(t, filepath.Join(m.dir, "rsa1.pem"), "not a key\n")
+	hup()
+
+	out, code := peertest.Swaks(t, "--timeout", "20", "--server", m.sub, "--tls", "--auth", "PLAIN",
+		"--auth-user", "dave@example.com", "--auth-password", "dave's password",
+		"--from", "dave@example.com", "--to", "bob@example.net", "--header", "From: dave@example.com")
+	if code != 0 {
+		t.Fatalf("new user after SIGHUP: exit %d\n%s", code, out)
+	}
+	out, code = peertest.Swaks(t, "--timeout", "20", "--server", m.relay, "--from", e2eUser, "--to", "x@blocked.example")
+	if code == 0 || !strings.Contains(out, "blocked after reload") {
+		t.Fatalf("policy not reloaded: exit %d\n%s", code, out)
+	}
+	// The broken key was refused: mail is still signed with the old one.
+	msgs := sink.Messages()
+	if len(msgs) != 1 {
+		t.Fatalf("sink has %d messages, want 1", len(msgs))
+	}
+	if ok, report := peertest.DKIMVerify(t, msgs[0].Data, map[string]string{
+		"rsa1._domainkey.example.com": m.dkim["rsa1._domainkey.example.com"],
+	}); !ok {
+		t.Fatalf("not signed with the old key after a broken reload:\n%s", report)
+	}
+	if !strings.Contains(m.logs.String(), "reload failed, keeping the previous state") {
+		t.Error("the broken key's reload failure was not logged")
 	}
 }

@@ -149,11 +149,14 @@ func wire(cfg *config, logger *slog.Logger) (*wiring, error) {
 
 func (w *wiring) reload(logger *slog.Logger) {
 	logger.Info("SIGHUP: reloading")
+	failed := 0
 	for _, r := range w.reloads {
 		if err := r(); err != nil {
+			failed++
 			logger.Error("reload failed, keeping the previous state", "err", err)
 		}
 	}
+	logger.Info("SIGHUP: reload finished", "failed", failed)
 }
 
 func (w *wiring) close() {
