@@ -304,6 +304,10 @@ func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 // and spooled before anything is sent upstream; the client gets 250 only
 // after the upstream's 250. Every failure aborts the upstream transaction.
 func (ss *session) Data(r io.Reader) error {
+	if ss.conn.failed.Load() {
+		// Reset (always called after Data) aborts the upstream side.
+		return errBareLineEnding
+	}
 	ss.mu.Lock()
 	tx := ss.tx
 	if tx != nil {
@@ -312,9 +316,6 @@ func (ss *session) Data(r io.Reader) error {
 	ss.mu.Unlock()
 	if tx == nil {
 		return errNoMail
-	}
-	if ss.conn.failed.Load() {
-		return errBareLineEnding
 	}
 	ss.conn.setMode(modeData)
 	defer ss.conn.setMode(modeCommand)
