@@ -135,10 +135,3 @@ func isDotString(s string) bool {
 	}
 	return true
 }
-
-func domainOf(addr string) string {
-	if i := strings.LastIndexByte(addr, '@'); i >= 0 {
-		return strings.ToLower(addr[i+1:])
-	}
-	return ""
-}

@@ -51,10 +51,8 @@ type ListenerConfig struct {
 	ProxyProtocol []string `hcl:"proxy_protocol,optional"`
 
 	// Parsed by Validate.
-	tlsMode  string
-	authMode string
-	trusted  []netip.Prefix
-	proxies  []netip.Prefix
+	trusted []netip.Prefix
+	proxies []netip.Prefix
 }
 
 // TLSMode returns the listener's TLS mode after defaults.
@@ -63,6 +61,14 @@ func (l *ListenerConfig) TLSMode() string {
 		return TLSStartTLS
 	}
 	return *l.TLS
+}
+
+// AuthMode returns "required" or "none" after defaults.
+func (l *ListenerConfig) AuthMode() string {
+	if l.AuthRequired() {
+		return "required"
+	}
+	return "none"
 }
 
 // AuthRequired reports whether AUTH is required before MAIL.
@@ -158,18 +164,13 @@ func (l *ListenerConfig) validate() error {
 	if err != nil {
 		errs = append(errs, fmt.Errorf("address %q: %w", l.Address, err))
 	}
-	l.tlsMode = l.TLSMode()
-	switch l.tlsMode {
+	switch l.TLSMode() {
 	case TLSNone, TLSStartTLS, TLSImplicit:
 	default:
-		errs = append(errs, fmt.Errorf("tls %q: want none, starttls or implicit", l.tlsMode))
+		errs = append(errs, fmt.Errorf("tls %q: want none, starttls or implicit", l.TLSMode()))
 	}
-	l.authMode = "required"
-	if !l.AuthRequired() {
-		if *l.Auth != "none" {
-			errs = append(errs, fmt.Errorf("auth %q: want required or none", *l.Auth))
-		}
-		l.authMode = "none"
+	if !l.AuthRequired() && *l.Auth != "none" {
+		errs = append(errs, fmt.Errorf("auth %q: want required or none", *l.Auth))
 	}
 	var err2 error
 	if l.trusted, err2 = parsePrefixes(l.TrustedNetworks); err2 != nil {
@@ -178,7 +179,7 @@ func (l *ListenerConfig) validate() error {
 	if l.proxies, err2 = parsePrefixes(l.ProxyProtocol); err2 != nil {
 		errs = append(errs, fmt.Errorf("proxy_protocol: %w", err2))
 	}
-	if l.authMode == "none" && len(l.trusted) == 0 {
+	if !l.AuthRequired() && len(l.trusted) == 0 {
 		errs = append(errs, errors.New(`auth = "none" needs trusted_networks: mailgate is never an open relay`))
 	}
 	if l.AllowInsecureAuth {

@@ -33,9 +33,6 @@ type Deps struct {
 	Now func() time.Time
 	// Metrics records Prometheus metrics. Nil records nothing.
 	Metrics *Metrics
-	// Classify maps an error from Relay or Signer to the reply the client
-	// must get, or nil when it does not know the error (then 451 4.3.0).
-	Classify func(error) *smtp.SMTPError
 }
 
 // Authenticator verifies SMTP AUTH credentials.
@@ -46,6 +43,8 @@ type Authenticator interface {
 	// authenticated user; onFailure after every failed attempt. Failures
 	// surface as *smtp.SMTPError (535 5.7.8 for bad credentials).
 	Server(mech string, remote netip.Addr, onSuccess func(user string), onFailure func()) (sasl.Server, error)
+	// MaxFailures is how many failed attempts close a connection.
+	MaxFailures() int
 }
 
 // Signer DKIM-signs a message. See dkim.Signer.Sign for the contract.

@@ -3,7 +3,6 @@ package proxy_test
 import (
 	"fmt"
 	"net"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -323,7 +322,6 @@ func TestSpoolLargeMessage(t *testing.T) {
 	if len(left) != 0 {
 		t.Fatalf("spool files left behind: %v", left)
 	}
-	_ = os.Remove
 }
 
 func TestShutdownDrains(t *testing.T) {

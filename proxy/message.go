@@ -116,16 +116,6 @@ func (h *header) has(name string) bool {
 	return false
 }
 
-func (h *header) values(name string) []string {
-	var vs []string
-	for _, f := range h.fields {
-		if strings.EqualFold(f.name, name) {
-			vs = append(vs, f.value())
-		}
-	}
-	return vs
-}
-
 func (h *header) remove(name string) int {
 	kept := h.fields[:0]
 	n := 0

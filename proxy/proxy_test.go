@@ -5,8 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/emersion/go-smtp"
-
 	"github.com/mailgate/mailgate/proxy"
 )
 
@@ -293,10 +291,4 @@ func TestTimeouts(t *testing.T) {
 			t.Fatalf("upstream got %d messages", len(msgs))
 		}
 	})
-}
-
-// smtpErr reports whether err is an SMTP error with that code.
-func smtpErr(err error, code int) bool {
-	se, ok := err.(*smtp.SMTPError)
-	return ok && se.Code == code
 }

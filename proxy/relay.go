@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"io"
 
 	"github.com/emersion/go-smtp"
@@ -37,7 +38,7 @@ func (t routerTx) Data(ctx context.Context, r io.Reader) (string, error) {
 func upstreamReply(err error) *smtp.SMTPError {
 	for _, s := range []error{upstream.ErrTimeout, upstream.ErrUnavailable, upstream.ErrInvalidAddress,
 		upstream.ErrInvalidParameter, upstream.ErrSMTPUTF8, upstream.ErrRequireTLS} {
-		if errorsIs(err, s) {
+		if errors.Is(err, s) {
 			return upstream.AsSMTPError(err)
 		}
 	}

@@ -2,6 +2,7 @@ package proxy_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -86,7 +87,7 @@ func TestPolicyReloadUnderLoad(t *testing.T) {
 				}
 				err := c.Rcpt("x@blocked.example", nil)
 				var se *smtp.SMTPError
-				if !asSMTP(err, &se) || se.Code != 550 || !strings.Contains(se.Message, "blocked by version") {
+				if !errors.As(err, &se) || se.Code != 550 || !strings.Contains(se.Message, "blocked by version") {
 					errs <- fmt.Errorf("blocked recipient: %v", err)
 				}
 				if err := c.Rcpt("bob@example.net", nil); err != nil {
@@ -120,10 +121,4 @@ func TestPolicyReloadUnderLoad(t *testing.T) {
 		t.Fatalf("upstream got %d messages, want %d", len(msgs), sessions*perSession)
 	}
 	t.Logf("%d reloads, %d broken reloads kept the previous set", reloads, broken)
-}
-
-func asSMTP(err error, se **smtp.SMTPError) bool {
-	e, ok := err.(*smtp.SMTPError)
-	*se = e
-	return ok
 }

@@ -16,13 +16,6 @@ import (
 // errors.As. Anything unknown becomes a generic 451 4.3.0 carrying the
 // session id, never internal text (it might disclose configuration).
 
-// replyError is implemented by errors that know the reply the client must
-// get.
-type replyError interface {
-	error
-	SMTPReply() *smtp.SMTPError
-}
-
 var (
 	errSignFrom = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
 		Message: "Message must have exactly one From address to be signed"}
@@ -30,17 +23,10 @@ var (
 		Message: "This server does not sign mail for the From domain"}
 )
 
-var errTooLongLine = &smtp.SMTPError{Code: 500, EnhancedCode: smtp.EnhancedCode{5, 5, 2},
-	Message: "Line too long"}
-
 // reply turns err into the reply the client gets.
 func (s *session) reply(err error) error {
 	if err == nil {
 		return nil
-	}
-	var re replyError
-	if errors.As(err, &re) {
-		return clean(re.SMTPReply())
 	}
 	if r := upstreamReply(err); r != nil {
 		s.log.Warn("upstream trouble", "err", err)
@@ -50,11 +36,6 @@ func (s *session) reply(err error) error {
 	if errors.As(err, &se) {
 		return clean(se)
 	}
-	if errors.Is(err, smtp.ErrTooLongLine) {
-		r := *errTooLongLine
-		r.Message = fmt.Sprintf("Line too long (limit %d bytes), closing connection", s.s.cfg.Limits.MaxLineLength)
-		return &r
-	}
 	if errors.Is(err, smtp.ErrDataReset) {
 		return err
 	}
@@ -63,12 +44,6 @@ func (s *session) reply(err error) error {
 		return errSignFrom
 	case errors.Is(err, dkim.ErrNoKey):
 		return errSignNoKey
-	}
-	if s.s.deps.Classify != nil {
-		if r := s.s.deps.Classify(err); r != nil {
-			s.log.Warn("upstream error", "err", err)
-			return clean(r)
-		}
 	}
 	s.log.Error("internal error", "err", err)
 	return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0},
@@ -138,5 +113,3 @@ func decisionReply(d policy.Decision) *smtp.SMTPError {
 func formatReply(r *smtp.SMTPError) string {
 	return fmt.Sprintf("%d %d.%d.%d %s", r.Code, r.EnhancedCode[0], r.EnhancedCode[1], r.EnhancedCode[2], r.Message)
 }
-
-func errorsIs(err, target error) bool { return errors.Is(err, target) }

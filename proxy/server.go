@@ -54,8 +54,8 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		return nil, errors.New("proxy: no upstream relay")
 	}
 	for _, l := range cfg.Listeners {
-		if l.tlsMode != TLSNone && deps.TLS == nil {
-			return nil, fmt.Errorf("proxy: listener %q: tls = %q needs a certificate", l.Name, l.tlsMode)
+		if l.TLSMode() != TLSNone && deps.TLS == nil {
+			return nil, fmt.Errorf("proxy: listener %q: tls = %q needs a certificate", l.Name, l.TLSMode())
 		}
 	}
 	return &Server{
@@ -111,7 +111,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		l.ch = newChanListener(l.ln.Addr())
 		l.smtp = s.newSMTPServer(l)
 		s.log.Info("listening", "listener", l.cfg.Name, "address", l.ln.Addr().String(),
-			"tls", l.cfg.tlsMode, "auth", l.cfg.authMode)
+			"tls", l.cfg.TLSMode(), "auth", l.cfg.AuthMode())
 		go func() { errc <- l.smtp.Serve(l.ch) }()
 		s.wg.Add(1)
 		go func() {
@@ -212,7 +212,7 @@ func (s *Server) handover(l *listener, raw net.Conn) {
 	var conn net.Conn = raw
 	var state *tls.ConnectionState
 	dropGreeting := false
-	switch l.cfg.tlsMode {
+	switch l.cfg.TLSMode() {
 	case TLSImplicit:
 		tc := tls.Server(raw, s.deps.TLS)
 		ctx, cancel := context.WithTimeout(context.Background(), lim.handshakeTimeout)

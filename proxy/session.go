@@ -54,7 +54,6 @@ type session struct {
 
 	user, mech   string
 	authFailures int
-	msgCount     int
 
 	mu sync.Mutex
 	tx *transaction
@@ -136,17 +135,10 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 			ss.s.deps.Metrics.authAttempt(mech, "failure")
 			ss.authFailures++
 			ss.log.Warn("authentication failed", "mechanism", mech, "failures", ss.authFailures)
-			if max := ss.maxAuthFailures(); max > 0 && ss.authFailures >= max {
+			if max := ss.s.deps.Auth.MaxFailures(); max > 0 && ss.authFailures >= max {
 				ss.conn.closeAfterWrite.Store(true)
 			}
 		})
-}
-
-func (ss *session) maxAuthFailures() int {
-	if m, ok := ss.s.deps.Auth.(interface{ MaxFailures() int }); ok {
-		return m.MaxFailures()
-	}
-	return 3
 }
 
 // input builds the policy document for a stage.
@@ -330,7 +322,6 @@ func (ss *session) Data(r io.Reader) error {
 		ss.logTx(tx, "failed", "reply", replyText(rerr))
 		return rerr
 	}
-	ss.msgCount++
 	ok := &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK: queued as " + tx.id}
 	ss.logTx(tx, "relayed", "reply", "250 "+sanitize(text))
 	return ok

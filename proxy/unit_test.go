@@ -80,7 +80,7 @@ func TestReadHeader(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := h.values("subject"); len(got) != 1 || got[0] != "folded  continued" {
+	if got := h.policyView(0).Headers["subject"]; len(got) != 1 || got[0] != "folded  continued" {
 		t.Errorf("subject %q", got)
 	}
 	rest := new(bytes.Buffer)
@@ -209,9 +209,7 @@ func FuzzScan(f *testing.F) {
 		cc := &clientConn{prev: '\n', lineHead: make([]byte, 0, 32), maxLine: max}
 		buf := append([]byte(nil), data...)
 		got, err := cc.scan(buf[:cut], modeData)
-		if got >= 0 {
-			got += 0
-		} else {
+		if got < 0 {
 			got, err = cc.scan(buf[cut:], modeData)
 			if got >= 0 {
 				got += cut

@@ -80,7 +80,6 @@ type logBlock struct {
 // config is the loaded, validated configuration.
 type config struct {
 	file    fileConfig
-	path    string // "" for the embedded default
 	baseDir string
 	proxy   proxy.Config
 }
@@ -113,7 +112,7 @@ func loadConfig(path string, src []byte, diagOut io.Writer) (*config, error) {
 	p := hclparse.NewParser()
 	f, diags := p.ParseHCL(src, path)
 	if !diags.HasErrors() {
-		c := &config{path: path, baseDir: filepath.Dir(path)}
+		c := &config{baseDir: filepath.Dir(path)}
 		diags = append(diags, gohcl.DecodeBody(f.Body, evalContext(), &c.file)...)
 		if !diags.HasErrors() {
 			if err := c.validate(); err != nil {

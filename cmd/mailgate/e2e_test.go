@@ -19,6 +19,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -45,25 +46,23 @@ type mailgate struct {
 	extra map[string]string
 }
 
+// lockedBuffer collects log output written from several goroutines.
 type lockedBuffer struct {
-	mu chan struct{}
+	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func newLockedBuffer() *lockedBuffer {
-	l := &lockedBuffer{mu: make(chan struct{}, 1)}
-	return l
-}
+func newLockedBuffer() *lockedBuffer { return &lockedBuffer{} }
 
 func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu <- struct{}{}
-	defer func() { <-l.mu }()
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	return l.b.Write(p)
 }
 
 func (l *lockedBuffer) String() string {
-	l.mu <- struct{}{}
-	defer func() { <-l.mu }()
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	return l.b.String()
 }
 

@@ -28,7 +28,6 @@ import (
 // wiring holds the built collaborators and how to reload and close them.
 type wiring struct {
 	deps    proxy.Deps
-	certs   *proxy.CertStore
 	demo    *demo
 	reloads []func() error
 	closers []func()
@@ -36,25 +35,29 @@ type wiring struct {
 	policy  *policy.Policy // watched for changes while serving
 }
 
-func wire(cfg *config, logger *slog.Logger) (*wiring, error) {
+// wire builds every collaborator the configuration asks for. On error,
+// whatever was already built is closed.
+func wire(cfg *config, logger *slog.Logger) (_ *wiring, err error) {
 	w := &wiring{deps: proxy.Deps{Logger: logger}}
+	defer func() {
+		if err != nil {
+			w.close()
+		}
+	}()
 	if cfg.file.Demo != nil {
 		d, err := newDemo(cfg, cfg.file.Demo)
 		if err != nil {
 			return nil, err
 		}
 		w.demo = d
-		w.certs = d.certs
+		w.deps.TLS = d.certs.Config()
 	} else if cfg.file.TLS != nil {
 		cs, err := proxy.LoadCertStore(cfg.abs(cfg.file.TLS.CertFile), cfg.abs(cfg.file.TLS.KeyFile))
 		if err != nil {
 			return nil, err
 		}
-		w.certs = cs
+		w.deps.TLS = cs.Config()
 		w.reloads = append(w.reloads, cs.Reload)
-	}
-	if w.certs != nil {
-		w.deps.TLS = w.certs.Config()
 	}
 	switch {
 	case cfg.file.Auth != nil:
@@ -70,7 +73,7 @@ func wire(cfg *config, logger *slog.Logger) (*wiring, error) {
 				fmt.Fprintf(out, "redis (%s): answers\n", rb.Address)
 				return true
 			})
-			ac := cfg.file.Auth.WithDefaults()
+			ac := cfg.file.Auth // defaults applied by validate
 			opts = append(opts, auth.WithLimiter(auth.NewRedisLimiter(rdb, auth.RedisLimiterConfig{
 				IPFailures: ac.IPFailures, UserFailures: ac.UserFailures, Window: ac.Window(),
 				Prefix: rb.KeyPrefix, Logger: logger,
