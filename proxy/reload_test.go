@@ -122,3 +122,30 @@ func TestPolicyReloadUnderLoad(t *testing.T) {
 	}
 	t.Logf("%d reloads, %d broken reloads kept the previous set", reloads, broken)
 }
+
+// TestDryRunPolicyIsNotEnforced: a dry-run engine that would reject only
+// warns; the message is relayed.
+func TestDryRunPolicyIsNotEnforced(t *testing.T) {
+	dir := t.TempDir()
+	rules := filepath.Join(dir, "rules.hcl")
+	os.WriteFile(rules, []byte(`rule "reject-all" {
+  stage  = "mail"
+  when   = true
+  action = "reject"
+}
+`), 0o600)
+	p, err := policy.New(policy.Config{Rules: []policy.RulesConfig{{Name: "trial", Path: rules, Mode: policy.ModeDryRun}}}, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	e := newEnv(t, func(_ *proxy.Config, d *proxy.Deps) { d.Policy = p })
+	c := dialRaw(t, e.addr["relay"])
+	c.expect("EHLO client.test", 250)
+	if code, text := send(t, c, "app@example.com", []string{"bob@example.net"}, "From: app@example.com\r\n\r\nx\r\n"); code != 250 {
+		t.Fatalf("dry-run reject enforced: %d %s", code, text)
+	}
+	if !strings.Contains(e.logs.String(), "dry-run: would reject") {
+		t.Error("the dry-run refusal was not logged")
+	}
+}

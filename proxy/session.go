@@ -192,13 +192,9 @@ func (ss *session) decide(tx *transaction, input func() policy.Input) (policy.De
 	if tx != nil && d.Rule != "" {
 		tx.rules = append(tx.rules, string(in.Stage)+"/"+d.Engine+"/"+d.Rule)
 	}
-	if d.Outcome != policy.Accept && d.Outcome != "" {
-		if d.DryRun {
-			ss.log.Info("dry-run policy would have refused", "stage", string(in.Stage),
-				"outcome", string(d.Outcome), "engine", d.Engine, "rule", d.Rule)
-			d.Outcome = policy.Accept
-		}
-	}
+	// A dry-run refusal arrives as a warning (logged above) and is not
+	// enforced.
+	d.Outcome = d.Enforced()
 	if d.Outcome == "" {
 		d.Outcome = policy.Accept
 	}
