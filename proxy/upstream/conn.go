@@ -87,6 +87,8 @@ type pconn struct {
 	up       *upstream
 	c        *smtp.Client
 	raw      *dconn
+	wire     net.Conn // what c speaks on: raw, or the TLS connection over raw
+	tls      *tls.ConnectionState
 	messages int  // transactions started (MAIL accepted)
 	broken   bool // never reuse: transport error, cancelled, 421
 	reused   bool // taken from the pool (may be dead)
@@ -197,29 +199,31 @@ func (u *upstream) dial(ctx context.Context) (*pconn, error) {
 		if err := tc.HandshakeContext(ctx); err != nil {
 			return fail("tls", err)
 		}
-		pc.c = smtp.NewClient(tc)
+		pc.wire = tc
 	case TLSStartTLS:
-		// go-smtp has no public StartTLS: NewClientStartTLS sends its
-		// first EHLO as "localhost"; the EHLO after TLS (the one that
-		// counts) uses our name. It closes the conn itself on error.
-		c, err := smtp.NewClientStartTLS(raw, u.tlsConfig)
+		tc, err := startTLS(ctx, raw, u.helo, u.tlsConfig)
 		if err != nil {
 			return fail("starttls", err)
 		}
-		pc.c = c
+		pc.wire = tc
 	default:
-		pc.c = smtp.NewClient(raw)
+		pc.wire = raw
+	}
+	if tc, ok := pc.wire.(*tls.Conn); ok {
+		st := tc.ConnectionState()
+		pc.tls = &st
+	}
+	if u.cfg.TLS == TLSStartTLS {
+		// The greeting was read before STARTTLS: go-smtp's client reads
+		// one when it starts, so it gets that one again.
+		pc.c = smtp.NewClient(&greetedConn{Conn: pc.wire, greeting: []byte("220 greeted before STARTTLS\r\n")})
+	} else {
+		pc.c = smtp.NewClient(pc.wire)
 	}
 	pc.c.CommandTimeout = u.s.commandTimeout
 	pc.c.SubmissionTimeout = u.s.dataTimeout
 	if err := pc.c.Hello(u.helo); err != nil {
 		return fail("ehlo", err)
-	}
-	if u.cfg.TLS == TLSStartTLS {
-		// The handshake runs lazily on the first I/O after STARTTLS.
-		if _, ok := pc.c.TLSConnectionState(); !ok {
-			return fail("starttls", errors.New("no TLS after STARTTLS"))
-		}
 	}
 	if u.cfg.Username != "" {
 		mech, err := u.saslClient(pc.c)
@@ -236,8 +240,8 @@ func (u *upstream) dial(ctx context.Context) (*pconn, error) {
 		return fail("connect", context.DeadlineExceeded)
 	}
 	attrs := []slog.Attr{slog.String("upstream", u.name), slog.String("address", u.cfg.Address)}
-	if st, ok := pc.c.TLSConnectionState(); ok {
-		attrs = append(attrs, slog.String("tls", tls.VersionName(st.Version)))
+	if pc.tls != nil {
+		attrs = append(attrs, slog.String("tls", tls.VersionName(pc.tls.Version)))
 	}
 	u.r.log.LogAttrs(ctx, slog.LevelDebug, "upstream connected", attrs...)
 	return pc, nil

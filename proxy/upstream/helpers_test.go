@@ -37,6 +37,7 @@ type fault struct {
 
 // recordedTx is one transaction the fake upstream accepted (250 after DATA).
 type recordedTx struct {
+	helo  string // the EHLO name the session greeted with
 	from  string
 	opts  smtp.MailOptions
 	rcpts []string
@@ -197,7 +198,7 @@ func (s *fakeSession) Mail(from string, opts *smtp.MailOptions) error {
 			return err
 		}
 	}
-	s.tx = &recordedTx{from: from}
+	s.tx = &recordedTx{helo: s.c.Hostname(), from: from}
 	if opts != nil {
 		s.tx.opts = *opts
 	}

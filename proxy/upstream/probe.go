@@ -35,8 +35,8 @@ func (r *Router) Probe(ctx context.Context) []ProbeResult {
 			continue
 		}
 		p.OK = true
-		if st, ok := pc.c.TLSConnectionState(); ok {
-			p.TLSVersion = tls.VersionName(st.Version)
+		if pc.tls != nil {
+			p.TLSVersion = tls.VersionName(pc.tls.Version)
 		}
 		p.Auth = u.cfg.Username != ""
 		for _, ext := range []string{"8BITMIME", "AUTH", "CHUNKING", "DSN", "ENHANCEDSTATUSCODES",

@@ -271,22 +271,8 @@ type readError struct{ err error }
 func (e *readError) Error() string { return "upstream: read message: " + e.err.Error() }
 func (e *readError) Unwrap() error { return e.err }
 
-// countingWriter remembers write errors so Data can tell them from reader
-// errors.
+// copyBufs holds the buffers Data reads messages with.
 var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
-
-type errWriter struct {
-	w   io.Writer
-	err error
-}
-
-func (w *errWriter) Write(b []byte) (int, error) {
-	n, err := w.w.Write(b)
-	if err != nil {
-		w.err = err
-	}
-	return n, err
-}
 
 func (tx *Tx) data(ctx context.Context, r io.Reader) (_ *Reply, openTx bool, _ error) {
 	pc := tx.pc
@@ -295,18 +281,25 @@ func (tx *Tx) data(ctx context.Context, r io.Reader) (_ *Reply, openTx bool, _ e
 		err = pc.fail(ctx, "data", err)
 		return nil, !pc.broken, err
 	}
-	ew := &errWriter{w: w}
-	// A pooled buffer, and r hidden behind a plain Reader: io.Copy would
-	// otherwise use r's WriteTo (io.MultiReader's allocates 32 KiB per
-	// message).
+	// The body goes straight to the connection, dot-stuffed in bulk;
+	// w.CloseWithResponse then writes the end-of-data line and reads the
+	// reply. A pooled buffer, and r hidden behind a plain Reader: io.Copy
+	// would otherwise use r's WriteTo (io.MultiReader's allocates 32 KiB
+	// per message).
+	dw := newDotWriter(pc.wire)
+	defer dw.release()
 	buf := copyBufs.Get().(*[]byte)
-	_, err = io.CopyBuffer(ew, struct{ io.Reader }{r}, *buf)
+	_, err = io.CopyBuffer(dw, struct{ io.Reader }{r}, *buf)
 	copyBufs.Put(buf)
+	if err == nil {
+		err = dw.finish()
+	}
 	if err != nil {
-		if ew.err != nil {
-			return nil, false, pc.fail(ctx, "data", ew.err)
+		if dw.err != nil && !errors.Is(dw.err, errLineEnding) {
+			return nil, false, pc.fail(ctx, "data", dw.err)
 		}
-		// Never send the final dot after a read error: close instead.
+		// Never send the final dot after a read error or a bare line
+		// ending: close instead.
 		pc.broken = true
 		return nil, false, &readError{err: err}
 	}

@@ -1,0 +1,143 @@
+package upstream
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"net/textproto"
+	"testing"
+)
+
+// stuffed runs msg through dotWriter in writes of at most chunk bytes and
+// returns what reached the wire plus the end-of-data line DataCommand's
+// Close adds ("\r\n.\r\n", since nothing went through its own writer).
+func stuffed(t testing.TB, msg []byte, chunk int) ([]byte, error) {
+	t.Helper()
+	var wire bytes.Buffer
+	d := newDotWriter(&wire)
+	defer d.release()
+	for p := msg; len(p) > 0; {
+		n := min(chunk, len(p))
+		if _, err := d.Write(p[:n]); err != nil {
+			return nil, err
+		}
+		p = p[n:]
+	}
+	if err := d.finish(); err != nil {
+		return nil, err
+	}
+	return append(wire.Bytes(), "\r\n.\r\n"...), nil
+}
+
+// textprotoStuffed is the reference: net/textproto's DotWriter.
+func textprotoStuffed(msg []byte) []byte {
+	var wire bytes.Buffer
+	bw := bufio.NewWriter(&wire)
+	w := textproto.NewWriter(bw).DotWriter()
+	_, _ = w.Write(msg)
+	_ = w.Close()
+	return wire.Bytes()
+}
+
+func TestDotWriter(t *testing.T) {
+	big := bytes.Repeat([]byte(".leading dot line\r\nplain line\r\n"), 4000) // > dotFlushAt
+	valid := []struct {
+		name string
+		msg  string
+		want string // without the end-of-data line
+	}{
+		{"empty", "", ""},
+		{"one_line", "Subject: x\r\n", "Subject: x"},
+		{"leading_dots", ".\r\n..\r\n.x\r\nx.\r\n", "..\r\n...\r\n..x\r\nx."},
+		{"dot_first_byte", ".hidden\r\n", "..hidden"},
+		{"no_final_crlf", "a\r\nb", "a\r\nb"},
+		{"lone_dot_line_mid_body", "a\r\n.\r\nb\r\n", "a\r\n..\r\nb"},
+		{"empty_lines", "\r\n\r\n", "\r\n"},
+	}
+	for _, tc := range valid {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, chunk := range []int{1, 2, 3, 7, 1 << 20} {
+				got, err := stuffed(t, []byte(tc.msg), chunk)
+				if err != nil {
+					t.Fatalf("chunk %d: %v", chunk, err)
+				}
+				if want := tc.want + "\r\n.\r\n"; string(got) != want {
+					t.Errorf("chunk %d: wire = %q, want %q", chunk, got, want)
+				}
+				if ref := textprotoStuffed([]byte(tc.msg)); !bytes.Equal(got, ref) {
+					t.Errorf("chunk %d: wire = %q, textproto = %q", chunk, got, ref)
+				}
+			}
+		})
+	}
+	t.Run("large_flushes_in_chunks", func(t *testing.T) {
+		for _, chunk := range []int{1000, 32 << 10, 1 << 20} {
+			got, err := stuffed(t, big, chunk)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, textprotoStuffed(big)) {
+				t.Errorf("chunk %d: differs from textproto", chunk)
+			}
+		}
+	})
+	// Smuggling: a bare CR or LF never reaches the upstream, in any
+	// position and however the writes are cut.
+	bare := []struct{ name, msg string }{
+		{"bare_lf", "a\nb\r\n"},
+		{"bare_lf_first", "\n.\r\n"},
+		{"bare_cr", "a\rb\r\n"},
+		{"cr_cr_lf", "a\r\r\n"},
+		{"lf_dot_lf", "a\r\n\n.\n"},
+		{"final_bare_cr", "a\r\nb\r"},
+		{"final_bare_lf", "a\r\nb\n"},
+	}
+	for _, tc := range bare {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, chunk := range []int{1, 2, 3, 1 << 20} {
+				if got, err := stuffed(t, []byte(tc.msg), chunk); !errors.Is(err, errLineEnding) {
+					t.Errorf("chunk %d: err = %v (wire %q), want errLineEnding", chunk, err, got)
+				}
+			}
+		})
+	}
+	t.Run("error_is_sticky", func(t *testing.T) {
+		var wire bytes.Buffer
+		d := newDotWriter(&wire)
+		defer d.release()
+		if _, err := d.Write([]byte("a\nb")); !errors.Is(err, errLineEnding) {
+			t.Fatalf("err = %v", err)
+		}
+		if _, err := d.Write([]byte("ok\r\n")); !errors.Is(err, errLineEnding) {
+			t.Errorf("second Write err = %v, want the first error", err)
+		}
+		if err := d.finish(); !errors.Is(err, errLineEnding) {
+			t.Errorf("finish err = %v", err)
+		}
+		if wire.Len() != 0 {
+			t.Errorf("wrote %q after a bare LF", wire.Bytes())
+		}
+	})
+}
+
+// FuzzDotWriter checks dotWriter against textproto's DotWriter: for input
+// without bare CR/LF the wire bytes are identical however the input is
+// split; for any other input it is refused.
+func FuzzDotWriter(f *testing.F) {
+	for _, s := range []string{"", "a\r\n", ".\r\n", "a\nb", "a\rb", "..\r\n.\r\n", "x\r"} {
+		f.Add([]byte(s), uint8(3))
+	}
+	f.Fuzz(func(t *testing.T, msg []byte, chunk uint8) {
+		got, err := stuffed(t, msg, int(chunk)+1)
+		strict := !bytes.Contains(bytes.ReplaceAll(msg, []byte("\r\n"), nil), []byte("\r")) &&
+			!bytes.Contains(bytes.ReplaceAll(msg, []byte("\r\n"), nil), []byte("\n"))
+		switch {
+		case strict && err != nil:
+			t.Fatalf("strict input refused: %v", err)
+		case !strict && err == nil:
+			t.Fatalf("bare CR/LF accepted: %q -> %q", msg, got)
+		case strict && !bytes.Equal(got, textprotoStuffed(msg)):
+			t.Fatalf("wire %q, textproto %q", got, textprotoStuffed(msg))
+		}
+	})
+}
