@@ -87,7 +87,7 @@ type pconn struct {
 	up       *upstream
 	c        *smtp.Client
 	raw      *dconn
-	wire     net.Conn // what c speaks on: raw, or the TLS connection over raw
+	wire     *corkConn // what c speaks on: raw, or the TLS connection over raw
 	tls      *tls.ConnectionState
 	messages int  // transactions started (MAIL accepted)
 	broken   bool // never reuse: transport error, cancelled, 421
@@ -199,17 +199,17 @@ func (u *upstream) dial(ctx context.Context) (*pconn, error) {
 		if err := tc.HandshakeContext(ctx); err != nil {
 			return fail("tls", err)
 		}
-		pc.wire = tc
+		pc.wire = &corkConn{Conn: tc}
 	case TLSStartTLS:
 		tc, err := startTLS(ctx, raw, u.helo, u.tlsConfig)
 		if err != nil {
 			return fail("starttls", err)
 		}
-		pc.wire = tc
+		pc.wire = &corkConn{Conn: tc}
 	default:
-		pc.wire = raw
+		pc.wire = &corkConn{Conn: raw}
 	}
-	if tc, ok := pc.wire.(*tls.Conn); ok {
+	if tc, ok := pc.wire.Conn.(*tls.Conn); ok {
 		st := tc.ConnectionState()
 		pc.tls = &st
 	}

@@ -3,7 +3,7 @@ package upstream
 import (
 	"bytes"
 	"errors"
-	"io"
+	"net"
 	"sync"
 )
 
@@ -19,6 +19,34 @@ var dotBufs = sync.Pool{New: func() any { b := make([]byte, 0, dotFlushAt+dotFlu
 // dotFlushAt is the output size at which dotWriter writes to the wire.
 const dotFlushAt = 32 << 10
 
+// corkConn is the connection go-smtp's client and dotWriter write to. A
+// message's last bytes are held (hold) and go out with the next write,
+// which is the end-of-data line DataCommand's Close writes: one write
+// system call where there would be two, for every message.
+type corkConn struct {
+	net.Conn
+	held *[]byte // a dotBufs buffer, or nil
+}
+
+// hold makes *buf the prefix of the next Write, which takes ownership of buf.
+func (c *corkConn) hold(buf *[]byte) { c.held = buf }
+
+func (c *corkConn) Write(b []byte) (int, error) {
+	if c.held == nil {
+		return c.Conn.Write(b)
+	}
+	buf := c.held
+	c.held = nil
+	out := append(*buf, b...)
+	_, err := c.Conn.Write(out)
+	*buf = out
+	putDotBuf(buf)
+	if err != nil {
+		return 0, err
+	}
+	return len(b), nil
+}
+
 // dotWriter dot-stuffs a CRLF message onto the connection in bulk (RFC 5321
 // section 4.5.2): it finds line starts with bytes.IndexByte instead of
 // textproto's byte-at-a-time state machine, and writes large chunks straight
@@ -28,14 +56,14 @@ const dotFlushAt = 32 << 10
 // A message that does not end in CRLF (BDAT allows it) gets one, as with
 // textproto.
 type dotWriter struct {
-	w      io.Writer
+	w      *corkConn
 	buf    *[]byte
 	bol    bool // the next byte starts a line
 	prevCR bool // the last byte was CR (its LF may come in the next Write)
 	err    error
 }
 
-func newDotWriter(w io.Writer) *dotWriter {
+func newDotWriter(w *corkConn) *dotWriter {
 	return &dotWriter{w: w, buf: dotBufs.Get().(*[]byte), bol: true}
 }
 
@@ -108,8 +136,9 @@ func (d *dotWriter) flush(keep int) error {
 	return nil
 }
 
-// finish writes what is pending except a final CRLF (see dotWriter). A
-// pending CR without its LF is a bare CR.
+// finish hands what is pending, except a final CRLF (see dotWriter), to
+// the connection to be written with the end-of-data line. A pending CR
+// without its LF is a bare CR. d must not be used afterwards.
 func (d *dotWriter) finish() error {
 	if d.err != nil {
 		return d.err
@@ -121,14 +150,22 @@ func (d *dotWriter) finish() error {
 	if out := *d.buf; bytes.HasSuffix(out, []byte("\r\n")) {
 		*d.buf = out[:len(out)-2]
 	}
-	return d.flush(0)
+	d.w.hold(d.buf)
+	d.buf = nil
+	return nil
 }
 
-// release returns the buffer to the pool; d must not be used afterwards.
+// release returns the buffer to the pool unless finish handed it on.
 func (d *dotWriter) release() {
-	if cap(*d.buf) <= 4*dotFlushAt {
-		*d.buf = (*d.buf)[:0]
-		dotBufs.Put(d.buf)
+	if d.buf != nil {
+		putDotBuf(d.buf)
+		d.buf = nil
 	}
-	d.buf = nil
+}
+
+func putDotBuf(b *[]byte) {
+	if cap(*b) <= 4*dotFlushAt {
+		*b = (*b)[:0]
+		dotBufs.Put(b)
+	}
 }

@@ -4,17 +4,31 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"net"
 	"net/textproto"
 	"testing"
 )
 
-// stuffed runs msg through dotWriter in writes of at most chunk bytes and
-// returns what reached the wire plus the end-of-data line DataCommand's
-// Close adds ("\r\n.\r\n", since nothing went through its own writer).
+// wireConn records what is written to it.
+type wireConn struct {
+	net.Conn
+	buf    bytes.Buffer
+	writes int
+}
+
+func (c *wireConn) Write(b []byte) (int, error) {
+	c.writes++
+	return c.buf.Write(b)
+}
+
+// stuffed runs msg through dotWriter in writes of at most chunk bytes, then
+// writes the end-of-data line as DataCommand's Close does ("\r\n.\r\n",
+// since nothing went through its own writer), and returns the wire bytes.
 func stuffed(t testing.TB, msg []byte, chunk int) ([]byte, error) {
 	t.Helper()
-	var wire bytes.Buffer
-	d := newDotWriter(&wire)
+	wire := &wireConn{}
+	cc := &corkConn{Conn: wire}
+	d := newDotWriter(cc)
 	defer d.release()
 	for p := msg; len(p) > 0; {
 		n := min(chunk, len(p))
@@ -26,7 +40,13 @@ func stuffed(t testing.TB, msg []byte, chunk int) ([]byte, error) {
 	if err := d.finish(); err != nil {
 		return nil, err
 	}
-	return append(wire.Bytes(), "\r\n.\r\n"...), nil
+	if _, err := cc.Write([]byte("\r\n.\r\n")); err != nil {
+		return nil, err
+	}
+	if max := len(msg)/dotFlushAt + 1; wire.writes > max {
+		t.Errorf("%d writes for %d bytes, want at most %d", wire.writes, len(msg), max)
+	}
+	return wire.buf.Bytes(), nil
 }
 
 // textprotoStuffed is the reference: net/textproto's DotWriter.
@@ -102,8 +122,8 @@ func TestDotWriter(t *testing.T) {
 		})
 	}
 	t.Run("error_is_sticky", func(t *testing.T) {
-		var wire bytes.Buffer
-		d := newDotWriter(&wire)
+		wire := &wireConn{}
+		d := newDotWriter(&corkConn{Conn: wire})
 		defer d.release()
 		if _, err := d.Write([]byte("a\nb")); !errors.Is(err, errLineEnding) {
 			t.Fatalf("err = %v", err)
@@ -114,8 +134,8 @@ func TestDotWriter(t *testing.T) {
 		if err := d.finish(); !errors.Is(err, errLineEnding) {
 			t.Errorf("finish err = %v", err)
 		}
-		if wire.Len() != 0 {
-			t.Errorf("wrote %q after a bare LF", wire.Bytes())
+		if wire.buf.Len() != 0 {
+			t.Errorf("wrote %q after a bare LF", wire.buf.Bytes())
 		}
 	})
 }
