@@ -55,6 +55,9 @@ const (
 //   - per-read deadlines: command_timeout between commands, data_timeout
 //     between reads of a body (go-smtp's ReadTimeout would cover a whole
 //     body, and a timeout mid-body would make the rest parse as commands);
+//     a deadline is moved only when it would move by 1/16 of the timeout
+//     or more (re-arming the runtime timer on every read costs more than
+//     the read), so a silent client is cut off after 94-100 % of it;
 //   - after a timeout or a protocol violation, reads fail for good, so the
 //     rest of a body is never read as commands;
 //   - SIGTERM draining: an idle session is told 421 and closed.
@@ -73,6 +76,9 @@ type clientConn struct {
 	failed   atomic.Bool
 	inTx     atomic.Bool // a transaction (MAIL given) is open
 	draining atomic.Bool
+	// rearm makes the next Read set its deadline whatever readDeadline
+	// says: drain moved the deadline from another goroutine.
+	rearm atomic.Bool
 
 	// read-side state, only touched by the reading goroutine.
 	prev     byte
@@ -81,6 +87,8 @@ type clientConn struct {
 	pending  error // delivered on the next Read, after the good prefix
 	sticky   error // every later Read returns it
 	lineHead []byte
+	// readDeadline is the read deadline last set by Read.
+	readDeadline time.Time
 
 	writeMu         sync.Mutex
 	dropGreeting    bool // STARTTLS hand-over: go-smtp's 220 was already sent
@@ -124,7 +132,11 @@ func (c *clientConn) Read(b []byte) (int, error) {
 		timeout = c.dataTimeout
 	}
 	if timeout > 0 {
-		_ = c.Conn.SetReadDeadline(time.Now().Add(timeout))
+		dl := time.Now().Add(timeout)
+		if c.rearm.Swap(false) || dl.Before(c.readDeadline) || dl.Sub(c.readDeadline) >= timeout/16 {
+			_ = c.Conn.SetReadDeadline(dl)
+			c.readDeadline = dl
+		}
 	}
 	n, err := c.Conn.Read(b)
 	if bad, why := c.scan(b[:n], mode); bad >= 0 {
@@ -316,6 +328,7 @@ func (c *clientConn) Close() error {
 func (c *clientConn) drain() {
 	c.draining.Store(true)
 	if !c.inTx.Load() && readMode(c.mode.Load()) == modeCommand {
+		c.rearm.Store(true)
 		_ = c.Conn.SetReadDeadline(time.Now())
 	}
 }
