@@ -38,6 +38,7 @@ func TestScriptRejectsBadFlags(t *testing.T) {
 		{"bad_mode", []string{"-mode", "sometimes"}, "-mode must be"},
 		{"zero_messages", []string{"-n", "0"}, "-n must be a positive integer"},
 		{"negative_pool", []string{"-pool", "-1"}, "-pool must be"},
+		{"missing_baseline", []string{"-baseline", "/nonexistent/mailgate"}, "-baseline /nonexistent/mailgate: not a source tree"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

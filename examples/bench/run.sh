@@ -19,6 +19,8 @@ usage: examples/bench/run.sh [flags]
                      session: many messages per connection (smtp-source -d)
   -scenarios LIST  comma list of ceiling,plain,rsa,ed25519,policy,classic (default: all)
   -pool N          mailgate upstream pool_size (default 8, mailgate's default)
+  -baseline PATH   also run every mailgate scenario with another build, interleaved
+                   (PATH: a mailgate binary, or a source tree to build); rows "@base"
   -out DIR         output directory (default ./mailgate-bench-YYYYmmdd-HHMMSS)
   -quick           2000 messages, 1 rep (explicit -n/-reps still win)
   -keep            keep the temporary directory (configs, logs, dumps)
@@ -28,7 +30,7 @@ EOF
 
 # ---------------------------------------------------------------- flags
 N="" SIZE=4096 SESSIONS=20 REPS="" MODE=both SCENARIOS="ceiling,plain,rsa,ed25519,policy,classic"
-POOL=8 OUT="" QUICK=0 KEEP=0
+POOL=8 OUT="" QUICK=0 KEEP=0 BASE=""
 while [ $# -gt 0 ]; do
 	case "$1" in
 	-n) N="$2"; shift 2 ;;
@@ -38,6 +40,7 @@ while [ $# -gt 0 ]; do
 	-mode) MODE="$2"; shift 2 ;;
 	-scenarios) SCENARIOS="$2"; shift 2 ;;
 	-pool) POOL="$2"; shift 2 ;;
+	-baseline) BASE="$2"; shift 2 ;;
 	-out) OUT="$2"; shift 2 ;;
 	-quick) QUICK=1; shift ;;
 	-keep) KEEP=1; shift ;;
@@ -57,6 +60,10 @@ for v in N SIZE SESSIONS REPS; do
 	fi
 done
 [[ "$POOL" =~ ^[0-9]+$ ]] || { echo "run.sh: -pool must be an integer >= 0" >&2; exit 2; }
+if [ -n "$BASE" ] && ! [ -d "$BASE" ] && ! [ -x "$BASE" ]; then
+	echo "run.sh: -baseline $BASE: not a source tree or a mailgate binary" >&2
+	exit 2
+fi
 case "$MODE" in
 conn) MODES=(conn) ;;
 session) MODES=(session) ;;
@@ -166,6 +173,21 @@ mkdir -p "$OUT"
 log "building mailgate"
 (cd "$REPO" && GOTOOLCHAIN=local go build -o "$TMP/mailgate" ./cmd/mailgate) || die "go build failed"
 MG="$TMP/mailgate"
+MG_BASE=""
+if [ -n "$BASE" ]; then
+	if [ -d "$BASE" ]; then
+		log "building the baseline in $BASE"
+		(cd "$BASE" && GOTOOLCHAIN=local go build -o "$TMP/mailgate-base" ./cmd/mailgate) || die "baseline go build failed"
+	elif [ -x "$BASE" ]; then
+		cp "$BASE" "$TMP/mailgate-base"
+	else
+		die "-baseline $BASE: not a directory or an executable"
+	fi
+	MG_BASE="$TMP/mailgate-base"
+	for s in "${SCEN[@]}"; do
+		case "$s" in plain | rsa | ed25519 | policy) SCEN+=("$s@base") ;; esac
+	done
+fi
 mkdir -p "$TMP/keys"
 txt_of() { sed -n 's/^; v=DKIM1/v=DKIM1/p' | head -1; }
 RSA_TXT="$("$MG" dkim keygen -domain example.com -selector bench-rsa -algorithm rsa -out "$TMP/keys/rsa.pem" | txt_of)"
@@ -190,7 +212,10 @@ sink_clear() { find "$DUMP" -mindepth 1 -delete; }
 # ---------------------------------------------------------------- mailgate
 # mg_start SCENARIO RUNDIR: writes a config, starts mailgate, sets MG_PID MG_PORT.
 mg_start() {
-	local scen=$1 dir=$2 extra=""
+	local scen=$1 dir=$2 extra="" bin="$MG"
+	if [[ "$scen" == *@base ]]; then
+		scen="${scen%@base}" bin="$MG_BASE"
+	fi
 	MG_PORT="$(free_port)"
 	case "$scen" in
 	rsa | policy) extra+=$'dkim {\n  key "example.com" "bench-rsa" { file = "'"$TMP/keys/rsa.pem"$'" }\n}\n' ;;
@@ -232,7 +257,7 @@ log {
 }
 $extra
 EOF
-	"$MG" serve -config "$dir/mailgate.hcl" >"$dir/mailgate.log" 2>&1 &
+	"$bin" serve -config "$dir/mailgate.hcl" >"$dir/mailgate.log" 2>&1 &
 	MG_PID=$!
 	PIDS+=("$MG_PID")
 	wait_port "$MG_PORT" "$MG_PID" || die "mailgate ($scen) did not start:
@@ -493,7 +518,7 @@ run_one() {
 	elif [ "$count" != "$N" ]; then
 		verified="sink has $count messages, want $N"
 	else
-		verified="$(verify_sample "$scen" | tr '\n,' '  ' | sed 's/ *$//')"
+		verified="$(verify_sample "${scen%@base}" | tr '\n,' '  ' | sed 's/ *$//')"
 	fi
 	case "$scen" in
 	classic) stop_pid "$DKIM_PID"; forget_pid "$DKIM_PID"; pf_stop "$PF_DIR" ;;
@@ -554,6 +579,8 @@ names = {"ceiling": "ceiling: smtp-source → smtp-sink",
          "ed25519": "mailgate + DKIM Ed25519",
          "policy": "**mailgate + DKIM RSA-2048 + Rego/HCL policy**",
          "classic": "Postfix + OpenDKIM (RSA-2048)"}
+for s in ["plain", "rsa", "ed25519", "policy"]:
+    names[s + "@base"] = names[s].strip("*") + " — baseline build"
 modes = {"conn": "one message per connection", "session": "many messages per connection (smtp-source -d)"}
 med = lambda xs: statistics.median(xs) if xs else None
 r0 = rows[0] if rows else {}
@@ -605,6 +632,15 @@ for mode in ["conn", "session"]:
             f(rate / ceil if ceil else None, "%.2f"),
             f(rate / cl["del"] if cl else None, "%.2f"),
             f(st["cpu"] / cl["cpu"] if cl and cl["cpu"] and st["cpu"] is not None else None, "%.2f")))
+    base = [s for s in stats if s.endswith("@base") and s[:-5] in stats]
+    if base:
+        print("\nthis build / baseline build (same run): msgs/s ratio, CPU per message ratio\n")
+        print("| scenario | msgs/s this / base | CPU per msg this / base |")
+        print("|---|---:|---:|")
+        for b in base:
+            a, z = stats[b[:-5]], stats[b]
+            print("| %s | %s | %s |" % (names[b[:-5]].strip("*"), f(a["del"] / z["del"] if z["del"] else None, "%.2f"),
+                                         f(a["cpu"] / z["cpu"] if a["cpu"] and z["cpu"] else None, "%.2f")))
 print("\nmsgs/s: messages / (time from smtp-source start until the sink holds all of them); for the classic")
 print("stack the acceptance rate (smtp-source done) is given too. msgs/s and CPU: median over reps; memory:")
 print("max over reps. CPU and memory are the system under test only (mailgate; or Postfix master +")
