@@ -30,6 +30,34 @@ type dconn struct {
 	limit     time.Time // zero: no limit
 	cancelled bool
 	written   atomic.Int64
+	// rd, wd are the deadlines last applied (under mu): go-smtp sets and
+	// clears a deadline around every command, mostly to what is set
+	// already, and each change re-arms runtime timers.
+	rd, wd time.Time
+}
+
+// apply sets the read and/or write deadline to t unless it is set already.
+// Callers hold mu.
+func (c *dconn) apply(t time.Time, read, write bool) error {
+	switch {
+	case read && write && t.Equal(c.rd) && t.Equal(c.wd):
+		return nil
+	case read && write:
+		c.rd, c.wd = t, t
+		return c.Conn.SetDeadline(t)
+	case read:
+		if t.Equal(c.rd) {
+			return nil
+		}
+		c.rd = t
+		return c.Conn.SetReadDeadline(t)
+	default:
+		if t.Equal(c.wd) {
+			return nil
+		}
+		c.wd = t
+		return c.Conn.SetWriteDeadline(t)
+	}
 }
 
 func (c *dconn) clamp(t time.Time) time.Time {
@@ -45,19 +73,19 @@ func (c *dconn) clamp(t time.Time) time.Time {
 func (c *dconn) SetDeadline(t time.Time) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.Conn.SetDeadline(c.clamp(t))
+	return c.apply(c.clamp(t), true, true)
 }
 
 func (c *dconn) SetReadDeadline(t time.Time) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.Conn.SetReadDeadline(c.clamp(t))
+	return c.apply(c.clamp(t), true, false)
 }
 
 func (c *dconn) SetWriteDeadline(t time.Time) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.Conn.SetWriteDeadline(c.clamp(t))
+	return c.apply(c.clamp(t), false, true)
 }
 
 func (c *dconn) Write(b []byte) (int, error) {
@@ -71,14 +99,14 @@ func (c *dconn) setLimit(t time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.limit = t
-	_ = c.Conn.SetDeadline(c.clamp(time.Time{}))
+	_ = c.apply(c.clamp(time.Time{}), true, true)
 }
 
 func (c *dconn) cancel() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.cancelled = true
-	_ = c.Conn.SetDeadline(longAgo)
+	_ = c.apply(longAgo, true, true)
 }
 
 // pconn is one upstream SMTP connection, owned either by the pool (idle) or
