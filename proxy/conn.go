@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/tls"
 	"errors"
+	"io"
 	"net"
 	"net/netip"
 	"sync"
@@ -89,6 +90,12 @@ type clientConn struct {
 	lineHead []byte
 	// readDeadline is the read deadline last set by Read.
 	readDeadline time.Time
+	// held are bytes read from the connection and not yet handed on (nor
+	// scanned): what followed a DATA line, or a body's end (see body.go).
+	held []byte
+	// dataPending is set when go-smtp writes 354: its next Session.Data
+	// is for a DATA body (not BDAT), which the session reads via body.
+	dataPending atomic.Bool
 
 	writeMu         sync.Mutex
 	dropGreeting    bool // STARTTLS hand-over: go-smtp's 220 was already sent
@@ -131,15 +138,27 @@ func (c *clientConn) Read(b []byte) (int, error) {
 	if mode == modeData {
 		timeout = c.dataTimeout
 	}
-	if timeout > 0 {
-		dl := time.Now().Add(timeout)
-		if c.rearm.Swap(false) || dl.Before(c.readDeadline) || dl.Sub(c.readDeadline) >= timeout/16 {
-			_ = c.Conn.SetReadDeadline(dl)
-			c.readDeadline = dl
-		}
+	var n int
+	var err error
+	fromHeld := len(c.held) > 0
+	if fromHeld {
+		n = copy(b, c.held)
+	} else {
+		n, err = c.readConn(b, timeout)
 	}
-	n, err := c.Conn.Read(b)
-	if bad, why := c.scan(b[:n], mode); bad >= 0 {
+	bad, cut, why := c.scanUntil(b[:n], mode, mode == modeCommand)
+	hand := n
+	if cut >= 0 {
+		// Nothing past a DATA line goes to go-smtp (see body.go).
+		hand = cut
+	}
+	if fromHeld {
+		c.held = c.held[hand:]
+	} else if hand < n {
+		c.held = append([]byte(nil), b[hand:n]...)
+	}
+	n = hand
+	if bad >= 0 {
 		// Hand over the good prefix now and the error on the next Read,
 		// so that every complete command before the bad byte is answered
 		// in order first.
@@ -165,6 +184,44 @@ func (c *clientConn) Read(b []byte) (int, error) {
 		}
 	}
 	return n, err
+}
+
+// readConn reads from the connection with a read deadline of timeout from
+// now (0: none).
+func (c *clientConn) readConn(b []byte, timeout time.Duration) (int, error) {
+	if timeout > 0 {
+		dl := time.Now().Add(timeout)
+		if c.rearm.Swap(false) || dl.Before(c.readDeadline) || dl.Sub(c.readDeadline) >= timeout/16 {
+			_ = c.Conn.SetReadDeadline(dl)
+			c.readDeadline = dl
+		}
+	}
+	return c.Conn.Read(b)
+}
+
+// readRaw is readConn, except that held bytes come first.
+func (c *clientConn) readRaw(b []byte, timeout time.Duration) (int, error) {
+	if len(c.held) > 0 {
+		n := copy(b, c.held)
+		c.held = c.held[n:]
+		return n, nil
+	}
+	return c.readConn(b, timeout)
+}
+
+// bodyReadError is the error a body reader gives for err from the
+// connection: the stream broke mid-body in every case.
+func (c *clientConn) bodyReadError(err error) error {
+	c.failed.Store(true)
+	var ne net.Error
+	switch {
+	case errors.As(err, &ne) && ne.Timeout():
+		c.sticky = net.ErrClosed
+		return errDataTimeout
+	case errors.Is(err, io.EOF):
+		return io.ErrUnexpectedEOF
+	}
+	return err
 }
 
 // fail turns a pending protocol violation into the error the reader sees.
@@ -194,10 +251,18 @@ func (c *clientConn) fail(err error) error {
 // The '@' after the '<' of a MAIL FROM or RCPT TO path becomes 0x01, which
 // go-smtp's path parser rejects with 501.
 func (c *clientConn) scan(b []byte, mode readMode) (int, error) {
+	bad, _, why := c.scanUntil(b, mode, false)
+	return bad, why
+}
+
+// scanUntil is scan; with stopAtData it stops after a line that begins with
+// "DATA" (any case) when more bytes follow, and returns the index after
+// that line as cut (else -1): those bytes are left unscanned.
+func (c *clientConn) scanUntil(b []byte, mode readMode, stopAtData bool) (bad, cut int, why error) {
 	i := 0
 	for i < len(b) {
 		if c.prev == '\r' && b[i] != '\n' {
-			return i, errBareLineEnding
+			return i, -1, errBareLineEnding
 		}
 		j := bytes.IndexByte(b[i:], '\n')
 		end := len(b)
@@ -205,7 +270,7 @@ func (c *clientConn) scan(b []byte, mode readMode) (int, error) {
 			end = i + j
 		}
 		seg := b[i:end]
-		bad := -1
+		bad = -1
 		if k := bytes.IndexByte(seg, '\r'); k >= 0 && k != len(seg)-1 {
 			bad = k + 1 // the byte after a bare CR
 		}
@@ -213,14 +278,14 @@ func (c *clientConn) scan(b []byte, mode readMode) (int, error) {
 			bad = k
 		}
 		if bad >= 0 {
-			return i + bad, errBareLineEnding
+			return i + bad, -1, errBareLineEnding
 		}
 		n := c.lineLen + len(seg)
 		if j >= 0 {
 			n++ // the LF
 		}
 		if c.maxLine > 0 && n > c.maxLine {
-			return i, errLineTooLong
+			return i, -1, errLineTooLong
 		}
 		if mode == modeCommand {
 			c.watchHead(seg)
@@ -230,15 +295,19 @@ func (c *clientConn) scan(b []byte, mode readMode) (int, error) {
 			c.prev = seg[len(seg)-1]
 		}
 		if j < 0 {
-			return -1, nil
+			return -1, -1, nil
 		}
 		if c.prev != '\r' {
-			return end, errBareLineEnding
+			return end, -1, errBareLineEnding
 		}
+		isData := stopAtData && len(c.lineHead) >= 4 && equalFoldASCII(c.lineHead[:4], "DATA")
 		c.prev, c.lineLen, c.lineHead = '\n', 0, c.lineHead[:0]
 		i = end + 1
+		if isData && i < len(b) {
+			return -1, i, nil
+		}
 	}
-	return -1, nil
+	return -1, -1, nil
 }
 
 // watchHead follows the first bytes of a command line to spot a source
@@ -292,6 +361,9 @@ func (c *clientConn) Write(b []byte) (int, error) {
 			c.writeMu.Unlock()
 			return len(b), nil
 		}
+	}
+	if len(b) >= 4 && string(b[:4]) == "354 " {
+		c.dataPending.Store(true)
 	}
 	n, err := c.Conn.Write(b)
 	c.writeMu.Unlock()

@@ -292,6 +292,8 @@ func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 // and spooled before anything is sent upstream; the client gets 250 only
 // after the upstream's 250. Every failure aborts the upstream transaction.
 func (ss *session) Data(r io.Reader) error {
+	// go-smtp wrote 354 just before: this is DATA, not BDAT.
+	isDATA := ss.conn.dataPending.Swap(false)
 	if ss.conn.failed.Load() {
 		// Reset (always called after Data) aborts the upstream side.
 		return errBareLineEnding
@@ -308,7 +310,14 @@ func (ss *session) Data(r io.Reader) error {
 	ss.conn.setMode(modeData)
 	defer ss.conn.setMode(modeCommand)
 
-	text, err := ss.data(tx, &stickyReader{r: r})
+	var body io.Reader = &stickyReader{r: r}
+	if isDATA {
+		// DATA (not BDAT): read the body in bulk (see body.go).
+		br := ss.conn.body(ss.s.cfg.Limits.MaxMessageSize)
+		defer br.finish()
+		body = br
+	}
+	text, err := ss.data(tx, body)
 	ss.mu.Lock()
 	tx.inData = false
 	tx.done = true

@@ -1,0 +1,117 @@
+package proxy
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"testing"
+)
+
+// chunkConn hands out data at most k bytes per Read, then io.EOF.
+type chunkConn struct {
+	net.Conn
+	data []byte
+	k    int
+}
+
+func (c *chunkConn) Read(b []byte) (int, error) {
+	if len(c.data) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(b[:min(len(b), c.k)], c.data)
+	c.data = c.data[n:]
+	return n, nil
+}
+
+// refBody is the reference reading of a DATA body (RFC 5321 section
+// 4.5.2): up to the line ".", each line's leading dot removed. ok is false
+// when there is no end-of-data line.
+func refBody(in []byte) (body, rest []byte, ok bool) {
+	body = []byte{}
+	for p := 0; p < len(in); {
+		q := len(in)
+		if i := bytes.IndexByte(in[p:], '\n'); i >= 0 {
+			q = p + i + 1
+		}
+		line := in[p:q]
+		if string(line) == ".\r\n" {
+			return body, in[q:], true
+		}
+		if len(line) > 0 && line[0] == '.' {
+			line = line[1:]
+		}
+		body = append(body, line...)
+		p = q
+	}
+	return nil, nil, false
+}
+
+// strict reports whether b has only CRLF line endings, no NUL and no line
+// longer than max bytes (CRLF included).
+func strict(b []byte, max int) bool {
+	lines := bytes.SplitAfter(b, []byte("\n"))
+	for i, l := range lines {
+		if bytes.IndexByte(l, 0) >= 0 || len(l) > max {
+			return false
+		}
+		trimmed := bytes.TrimSuffix(l, []byte("\r\n"))
+		if i < len(lines)-1 && len(trimmed) == len(l) { // ends in a bare LF
+			return false
+		}
+		if bytes.ContainsAny(trimmed, "\r\n") {
+			return false
+		}
+	}
+	return true
+}
+
+// FuzzBodyReader checks the bulk body reader against refBody for every
+// input and chunk size: a strict body comes out exactly, with ".\r\n" and
+// the bytes after the end-of-data line left for go-smtp; anything else is
+// refused.
+func FuzzBodyReader(f *testing.F) {
+	for _, s := range []string{
+		"a\r\n.\r\n", "..x\r\n.\r\nQUIT\r\n", ".\r\n", "a\r\n.", "a\n.\r\n", "a\r\n.\n", ".\r.\r\n",
+		"x\r\n..\r\n.\r\n", "a\rb\r\n.\r\n", "\x00\r\n.\r\n", "a\r\n.\r\nb\nc",
+	} {
+		f.Add([]byte(s), uint8(1))
+		f.Add([]byte(s), uint8(3))
+	}
+	f.Fuzz(func(t *testing.T, in []byte, k uint8) {
+		const maxLine = 80
+		cc := &chunkConn{data: append([]byte(nil), in...), k: int(k%64) + 1}
+		c := newClientConn(cc, netip.Addr{}, maxLine, 0, 0)
+		br := c.body(0)
+		got, err := io.ReadAll(br)
+		br.finish()
+		body, rest, ok := refBody(in)
+		end := len(in)
+		if ok {
+			end = len(in) - len(rest)
+		}
+		switch {
+		case !strict(in[:end], maxLine):
+			if err == nil {
+				t.Fatalf("%q: accepted %q, want an error", in, got)
+			}
+		case !ok:
+			if !errors.Is(err, io.ErrUnexpectedEOF) {
+				t.Fatalf("%q: err = %v, want unexpected EOF", in, err)
+			}
+		default:
+			if err != nil {
+				t.Fatalf("%q: err = %v", in, err)
+			}
+			if !bytes.Equal(got, body) {
+				t.Fatalf("%q: body %q, want %q", in, got, body)
+			}
+			// What go-smtp reads next: held bytes, then the connection.
+			next := append(append([]byte(nil), c.held...), cc.data...)
+			if want := append([]byte(".\r\n"), rest...); !bytes.Equal(next, want) {
+				t.Fatalf("%q: left %q for go-smtp, want %q", in, next, want)
+			}
+		}
+	})
+}
