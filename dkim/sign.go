@@ -2,9 +2,11 @@
 //
 // It owns the keys (RSA and Ed25519 (RFC 8463), loaded from PEM files and
 // reloadable), the choice of signing domain (the From domain, or the one a
-// policy names), and the defaults around github.com/emersion/go-msgauth,
-// which does the canonicalization and the cryptography: relaxed/relaxed,
-// SHA-256, no l=, an explicit oversigned header list, t= and x=. It also
+// policy names), and the signing itself: relaxed/relaxed canonicalization
+// streamed straight into SHA-256 (one pass over the body for every key),
+// no l=, an explicit oversigned header list, t= and x=, and a
+// DKIM-Signature field byte-identical to what github.com/emersion/go-msgauth
+// v0.7.0 produces (the tests check it against go-msgauth). It also
 // provides the operator tools behind "mailgate dkim": key generation, DNS
 // records and a check of published records.
 //
@@ -14,7 +16,6 @@ package dkim
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto"
 	"errors"
@@ -26,7 +27,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	msgauth "github.com/emersion/go-msgauth/dkim"
 )
 
 // ErrNoKey is wrapped when no key may sign for the domain: the policy
@@ -37,11 +37,8 @@ var ErrNoKey = errors.New("dkim: no key for domain")
 // Option configures a Signer.
 type Option func(*Signer)
 
-// WithClock sets the clock x= is computed from (default time.Now).
-//
-// go-msgauth v0.7.0 stamps t= from its own time.Now and offers no hook, so
-// a clock far from the real time yields an x= inconsistent with t=; the
-// option exists for tests of x= and for a clock adjusted by the caller.
+// WithClock sets the clock t= is read from (default time.Now); x= is t=
+// plus the configured expiration. Sign reads the clock once per message.
 func WithClock(now func() time.Time) Option {
 	return func(s *Signer) { s.now = now }
 }
@@ -66,7 +63,7 @@ type Signer struct {
 	// Canonicalizations; always relaxed/relaxed outside tests (relaxed
 	// survives the header re-folding and trailing-space stripping that
 	// relays do; RFC 6376 section 3.4).
-	headerCanon, bodyCanon msgauth.Canonicalization
+	headerCanon, bodyCanon canonicalization
 }
 
 // key is one loaded signing key.
@@ -96,8 +93,8 @@ func New(cfg Config, opts ...Option) (*Signer, error) {
 		reject:      cfg.unsignedReject(),
 		signed:      cfg.signedHeaders(),
 		oversign:    cfg.oversigned(),
-		headerCanon: msgauth.CanonicalizationRelaxed,
-		bodyCanon:   msgauth.CanonicalizationRelaxed,
+		headerCanon: canonRelaxed,
+		bodyCanon:   canonRelaxed,
 	}
 	for _, o := range opts {
 		o(s)
@@ -259,73 +256,45 @@ func (s *Signer) Sign(ctx context.Context, domain string, msg io.Reader) ([]stri
 	return sigs, nil
 }
 
-// sign feeds header and body to one go-msgauth signer per key in a single
-// pass.
+// sign hashes the body once, streaming, for every key (they share the
+// canonicalization, hence the body hash), then signs the selected header
+// fields for each key. raw is the header block (with the empty line if sep)
+// and body the rest of the message.
 func (s *Signer) sign(keys []*key, headerKeys []string, raw []byte, sep bool, body io.Reader) (sigs []string, err error) {
-	var exp time.Time
-	if s.expiration > 0 {
-		exp = s.now().Add(s.expiration)
-	}
-	signers := make([]*msgauth.Signer, 0, len(keys))
-	writers := make([]io.Writer, 0, len(keys))
-	closed := false
-	defer func() {
-		// A go-msgauth Signer runs a goroutine until Close.
-		if !closed {
-			for _, sg := range signers {
-				sg.Close()
-			}
-		}
-	}()
-	for _, k := range keys {
-		sg, err := msgauth.NewSigner(&msgauth.SignOptions{
-			Domain:                 k.domain,
-			Selector:               k.selector,
-			Signer:                 k.signer,
-			Hash:                   crypto.SHA256,
-			HeaderCanonicalization: s.headerCanon,
-			BodyCanonicalization:   s.bodyCanon,
-			HeaderKeys:             headerKeys,
-			Expiration:             exp,
-		})
-		if err != nil {
-			return nil, fmt.Errorf("dkim: sign %s/%s: %w", k.domain, k.selector, err)
-		}
-		signers = append(signers, sg)
-		writers = append(writers, sg)
-	}
-	w := io.MultiWriter(writers...)
-	if _, err := w.Write(raw); err != nil {
-		return nil, fmt.Errorf("dkim: sign: %w", err)
-	}
-	if !sep {
-		// No body: RFC 5322 makes it optional; go-msgauth needs the
-		// empty line, and the body hash of "" is what any verifier computes.
-		if _, err := io.WriteString(w, "\r\n"); err != nil {
-			return nil, fmt.Errorf("dkim: sign: %w", err)
-		}
-	} else {
-		cw := &crlfWriter{w: w, prevCR: false}
-		if _, err := io.Copy(cw, body); err != nil {
+	st := signStates.Get().(*signState)
+	defer putSignState(st)
+
+	st.body.reset(st.bodyH, s.bodyCanon)
+	if sep {
+		// No separator means no body: RFC 5322 makes it optional, and the
+		// body hash of "" is what any verifier computes.
+		if _, err := io.Copy(&st.body, body); err != nil {
 			return nil, fmt.Errorf("dkim: sign: body: %w", err)
 		}
-		if cw.prevCR {
-			return nil, fmt.Errorf("dkim: sign: body: %w", ErrLineEnding)
+	}
+	st.bh, err = st.body.sum(st.bh[:0])
+	if err != nil {
+		return nil, fmt.Errorf("dkim: sign: body: %w", err)
+	}
+
+	st.spans = splitFields(st.spans[:0], raw)
+	st.header = appendSelectedHeader(st.header[:0], raw, st.spans, headerKeys, s.headerCanon)
+
+	p := sigParams{
+		canon:    cTag(s.headerCanon, s.bodyCanon),
+		headers:  headerKeys,
+		bodyHash: st.bh,
+		t:        s.now(),
+	}
+	if s.expiration > 0 {
+		p.x = p.t.Add(s.expiration)
+	}
+	sigs = make([]string, len(keys))
+	for i, k := range keys {
+		p.algorithm, p.domain, p.selector = k.algorithm, k.domain, k.selector
+		if sigs[i], err = st.signHeader(k, &p, s.headerCanon); err != nil {
+			return nil, err
 		}
-	}
-	closed = true
-	var errs []error
-	for i, sg := range signers {
-		if err := sg.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("dkim: sign %s/%s: %w", keys[i].domain, keys[i].selector, err))
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
-		return nil, err
-	}
-	sigs = make([]string, len(signers))
-	for i, sg := range signers {
-		sigs[i] = sg.Signature()
 	}
 	return sigs, nil
 }
@@ -360,46 +329,6 @@ func hasField(fields []field, name string) bool {
 		}
 	}
 	return false
-}
-
-// crlfWriter passes p on to w after checking that every LF is preceded by
-// CR and every CR followed by LF (across writes).
-type crlfWriter struct {
-	w      io.Writer
-	prevCR bool
-}
-
-func (c *crlfWriter) Write(p []byte) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
-	}
-	if c.prevCR && p[0] != '\n' {
-		return 0, ErrLineEnding
-	}
-	for i := 0; ; {
-		j := bytes.IndexByte(p[i:], '\n')
-		if j < 0 {
-			break
-		}
-		j += i
-		if j == 0 && !c.prevCR || j > 0 && p[j-1] != '\r' {
-			return 0, ErrLineEnding
-		}
-		i = j + 1
-	}
-	for i := 0; ; {
-		j := bytes.IndexByte(p[i:], '\r')
-		if j < 0 {
-			break
-		}
-		j += i
-		if j+1 < len(p) && p[j+1] != '\n' {
-			return 0, ErrLineEnding
-		}
-		i = j + 1
-	}
-	c.prevCR = p[len(p)-1] == '\r'
-	return c.w.Write(p)
 }
 
 // ctxReader stops reading once ctx is done.
