@@ -110,36 +110,48 @@ func (c *bodyCanon) flush() {
 	}
 }
 
-// pending writes the held-back line ends and WSP: a byte with content
-// follows.
+// pending writes the held-back line ends: a byte with content follows.
 func (c *bodyCanon) pending() {
 	for ; c.lines > 0; c.lines-- {
 		c.emit(crlfBytes)
 	}
-	if c.wsp {
-		c.emit(spBytes)
-		c.wsp = false
-	}
-	c.content = true
 }
 
-var (
-	crlfBytes = []byte("\r\n")
-	spBytes   = []byte(" ")
-)
+var crlfBytes = []byte("\r\n")
 
 // Write canonicalizes p. It fails with ErrLineEnding on a bare CR or LF;
 // the body hash is then meaningless.
 func (c *bodyCanon) Write(p []byte) (int, error) {
+	n := len(p)
+	for len(p) > 0 {
+		m := min(len(p), bodyBufSize/2)
+		if err := c.write(p[:m]); err != nil {
+			return 0, err
+		}
+		p = p[m:]
+	}
+	return n, nil
+}
+
+// write canonicalizes p, len(p) <= bodyBufSize/2, into the staging buffer.
+// Apart from held-back line ends (written by pending, which makes room
+// itself), the output is at most len(p)+1 bytes (one SP held back from an
+// earlier write), so the loop copies without checks.
+func (c *bodyCanon) write(p []byte) error {
 	var mask uint8 = 1
 	if c.relaxed {
 		mask = 2
 	}
+	if cap(c.buf)-len(c.buf) < len(p)+1 {
+		c.flush()
+	}
+	out, o := c.buf[:cap(c.buf)], len(c.buf)
 	for i := 0; i < len(p); {
 		b := p[i]
 		if c.cr {
 			if b != '\n' {
-				return 0, fmt.Errorf("%w: in body", ErrLineEnding)
+				c.buf = out[:o]
+				return fmt.Errorf("%w: in body", ErrLineEnding)
 			}
 			c.cr = false
 			c.wsp = false // WSP at the end of a line is removed
@@ -152,11 +164,21 @@ func (c *bodyCanon) Write(p []byte) (int, error) {
 			for j < len(p) && special[p[j]]&mask == 0 {
 				j++
 			}
-			if c.lines > 0 || c.wsp {
+			if c.lines > 0 {
+				c.buf = out[:o]
 				c.pending()
+				if cap(c.buf)-len(c.buf) < len(p)-i+1 {
+					c.flush()
+				}
+				out, o = c.buf[:cap(c.buf)], len(c.buf)
+			}
+			if c.wsp {
+				out[o] = ' '
+				o++
+				c.wsp = false
 			}
 			c.content = true
-			c.emit(p[i:j])
+			o += copy(out[o:], p[i:j])
 			i = j
 			continue
 		}
@@ -164,13 +186,15 @@ func (c *bodyCanon) Write(p []byte) (int, error) {
 		case '\r':
 			c.cr = true
 		case '\n':
-			return 0, fmt.Errorf("%w: in body", ErrLineEnding)
+			c.buf = out[:o]
+			return fmt.Errorf("%w: in body", ErrLineEnding)
 		default: // relaxed WSP
 			c.wsp = true
 		}
 		i++
 	}
-	return len(p), nil
+	c.buf = out[:o]
+	return nil
 }
 
 // sum ends the body and appends its hash to dst. Simple ends a body with

@@ -24,9 +24,9 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
-
 )
 
 // ErrNoKey is wrapped when no key may sign for the domain: the policy
@@ -57,7 +57,7 @@ type Signer struct {
 	expiration time.Duration
 	reject     bool
 	signed     []string
-	oversign   map[string]bool
+	oversign   []bool // oversign[i]: signed[i] is oversigned
 	keys       atomic.Pointer[keyring]
 
 	// Canonicalizations; always relaxed/relaxed outside tests (relaxed
@@ -92,9 +92,13 @@ func New(cfg Config, opts ...Option) (*Signer, error) {
 		expiration:  exp,
 		reject:      cfg.unsignedReject(),
 		signed:      cfg.signedHeaders(),
-		oversign:    cfg.oversigned(),
 		headerCanon: canonRelaxed,
 		bodyCanon:   canonRelaxed,
+	}
+	over := cfg.oversigned()
+	s.oversign = make([]bool, len(s.signed))
+	for i, h := range s.signed {
+		s.oversign[i] = over[strings.ToLower(h)]
 	}
 	for _, o := range opts {
 		o(s)
@@ -194,7 +198,12 @@ func (s *Signer) Sign(ctx context.Context, domain string, msg io.Reader) ([]stri
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("dkim: sign: %w", err)
 	}
-	br := bufio.NewReaderSize(ctxReader{ctx, msg}, 32<<10)
+	br := bufReaders.Get().(*bufio.Reader)
+	br.Reset(ctxReader{ctx, msg})
+	defer func() {
+		br.Reset(nil) // drop msg
+		bufReaders.Put(br)
+	}()
 	raw, sep, err := readHeader(br, MaxHeaderBytes)
 	if err != nil {
 		return nil, fmt.Errorf("dkim: sign: read header: %w", err)
@@ -304,18 +313,29 @@ func (s *Signer) sign(keys []*key, headerKeys []string, raw []byte, sep bool, bo
 // that a field of that name added later breaks the signature. A header
 // neither present nor oversigned is left out.
 func (s *Signer) headerKeys(fields []field) []string {
-	count := make(map[string]int, len(fields))
-	for _, f := range fields {
-		count[strings.ToLower(f.name)]++
-	}
-	var keys []string
-	for _, h := range s.signed {
-		lh := strings.ToLower(h)
-		n := count[lh]
-		if s.oversign[lh] {
-			n++
+	n := 0
+	count := func(h string) int {
+		c := 0
+		for _, f := range fields {
+			if strings.EqualFold(f.name, h) {
+				c++
+			}
 		}
-		for range n {
+		return c
+	}
+	var counts [32]int // without a map: a few dozen names at most
+	cs := counts[:0]
+	for i, h := range s.signed {
+		c := count(h)
+		if s.oversign[i] {
+			c++
+		}
+		cs = append(cs, c)
+		n += c
+	}
+	keys := make([]string, 0, n)
+	for i, h := range s.signed {
+		for range cs[i] {
 			keys = append(keys, h)
 		}
 	}
@@ -330,6 +350,9 @@ func hasField(fields []field, name string) bool {
 	}
 	return false
 }
+
+// bufReaders holds the readers Sign reads messages with.
+var bufReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 32<<10) }}
 
 // ctxReader stops reading once ctx is done.
 type ctxReader struct {
