@@ -42,14 +42,22 @@ type field struct {
 // when the message ends without that empty line (a message with no body).
 // Every line must end in CRLF.
 func readHeader(br *bufio.Reader, limit int) (raw []byte, sep bool, err error) {
+	return appendHeader(nil, br, limit)
+}
+
+// appendHeader is readHeader appending the header block to dst (which
+// Sign reuses across messages); raw is dst with the block appended.
+func appendHeader(dst []byte, br *bufio.Reader, limit int) (raw []byte, sep bool, err error) {
+	base := len(dst)
 	for {
-		line, err := readLine(br, limit-len(raw))
-		raw = append(raw, line...)
+		start := len(dst)
+		dst, err = appendLine(dst, br, limit-(start-base))
+		line := dst[start:]
 		if err == io.EOF {
 			if len(line) > 0 {
 				return nil, false, fmt.Errorf("%w: header ends without CRLF", ErrLineEnding)
 			}
-			return raw, false, nil
+			return dst, false, nil
 		}
 		if err != nil {
 			return nil, false, err
@@ -58,24 +66,26 @@ func readHeader(br *bufio.Reader, limit int) (raw []byte, sep bool, err error) {
 			return nil, false, err
 		}
 		if len(line) == 2 {
-			return raw, true, nil
+			return dst, true, nil
 		}
 	}
 }
 
-// readLine returns one line including its LF, or what is left before EOF.
-func readLine(br *bufio.Reader, limit int) ([]byte, error) {
-	var line []byte
+// appendLine appends one line including its LF, or what is left before
+// EOF, to dst.
+func appendLine(dst []byte, br *bufio.Reader, limit int) ([]byte, error) {
+	n := 0
 	for {
 		chunk, err := br.ReadSlice('\n')
-		if len(line)+len(chunk) > limit {
-			return nil, fmt.Errorf("%w: header larger than %d bytes", ErrHeader, MaxHeaderBytes)
+		if n+len(chunk) > limit {
+			return dst, fmt.Errorf("%w: header larger than %d bytes", ErrHeader, MaxHeaderBytes)
 		}
-		line = append(line, chunk...)
+		dst = append(dst, chunk...)
+		n += len(chunk)
 		if err == bufio.ErrBufferFull {
 			continue
 		}
-		return line, err
+		return dst, err
 	}
 }
 
@@ -94,14 +104,17 @@ func checkLine(line []byte) error {
 // parseHeader splits a raw CRLF header block into fields (RFC 5322 section
 // 2.2: a line starting with WSP continues the previous field).
 func parseHeader(raw []byte) ([]field, error) {
-	var fields []field
-	for len(raw) > 0 {
-		i := bytes.Index(raw, []byte("\r\n"))
+	// One string for the whole block: names and unfolded single-line
+	// values are substrings of it.
+	rest := string(raw)
+	fields := make([]field, 0, bytes.Count(raw, []byte("\n")))
+	for len(rest) > 0 {
+		i := strings.Index(rest, "\r\n")
 		if i < 0 {
-			i = len(raw)
+			i = len(rest)
 		}
-		line := string(raw[:i])
-		raw = raw[min(i+2, len(raw)):]
+		line := rest[:i]
+		rest = rest[min(i+2, len(rest)):]
 		if line == "" {
 			break
 		}

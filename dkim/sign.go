@@ -204,7 +204,16 @@ func (s *Signer) Sign(ctx context.Context, domain string, msg io.Reader) ([]stri
 		br.Reset(nil) // drop msg
 		bufReaders.Put(br)
 	}()
-	raw, sep, err := readHeader(br, MaxHeaderBytes)
+	hb := headerBufs.Get().(*[]byte)
+	defer func() {
+		if cap(*hb) <= maxPooledBytes {
+			headerBufs.Put(hb)
+		}
+	}()
+	raw, sep, err := appendHeader((*hb)[:0], br, MaxHeaderBytes)
+	if raw != nil {
+		*hb = raw
+	}
 	if err != nil {
 		return nil, fmt.Errorf("dkim: sign: read header: %w", err)
 	}
@@ -350,6 +359,9 @@ func hasField(fields []field, name string) bool {
 	}
 	return false
 }
+
+// headerBufs holds the buffers Sign reads header blocks into.
+var headerBufs = sync.Pool{New: func() any { return new([]byte) }}
 
 // bufReaders holds the readers Sign reads messages with.
 var bufReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 32<<10) }}
