@@ -255,9 +255,9 @@ func (s *Signer) Sign(ctx context.Context, domain string, msg io.Reader) ([]stri
 
 	headerKeys := s.headerKeys(fields)
 	if len(headerKeys) == 0 {
-		// Unreachable (From is present and always in the list), but a nil
-		// list would make go-msgauth sign every field, trace fields
-		// included.
+		// Unreachable (From is present and always in the list), but RFC
+		// 6376 section 5.4 requires From to be signed: an empty h= would
+		// make a signature any header could be added to.
 		return nil, fmt.Errorf("dkim: sign: %w: no header field to sign", ErrFromHeader)
 	}
 	sigs, err := s.sign(keys, headerKeys, raw, sep, br)
