@@ -160,9 +160,18 @@ func (c *bodyCanon) write(p []byte) error {
 			continue
 		}
 		if special[b]&mask == 0 {
+			// The run of bytes copied as they are. In relaxed, a
+			// single SP between two such bytes is canonical already:
+			// most lines of text are one run.
 			j := i + 1
-			for j < len(p) && special[p[j]]&mask == 0 {
-				j++
+			for j < len(p) {
+				if special[p[j]]&mask == 0 {
+					j++
+				} else if p[j] == ' ' && mask == 2 && j+1 < len(p) && special[p[j+1]]&mask == 0 {
+					j += 2
+				} else {
+					break
+				}
 			}
 			if c.lines > 0 {
 				c.buf = out[:o]
@@ -343,13 +352,16 @@ type sigParams struct {
 	t, x      time.Time // x zero: no x=
 }
 
-// appendSignatureField appends the DKIM-Signature field as go-msgauth
+// appendTags and appendB append the DKIM-Signature field as go-msgauth
 // v0.7.0 formats it: the tags other than b= sorted by name (a, bh, c, d, h,
 // s, t, v, x), each " k=v;", a new line whenever the next tag would take the
 // line past 75 octets, then b= on lines of its own cut every 75 octets;
 // CRLF at the end. An empty b (the field as hashed, RFC 6376 section 3.7)
 // gives " b=".
-func appendSignatureField(dst []byte, p *sigParams, b []byte) []byte {
+//
+// appendTags appends the field up to, not including, the line break
+// before b=; appendB appends the rest.
+func appendTags(dst []byte, p *sigParams) []byte {
 	dst = append(dst, "DKIM-Signature:"...)
 	line := len(dst) // start of the current line
 	// brk starts a new line if a tag of name length kl and value length
@@ -422,7 +434,12 @@ func appendSignatureField(dst []byte, p *sigParams, b []byte) []byte {
 		dst = append(dst, v...)
 		dst = append(dst, ';')
 	}
+	return dst
+}
 
+// appendB appends b= and the end of the field.
+func appendB(dst, b []byte) []byte {
+	var scratch [64]byte
 	// b=: "\r\n" + go-msgauth's foldHeaderField(" b=" + base64(b)): the
 	// string cut into 75-octet pieces joined by "\r\n ", then "\r\n".
 	dst = append(dst, "\r\n b="...)
@@ -479,7 +496,9 @@ func putSignState(st *signState) {
 // canonicalized in st.header) and the DKIM-Signature field p with an empty
 // b=, and returns the complete field.
 func (st *signState) signHeader(k *key, p *sigParams, canon canonicalization) (string, error) {
-	st.field = appendSignatureField(st.field[:0], p, nil)
+	st.field = appendTags(st.field[:0], p)
+	tags := len(st.field)
+	st.field = appendB(st.field, nil)
 	// The field as hashed: canonicalized, without its final CRLF (RFC
 	// 6376 section 3.7).
 	f := st.field
@@ -506,6 +525,6 @@ func (st *signState) signHeader(k *key, p *sigParams, canon canonicalization) (s
 	if err != nil {
 		return "", fmt.Errorf("dkim: sign %s/%s: %w", k.domain, k.selector, err)
 	}
-	st.field = appendSignatureField(st.field[:0], p, sig)
+	st.field = appendB(st.field[:tags], sig)
 	return string(st.field), nil
 }
