@@ -198,11 +198,14 @@ func (s *Signer) Sign(ctx context.Context, domain string, msg io.Reader) ([]stri
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("dkim: sign: %w", err)
 	}
-	br := bufReaders.Get().(*bufio.Reader)
-	br.Reset(ctxReader{ctx, msg})
+	rd := readers.Get().(*reader)
+	rd.cr = ctxReader{ctx, msg}
+	rd.br.Reset(&rd.cr)
+	br := rd.br
 	defer func() {
-		br.Reset(nil) // drop msg
-		bufReaders.Put(br)
+		rd.cr = ctxReader{} // drop ctx and msg
+		rd.br.Reset(nil)
+		readers.Put(rd)
 	}()
 	hb := headerBufs.Get().(*[]byte)
 	defer func() {
@@ -363,8 +366,13 @@ func hasField(fields []field, name string) bool {
 // headerBufs holds the buffers Sign reads header blocks into.
 var headerBufs = sync.Pool{New: func() any { return new([]byte) }}
 
-// bufReaders holds the readers Sign reads messages with.
-var bufReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 32<<10) }}
+// reader is what Sign reads a message with, kept in a pool.
+type reader struct {
+	cr ctxReader
+	br *bufio.Reader // reads cr
+}
+
+var readers = sync.Pool{New: func() any { return &reader{br: bufio.NewReaderSize(nil, 32<<10)} }}
 
 // ctxReader stops reading once ctx is done.
 type ctxReader struct {
