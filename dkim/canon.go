@@ -8,6 +8,7 @@ package dkim
 // byte for byte against go-msgauth.
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/rand"
 	"crypto/sha256"
@@ -117,7 +118,10 @@ func (c *bodyCanon) pending() {
 	}
 }
 
-var crlfBytes = []byte("\r\n")
+var (
+	crlfBytes = []byte("\r\n")
+	twoSP     = []byte("  ")
+)
 
 // Write canonicalizes p. It fails with ErrLineEnding on a bare CR or LF;
 // the body hash is then meaningless.
@@ -160,6 +164,42 @@ func (c *bodyCanon) write(p []byte) error {
 			continue
 		}
 		if special[b]&mask == 0 {
+			if c.lines > 0 {
+				c.buf = out[:o]
+				c.pending()
+				if cap(c.buf)-len(c.buf) < len(p)-i+1 {
+					c.flush()
+				}
+				out, o = c.buf[:cap(c.buf)], len(c.buf)
+			}
+			// Fast path with SIMD searches: the rest of the line (up to
+			// CR or the end of p) is canonical already once WSP at its
+			// end is held back: no LF, and in relaxed no HTAB and no two
+			// SP in a row. Most lines of text are.
+			k := bytes.IndexByte(p[i:], '\r')
+			if k < 0 {
+				k = len(p)
+			} else {
+				k += i
+			}
+			end := k
+			if c.relaxed {
+				for end > i && (p[end-1] == ' ' || p[end-1] == '\t') {
+					end--
+				}
+			}
+			core := p[i:end]
+			if bytes.IndexByte(core, '\n') < 0 && (!c.relaxed || bytes.IndexByte(core, '\t') < 0 && !bytes.Contains(core, twoSP)) {
+				if c.wsp {
+					out[o] = ' '
+					o++
+				}
+				c.content = true
+				o += copy(out[o:], core)
+				c.wsp = end < k
+				i = k
+				continue
+			}
 			// The run of bytes copied as they are. In relaxed, a
 			// single SP between two such bytes is canonical already:
 			// most lines of text are one run.
@@ -172,14 +212,6 @@ func (c *bodyCanon) write(p []byte) error {
 				} else {
 					break
 				}
-			}
-			if c.lines > 0 {
-				c.buf = out[:o]
-				c.pending()
-				if cap(c.buf)-len(c.buf) < len(p)-i+1 {
-					c.flush()
-				}
-				out, o = c.buf[:cap(c.buf)], len(c.buf)
 			}
 			if c.wsp {
 				out[o] = ' '
