@@ -56,8 +56,8 @@ const bodyBufSize = 4096
 
 // bodyCanon canonicalizes a message body and hashes the result, for any
 // chunking of the input (all state is kept across Writes). It also
-// enforces CRLF: a bare CR or bare LF makes Write (or a CR at the very end,
-// Close) fail with ErrLineEnding, since a later hop would "fix" those
+// enforces CRLF: a bare CR or bare LF makes Write (or, for a CR at the very
+// end, sum) fail with ErrLineEnding, since a later hop would "fix" those
 // bytes and break the signature.
 //
 // Both canonicalizations hold line ends back until a later line has
