@@ -85,3 +85,68 @@ func TestSigningDomain(t *testing.T) {
 		})
 	}
 }
+
+// FuzzPlainFromDomain checks the allocation-free path for plain From
+// values against net/mail: whatever it accepts, net/mail parses to the
+// same domain. The seed corpus is under
+// testdata/fuzz/FuzzPlainFromDomain.
+func FuzzPlainFromDomain(f *testing.F) {
+	for _, s := range []string{
+		"a@example.com", "Alice <alice@example.com>", "Alice Smith <a.b+c_d@sub.example-x.com>  ",
+		"<a@example.com>", "a..b@example.com", ".a@example.com", "a.@example.com", "a@.example.com",
+		"a@example.com.", "Alice  <a@example.com>", "Alice<a@example.com>", " <a@example.com>",
+		"A.B. <a@example.com>", "a@b@example.com", "a@example.com, b@example.org", "=?utf-8?q?x?= <a@example.com>",
+		"\"A\" <a@example.com>", "a@example.com (A)", "A <a@example.com> x", "a@[192.0.2.1]", "-@-", "a@-example.com",
+		"Alice <a@example.com", "Alice a@example.com>", "Alice <<a@example.com>>", "g: a@example.com;",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, v string) {
+		fast, ok := plainFromDomain(v)
+		if !ok {
+			return
+		}
+		slow, err := parsedFromDomain(v)
+		if err != nil {
+			t.Fatalf("plainFromDomain(%q) = %q, net/mail refuses it: %v", v, fast, err)
+		}
+		if fast != slow {
+			t.Fatalf("plainFromDomain(%q) = %q, net/mail %q", v, fast, slow)
+		}
+	})
+}
+
+// TestPlainFromDomain pins which From values take the path without
+// net/mail; FuzzPlainFromDomain checks they agree with it.
+func TestPlainFromDomain(t *testing.T) {
+	tests := []struct {
+		in, want string
+		ok       bool
+	}{
+		{"a@example.com", "example.com", true},
+		{"Alice <alice@Example.COM>", "Example.COM", true},
+		{"Alice B. Smith <a.b+c_d@sub.example-x.com>  \t", "sub.example-x.com", true},
+		{"<a@example.com>", "example.com", true},
+		{"a..b@example.com", "", false},
+		{"a@example.com, b@example.org", "", false},
+		{"=?utf-8?q?x?= <a@example.com>", "", false},
+		{"\"a@evil.test\"@example.com", "", false},
+		{"a@example.com (A)", "", false},
+		{"Alice  <a@example.com>", "", false},
+		{"a@b\xc3\xbccher.example", "", false},
+		{"g: a@example.com;", "", false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.in, func(t *testing.T) {
+			got, ok := plainFromDomain(tc.in)
+			if ok != tc.ok || got != tc.want {
+				t.Fatalf("plainFromDomain = %q, %v; want %q, %v", got, ok, tc.want, tc.ok)
+			}
+			if ok {
+				if slow, err := parsedFromDomain(tc.in); err != nil || slow != got {
+					t.Fatalf("net/mail: %q, %v", slow, err)
+				}
+			}
+		})
+	}
+}

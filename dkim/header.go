@@ -42,14 +42,22 @@ type field struct {
 // when the message ends without that empty line (a message with no body).
 // Every line must end in CRLF.
 func readHeader(br *bufio.Reader, limit int) (raw []byte, sep bool, err error) {
+	return appendHeader(nil, br, limit)
+}
+
+// appendHeader is readHeader appending the header block to dst (which
+// Sign reuses across messages); raw is dst with the block appended.
+func appendHeader(dst []byte, br *bufio.Reader, limit int) (raw []byte, sep bool, err error) {
+	base := len(dst)
 	for {
-		line, err := readLine(br, limit-len(raw))
-		raw = append(raw, line...)
+		start := len(dst)
+		dst, err = appendLine(dst, br, limit-(start-base))
+		line := dst[start:]
 		if err == io.EOF {
 			if len(line) > 0 {
 				return nil, false, fmt.Errorf("%w: header ends without CRLF", ErrLineEnding)
 			}
-			return raw, false, nil
+			return dst, false, nil
 		}
 		if err != nil {
 			return nil, false, err
@@ -58,24 +66,26 @@ func readHeader(br *bufio.Reader, limit int) (raw []byte, sep bool, err error) {
 			return nil, false, err
 		}
 		if len(line) == 2 {
-			return raw, true, nil
+			return dst, true, nil
 		}
 	}
 }
 
-// readLine returns one line including its LF, or what is left before EOF.
-func readLine(br *bufio.Reader, limit int) ([]byte, error) {
-	var line []byte
+// appendLine appends one line including its LF, or what is left before
+// EOF, to dst.
+func appendLine(dst []byte, br *bufio.Reader, limit int) ([]byte, error) {
+	n := 0
 	for {
 		chunk, err := br.ReadSlice('\n')
-		if len(line)+len(chunk) > limit {
-			return nil, fmt.Errorf("%w: header larger than %d bytes", ErrHeader, MaxHeaderBytes)
+		if n+len(chunk) > limit {
+			return dst, fmt.Errorf("%w: header larger than %d bytes", ErrHeader, MaxHeaderBytes)
 		}
-		line = append(line, chunk...)
+		dst = append(dst, chunk...)
+		n += len(chunk)
 		if err == bufio.ErrBufferFull {
 			continue
 		}
-		return line, err
+		return dst, err
 	}
 }
 
@@ -94,14 +104,17 @@ func checkLine(line []byte) error {
 // parseHeader splits a raw CRLF header block into fields (RFC 5322 section
 // 2.2: a line starting with WSP continues the previous field).
 func parseHeader(raw []byte) ([]field, error) {
-	var fields []field
-	for len(raw) > 0 {
-		i := bytes.Index(raw, []byte("\r\n"))
+	// One string for the whole block: names and unfolded single-line
+	// values are substrings of it.
+	rest := string(raw)
+	fields := make([]field, 0, bytes.Count(raw, []byte("\n")))
+	for len(rest) > 0 {
+		i := strings.Index(rest, "\r\n")
 		if i < 0 {
-			i = len(raw)
+			i = len(rest)
 		}
-		line := string(raw[:i])
-		raw = raw[min(i+2, len(raw)):]
+		line := rest[:i]
+		rest = rest[min(i+2, len(rest)):]
 		if line == "" {
 			break
 		}
@@ -138,20 +151,41 @@ var addressParser = mail.AddressParser{WordDecoder: &mime.WordDecoder{
 
 // fromDomain returns the normalized domain of the single From address.
 func fromDomain(fields []field) (string, error) {
-	var from []string
+	var from string
+	n := 0
 	for _, f := range fields {
 		if strings.EqualFold(f.name, "From") {
-			from = append(from, f.value)
+			if n == 0 {
+				from = f.value
+			}
+			n++
 		}
 	}
-	switch len(from) {
+	switch n {
 	case 0:
 		return "", fmt.Errorf("%w: no From field", ErrFromHeader)
 	case 1:
 	default:
-		return "", fmt.Errorf("%w: %d From fields", ErrFromHeader, len(from))
+		return "", fmt.Errorf("%w: %d From fields", ErrFromHeader, n)
 	}
-	addrs, err := addressParser.ParseList(from[0])
+	domain, ok := plainFromDomain(from)
+	if !ok {
+		var err error
+		if domain, err = parsedFromDomain(from); err != nil {
+			return "", err
+		}
+	}
+	d, err := normalizeDomain(domain)
+	if err != nil {
+		return "", fmt.Errorf("%w: %v", ErrFromHeader, err)
+	}
+	return d, nil
+}
+
+// parsedFromDomain returns the domain of the single address of a From
+// value as net/mail parses it (RFC 5322 section 3.4), not normalized.
+func parsedFromDomain(from string) (string, error) {
+	addrs, err := addressParser.ParseList(from)
 	if err != nil {
 		return "", fmt.Errorf("%w: %v", ErrFromHeader, err)
 	}
@@ -162,11 +196,79 @@ func fromDomain(fields []field) (string, error) {
 	if at < 0 {
 		return "", fmt.Errorf("%w: address has no domain", ErrFromHeader)
 	}
-	d, err := normalizeDomain(addrs[0].Address[at+1:])
-	if err != nil {
-		return "", fmt.Errorf("%w: %v", ErrFromHeader, err)
+	return addrs[0].Address[at+1:], nil
+}
+
+// plainFromDomain returns what parsedFromDomain would, without its
+// allocations, for the two plainest forms of a From value:
+// "local@domain" and "Display Name <local@domain>", where the display
+// name is words of letters, digits, ".", "-" and "_" separated by single
+// spaces, the local part a dot-atom of letters, digits and ".+-_", and the
+// domain a dot-atom of letters, digits, "." and "-". ok is false for
+// anything else (quoted strings, comments, RFC 2047 words, groups,
+// several addresses, 8-bit...), which is left to net/mail.
+// FuzzPlainFromDomain checks it against net/mail.
+func plainFromDomain(v string) (domain string, ok bool) {
+	v = strings.TrimRight(v, " \t")
+	if strings.HasSuffix(v, ">") {
+		i := strings.IndexByte(v, '<')
+		if i < 0 || !plainPhrase(v[:i]) {
+			return "", false
+		}
+		v = v[i+1 : len(v)-1]
 	}
-	return d, nil
+	at := strings.IndexByte(v, '@')
+	if at < 0 || !plainDotAtom(v[:at], true) || !plainDotAtom(v[at+1:], false) {
+		return "", false
+	}
+	return v[at+1:], true
+}
+
+// plainPhrase accepts "" or words of [A-Za-z0-9._-] each followed by one
+// SP.
+func plainPhrase(s string) bool {
+	word := false
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == ' ':
+			if !word {
+				return false
+			}
+			word = false
+		case isAlnum(c) || c == '.' || c == '-' || c == '_':
+			word = true
+		default:
+			return false
+		}
+	}
+	return !word // ends with the SP before "<"
+}
+
+// plainDotAtom accepts a non-empty dot-atom (RFC 5322 section 3.2.3) of
+// letters, digits and "-" (and "+" and "_" in a local part).
+func plainDotAtom(s string, local bool) bool {
+	if s == "" || s[0] == '.' || s[len(s)-1] == '.' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case isAlnum(c) || c == '-':
+		case c == '.':
+			if s[i-1] == '.' {
+				return false
+			}
+		case local && (c == '+' || c == '_'):
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+func isAlnum(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9'
 }
 
 // SigningDomain returns the domain Sign would sign for when the policy

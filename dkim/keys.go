@@ -161,7 +161,7 @@ func normalizeDomain(d string) (string, error) {
 		return "", fmt.Errorf("domain %q: %w", d, err)
 	}
 	a = strings.ToLower(a)
-	for _, l := range strings.Split(a, ".") {
+	for l := range strings.SplitSeq(a, ".") {
 		if err := checkLabel(l); err != nil {
 			return "", fmt.Errorf("domain %q: %w", d, err)
 		}

@@ -2,9 +2,11 @@
 //
 // It owns the keys (RSA and Ed25519 (RFC 8463), loaded from PEM files and
 // reloadable), the choice of signing domain (the From domain, or the one a
-// policy names), and the defaults around github.com/emersion/go-msgauth,
-// which does the canonicalization and the cryptography: relaxed/relaxed,
-// SHA-256, no l=, an explicit oversigned header list, t= and x=. It also
+// policy names), and the signing itself: relaxed/relaxed canonicalization
+// streamed straight into SHA-256 (one pass over the body for every key),
+// no l=, an explicit oversigned header list, t= and x=, and a
+// DKIM-Signature field byte-identical to what github.com/emersion/go-msgauth
+// v0.7.0 produces (the tests check it against go-msgauth). It also
 // provides the operator tools behind "mailgate dkim": key generation, DNS
 // records and a check of published records.
 //
@@ -14,7 +16,6 @@ package dkim
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto"
 	"errors"
@@ -23,10 +24,9 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
-
-	msgauth "github.com/emersion/go-msgauth/dkim"
 )
 
 // ErrNoKey is wrapped when no key may sign for the domain: the policy
@@ -37,11 +37,8 @@ var ErrNoKey = errors.New("dkim: no key for domain")
 // Option configures a Signer.
 type Option func(*Signer)
 
-// WithClock sets the clock x= is computed from (default time.Now).
-//
-// go-msgauth v0.7.0 stamps t= from its own time.Now and offers no hook, so
-// a clock far from the real time yields an x= inconsistent with t=; the
-// option exists for tests of x= and for a clock adjusted by the caller.
+// WithClock sets the clock t= is read from (default time.Now); x= is t=
+// plus the configured expiration. Sign reads the clock once per message.
 func WithClock(now func() time.Time) Option {
 	return func(s *Signer) { s.now = now }
 }
@@ -60,13 +57,13 @@ type Signer struct {
 	expiration time.Duration
 	reject     bool
 	signed     []string
-	oversign   map[string]bool
+	oversign   []bool // oversign[i]: signed[i] is oversigned
 	keys       atomic.Pointer[keyring]
 
 	// Canonicalizations; always relaxed/relaxed outside tests (relaxed
 	// survives the header re-folding and trailing-space stripping that
 	// relays do; RFC 6376 section 3.4).
-	headerCanon, bodyCanon msgauth.Canonicalization
+	headerCanon, bodyCanon canonicalization
 }
 
 // key is one loaded signing key.
@@ -95,9 +92,13 @@ func New(cfg Config, opts ...Option) (*Signer, error) {
 		expiration:  exp,
 		reject:      cfg.unsignedReject(),
 		signed:      cfg.signedHeaders(),
-		oversign:    cfg.oversigned(),
-		headerCanon: msgauth.CanonicalizationRelaxed,
-		bodyCanon:   msgauth.CanonicalizationRelaxed,
+		headerCanon: canonRelaxed,
+		bodyCanon:   canonRelaxed,
+	}
+	over := cfg.oversigned()
+	s.oversign = make([]bool, len(s.signed))
+	for i, h := range s.signed {
+		s.oversign[i] = over[strings.ToLower(h)]
 	}
 	for _, o := range opts {
 		o(s)
@@ -197,8 +198,25 @@ func (s *Signer) Sign(ctx context.Context, domain string, msg io.Reader) ([]stri
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("dkim: sign: %w", err)
 	}
-	br := bufio.NewReaderSize(ctxReader{ctx, msg}, 32<<10)
-	raw, sep, err := readHeader(br, MaxHeaderBytes)
+	rd := readers.Get().(*reader)
+	rd.cr = ctxReader{ctx, msg}
+	rd.br.Reset(&rd.cr)
+	br := rd.br
+	defer func() {
+		rd.cr = ctxReader{} // drop ctx and msg
+		rd.br.Reset(nil)
+		readers.Put(rd)
+	}()
+	hb := headerBufs.Get().(*[]byte)
+	defer func() {
+		if cap(*hb) <= maxPooledBytes {
+			headerBufs.Put(hb)
+		}
+	}()
+	raw, sep, err := appendHeader((*hb)[:0], br, MaxHeaderBytes)
+	if raw != nil {
+		*hb = raw
+	}
 	if err != nil {
 		return nil, fmt.Errorf("dkim: sign: read header: %w", err)
 	}
@@ -240,9 +258,9 @@ func (s *Signer) Sign(ctx context.Context, domain string, msg io.Reader) ([]stri
 
 	headerKeys := s.headerKeys(fields)
 	if len(headerKeys) == 0 {
-		// Unreachable (From is present and always in the list), but a nil
-		// list would make go-msgauth sign every field, trace fields
-		// included.
+		// Unreachable (From is present and always in the list), but RFC
+		// 6376 section 5.4 requires From to be signed: an empty h= would
+		// make a signature any header could be added to.
 		return nil, fmt.Errorf("dkim: sign: %w: no header field to sign", ErrFromHeader)
 	}
 	sigs, err := s.sign(keys, headerKeys, raw, sep, br)
@@ -259,73 +277,45 @@ func (s *Signer) Sign(ctx context.Context, domain string, msg io.Reader) ([]stri
 	return sigs, nil
 }
 
-// sign feeds header and body to one go-msgauth signer per key in a single
-// pass.
+// sign hashes the body once, streaming, for every key (they share the
+// canonicalization, hence the body hash), then signs the selected header
+// fields for each key. raw is the header block (with the empty line if sep)
+// and body the rest of the message.
 func (s *Signer) sign(keys []*key, headerKeys []string, raw []byte, sep bool, body io.Reader) (sigs []string, err error) {
-	var exp time.Time
-	if s.expiration > 0 {
-		exp = s.now().Add(s.expiration)
-	}
-	signers := make([]*msgauth.Signer, 0, len(keys))
-	writers := make([]io.Writer, 0, len(keys))
-	closed := false
-	defer func() {
-		// A go-msgauth Signer runs a goroutine until Close.
-		if !closed {
-			for _, sg := range signers {
-				sg.Close()
-			}
-		}
-	}()
-	for _, k := range keys {
-		sg, err := msgauth.NewSigner(&msgauth.SignOptions{
-			Domain:                 k.domain,
-			Selector:               k.selector,
-			Signer:                 k.signer,
-			Hash:                   crypto.SHA256,
-			HeaderCanonicalization: s.headerCanon,
-			BodyCanonicalization:   s.bodyCanon,
-			HeaderKeys:             headerKeys,
-			Expiration:             exp,
-		})
-		if err != nil {
-			return nil, fmt.Errorf("dkim: sign %s/%s: %w", k.domain, k.selector, err)
-		}
-		signers = append(signers, sg)
-		writers = append(writers, sg)
-	}
-	w := io.MultiWriter(writers...)
-	if _, err := w.Write(raw); err != nil {
-		return nil, fmt.Errorf("dkim: sign: %w", err)
-	}
-	if !sep {
-		// No body: RFC 5322 makes it optional; go-msgauth needs the
-		// empty line, and the body hash of "" is what any verifier computes.
-		if _, err := io.WriteString(w, "\r\n"); err != nil {
-			return nil, fmt.Errorf("dkim: sign: %w", err)
-		}
-	} else {
-		cw := &crlfWriter{w: w, prevCR: false}
-		if _, err := io.Copy(cw, body); err != nil {
+	st := signStates.Get().(*signState)
+	defer putSignState(st)
+
+	st.body.reset(st.bodyH, s.bodyCanon)
+	if sep {
+		// No separator means no body: RFC 5322 makes it optional, and the
+		// body hash of "" is what any verifier computes.
+		if _, err := io.Copy(&st.body, body); err != nil {
 			return nil, fmt.Errorf("dkim: sign: body: %w", err)
 		}
-		if cw.prevCR {
-			return nil, fmt.Errorf("dkim: sign: body: %w", ErrLineEnding)
+	}
+	st.bh, err = st.body.sum(st.bh[:0])
+	if err != nil {
+		return nil, fmt.Errorf("dkim: sign: body: %w", err)
+	}
+
+	st.spans = splitFields(st.spans[:0], raw)
+	st.header = appendSelectedHeader(st.header[:0], raw, st.spans, headerKeys, s.headerCanon)
+
+	p := sigParams{
+		canon:    cTag(s.headerCanon, s.bodyCanon),
+		headers:  headerKeys,
+		bodyHash: st.bh,
+		t:        s.now(),
+	}
+	if s.expiration > 0 {
+		p.x = p.t.Add(s.expiration)
+	}
+	sigs = make([]string, len(keys))
+	for i, k := range keys {
+		p.algorithm, p.domain, p.selector = k.algorithm, k.domain, k.selector
+		if sigs[i], err = st.signHeader(k, &p, s.headerCanon); err != nil {
+			return nil, err
 		}
-	}
-	closed = true
-	var errs []error
-	for i, sg := range signers {
-		if err := sg.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("dkim: sign %s/%s: %w", keys[i].domain, keys[i].selector, err))
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
-		return nil, err
-	}
-	sigs = make([]string, len(signers))
-	for i, sg := range signers {
-		sigs[i] = sg.Signature()
 	}
 	return sigs, nil
 }
@@ -335,18 +325,29 @@ func (s *Signer) sign(keys []*key, headerKeys []string, raw []byte, sep bool, bo
 // that a field of that name added later breaks the signature. A header
 // neither present nor oversigned is left out.
 func (s *Signer) headerKeys(fields []field) []string {
-	count := make(map[string]int, len(fields))
-	for _, f := range fields {
-		count[strings.ToLower(f.name)]++
-	}
-	var keys []string
-	for _, h := range s.signed {
-		lh := strings.ToLower(h)
-		n := count[lh]
-		if s.oversign[lh] {
-			n++
+	n := 0
+	count := func(h string) int {
+		c := 0
+		for _, f := range fields {
+			if strings.EqualFold(f.name, h) {
+				c++
+			}
 		}
-		for range n {
+		return c
+	}
+	var counts [32]int // without a map: a few dozen names at most
+	cs := counts[:0]
+	for i, h := range s.signed {
+		c := count(h)
+		if s.oversign[i] {
+			c++
+		}
+		cs = append(cs, c)
+		n += c
+	}
+	keys := make([]string, 0, n)
+	for i, h := range s.signed {
+		for range cs[i] {
 			keys = append(keys, h)
 		}
 	}
@@ -362,45 +363,16 @@ func hasField(fields []field, name string) bool {
 	return false
 }
 
-// crlfWriter passes p on to w after checking that every LF is preceded by
-// CR and every CR followed by LF (across writes).
-type crlfWriter struct {
-	w      io.Writer
-	prevCR bool
+// headerBufs holds the buffers Sign reads header blocks into.
+var headerBufs = sync.Pool{New: func() any { return new([]byte) }}
+
+// reader is what Sign reads a message with, kept in a pool.
+type reader struct {
+	cr ctxReader
+	br *bufio.Reader // reads cr
 }
 
-func (c *crlfWriter) Write(p []byte) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
-	}
-	if c.prevCR && p[0] != '\n' {
-		return 0, ErrLineEnding
-	}
-	for i := 0; ; {
-		j := bytes.IndexByte(p[i:], '\n')
-		if j < 0 {
-			break
-		}
-		j += i
-		if j == 0 && !c.prevCR || j > 0 && p[j-1] != '\r' {
-			return 0, ErrLineEnding
-		}
-		i = j + 1
-	}
-	for i := 0; ; {
-		j := bytes.IndexByte(p[i:], '\r')
-		if j < 0 {
-			break
-		}
-		j += i
-		if j+1 < len(p) && p[j+1] != '\n' {
-			return 0, ErrLineEnding
-		}
-		i = j + 1
-	}
-	c.prevCR = p[len(p)-1] == '\r'
-	return c.w.Write(p)
-}
+var readers = sync.Pool{New: func() any { return &reader{br: bufio.NewReaderSize(nil, 32<<10)} }}
 
 // ctxReader stops reading once ctx is done.
 type ctxReader struct {
