@@ -112,13 +112,16 @@ func (d *dotWriter) Write(p []byte) (int, error) {
 		}
 		out = append(out, line...)
 		p = p[len(line):]
-	}
-	*d.buf = out
-	if len(out) >= dotFlushAt {
-		if err := d.flush(2); err != nil {
-			return 0, err
+		if len(out) >= dotFlushAt {
+			// Bounded memory whatever the size of p.
+			*d.buf = out
+			if err := d.flush(2); err != nil {
+				return 0, err
+			}
+			out = *d.buf
 		}
 	}
+	*d.buf = out
 	return n, nil
 }
 

@@ -6,18 +6,21 @@ import (
 	"errors"
 	"net"
 	"net/textproto"
+	"strconv"
 	"testing"
 )
 
 // wireConn records what is written to it.
 type wireConn struct {
 	net.Conn
-	buf    bytes.Buffer
-	writes int
+	buf      bytes.Buffer
+	writes   int
+	maxWrite int
 }
 
 func (c *wireConn) Write(b []byte) (int, error) {
 	c.writes++
+	c.maxWrite = max(c.maxWrite, len(b))
 	return c.buf.Write(b)
 }
 
@@ -90,6 +93,23 @@ func TestDotWriter(t *testing.T) {
 			}
 		})
 	}
+	// One large Write is flushed as it goes: memory stays bounded.
+	t.Run("large_write_bounded_buffer", func(t *testing.T) {
+		wire := &wireConn{}
+		cc := &corkConn{Conn: wire}
+		d := newDotWriter(cc)
+		defer d.release()
+		if _, err := d.Write(big); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.finish(); err != nil {
+			t.Fatal(err)
+		}
+		if wire.maxWrite > 2*dotFlushAt || wire.writes < len(big)/(2*dotFlushAt) {
+			t.Errorf("%d bytes went out in %d writes of at most %d bytes, want writes of at most %d",
+				len(big), wire.writes, wire.maxWrite, 2*dotFlushAt)
+		}
+	})
 	t.Run("large_flushes_in_chunks", func(t *testing.T) {
 		for _, chunk := range []int{1000, 32 << 10, 1 << 20} {
 			got, err := stuffed(t, big, chunk)
@@ -160,4 +180,64 @@ func FuzzDotWriter(f *testing.F) {
 			t.Fatalf("wire %q, textproto %q", got, textprotoStuffed(msg))
 		}
 	})
+}
+
+// discardConn is a net.Conn whose writes go nowhere.
+type discardConn struct{ net.Conn }
+
+func (discardConn) Write(b []byte) (int, error) { return len(b), nil }
+
+func benchMsg(size int) []byte {
+	var b bytes.Buffer
+	for b.Len() < size {
+		b.WriteString("The quick brown fox jumps over the lazy dog, again and again.\r\n.a line to stuff\r\n")
+	}
+	return b.Bytes()
+}
+
+// BenchmarkDotWriter is the upstream body path (dot-stuffing in bulk);
+// BenchmarkTextprotoDotWriter what go-smtp's client does byte by byte.
+func BenchmarkDotWriter(b *testing.B) {
+	for _, size := range []int{4 << 10, 1 << 20} {
+		msg := benchMsg(size)
+		b.Run(strconv.Itoa(size>>10)+"KB", func(b *testing.B) {
+			b.SetBytes(int64(len(msg)))
+			b.ReportAllocs()
+			cc := &corkConn{Conn: discardConn{}}
+			for b.Loop() {
+				d := newDotWriter(cc)
+				if _, err := d.Write(msg); err != nil {
+					b.Fatal(err)
+				}
+				if err := d.finish(); err != nil {
+					b.Fatal(err)
+				}
+				d.release()
+				if _, err := cc.Write([]byte("\r\n.\r\n")); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+func BenchmarkTextprotoDotWriter(b *testing.B) {
+	for _, size := range []int{4 << 10, 1 << 20} {
+		msg := benchMsg(size)
+		b.Run(strconv.Itoa(size>>10)+"KB", func(b *testing.B) {
+			b.SetBytes(int64(len(msg)))
+			b.ReportAllocs()
+			bw := bufio.NewWriter(discardConn{})
+			tw := textproto.NewWriter(bw)
+			for b.Loop() {
+				w := tw.DotWriter()
+				if _, err := w.Write(msg); err != nil {
+					b.Fatal(err)
+				}
+				if err := w.Close(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 }
