@@ -5,9 +5,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -153,14 +155,60 @@ func requireRoot(t testing.TB, what string) {
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago. The
 // port is not reserved: StartSink and StartPostfix retry with a new port when
 // another process grabbed it first.
+//
+// Ports come from below the kernel's ephemeral range when there is room
+// (1024 up to ip_local_port_range's start): every test that binds port 0,
+// and every outgoing connection, takes its port from the ephemeral range,
+// so a port chosen below it is not handed to them in the moment before the
+// peer binds it. Within one test binary a port is handed out once.
 func FreePort(t testing.TB) int {
 	t.Helper()
+	lo, hi := belowEphemeral()
+	for try := 0; hi > lo && try < 100; try++ {
+		port := lo + rand.IntN(hi-lo)
+		portsMu.Lock()
+		dup := portsGiven[port]
+		portsGiven[port] = true
+		portsMu.Unlock()
+		if dup {
+			continue
+		}
+		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
+		if err != nil {
+			continue
+		}
+		l.Close()
+		return port
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("peertest: FreePort: %v", err)
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+var (
+	portsMu    sync.Mutex
+	portsGiven = map[int]bool{}
+)
+
+// belowEphemeral returns [lo, hi): the ports FreePort picks from, or an
+// empty range when the ephemeral range cannot be read or leaves no room.
+func belowEphemeral() (lo, hi int) {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 0, 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 2 {
+		return 0, 0
+	}
+	start, err := strconv.Atoi(f[0])
+	if err != nil || start < 10000 {
+		return 0, 0
+	}
+	return 10000, start
 }
 
 // RunTool runs the named tool (a name accepted by Require) with args and

@@ -87,6 +87,13 @@ func TestFreePort(t *testing.T) {
 	if port <= 0 || port > 65535 {
 		t.Fatalf("FreePort = %d", port)
 	}
+	// Below the ephemeral range, where port-0 binds never land.
+	if lo, hi := belowEphemeral(); hi > lo && (port < lo || port >= hi) {
+		t.Errorf("FreePort = %d, want a port in [%d, %d)", port, lo, hi)
+	}
+	if again := FreePort(t); again == port {
+		t.Errorf("FreePort handed out %d twice", port)
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
 	if err != nil {
 		t.Fatalf("port %d from FreePort not bindable: %v", port, err)
