@@ -31,8 +31,14 @@ func TestPostfixRelaysToSink(t *testing.T) {
 	if !bytes.Contains(m.Data, []byte("Subject: via postfix\r\n")) || !bytes.Contains(m.Data, []byte("by postfix.peertest.invalid (Postfix)")) {
 		t.Errorf("message did not pass through Postfix:\n%s", m.Data)
 	}
-	if !strings.Contains(pf.Maillog(), "status=sent") {
-		t.Errorf("maillog lacks status=sent:\n%s", pf.Maillog())
+	// postlogd writes the maillog asynchronously: the sink can hold the
+	// message before the "status=sent" line is in the file.
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(pf.Maillog(), "status=sent") {
+		if time.Now().After(deadline) {
+			t.Fatalf("maillog lacks status=sent:\n%s", pf.Maillog())
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
