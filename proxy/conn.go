@@ -362,7 +362,7 @@ func (c *clientConn) Write(b []byte) (int, error) {
 			return len(b), nil
 		}
 	}
-	if len(b) >= 4 && string(b[:4]) == "354 " {
+	if bytes.HasPrefix(b, []byte("354 ")) || bytes.Contains(b, []byte("\n354 ")) {
 		c.dataPending.Store(true)
 	}
 	n, err := c.Conn.Write(b)
