@@ -48,7 +48,6 @@ type bodyReader struct {
 	buf   *[]byte
 	ready []byte // unstuffed body bytes not yet returned
 	state int
-	w     int   // output length of the last walk with write
 	size  int64 // unstuffed bytes so far
 	max   int64 // max_message_size; 0: none
 	done  bool  // the end-of-data line was read
@@ -87,14 +86,15 @@ func (r *bodyReader) fill() {
 	buf := *r.buf
 	n, rerr := c.readRaw(buf, c.dataTimeout)
 	chunk := buf[:n]
-	end, done := r.walk(chunk, false) // chunk[:end] is body
+	end, _, done := r.walk(chunk, false) // chunk[:end] is body
 	if bad, why := c.scan(chunk[:end], modeData); bad >= 0 {
 		c.failed.Store(true)
 		c.sticky = net.ErrClosed
 		r.err = why
 		return
 	}
-	r.ready = chunk[:r.unstuffed(chunk[:end])]
+	_, out, _ := r.walk(chunk[:end], true)
+	r.ready = chunk[:out]
 	if done {
 		r.done = true
 		// Pipelined commands after the body go back to held, behind the
@@ -105,7 +105,7 @@ func (r *bodyReader) fill() {
 		c.held = append(rest, c.held...)
 	}
 	r.size += int64(len(r.ready))
-	if r.max > 0 && r.size > r.max && r.err == nil {
+	if r.max > 0 && r.size > r.max {
 		r.ready, r.err = nil, smtp.ErrDataTooLarge
 	}
 	if rerr != nil && !done {
@@ -117,16 +117,14 @@ func (r *bodyReader) fill() {
 // walk runs the dot-unstuffing state machine over chunk and returns the
 // length of the part that belongs to the body (through the end-of-data
 // line when chunk holds it: done). With write it also moves the body bytes
-// into place (the unstuffed output is never longer than what was read, so
-// it is written over chunk itself) and keeps the new state; without, it
-// only looks.
-func (r *bodyReader) walk(chunk []byte, write bool) (end int, done bool) {
-	st, w, i := r.state, 0, 0
-	defer func() {
-		if write {
-			r.state, r.w = st, w
-		}
-	}()
+// into place, out of them (the unstuffed output is never longer than what
+// was read, so it is written over chunk itself), and keeps the new state;
+// without, it only looks.
+func (r *bodyReader) walk(chunk []byte, write bool) (end, out int, done bool) {
+	st, i := r.state, 0
+	if write {
+		defer func() { r.state = st }()
+	}
 	for i < len(chunk) {
 		switch st {
 		case bodyBOL:
@@ -143,7 +141,7 @@ func (r *bodyReader) walk(chunk []byte, write bool) (end int, done bool) {
 			st = bodyMid
 		case bodyDotCR:
 			if chunk[i] == '\n' {
-				return i + 1, true
+				return i + 1, out, true
 			}
 			// ".\r" then anything but LF is a bare CR, which scan has
 			// refused before a write pass.
@@ -155,19 +153,12 @@ func (r *bodyReader) walk(chunk []byte, write bool) (end int, done bool) {
 				next, st = i+j+1, bodyBOL
 			}
 			if write {
-				w += copy(chunk[w:], chunk[i:next])
+				out += copy(chunk[out:], chunk[i:next])
 			}
 			i = next
 		}
 	}
-	return len(chunk), false
-}
-
-// unstuffed unstuffs body (a whole chunk, or one ending with the
-// end-of-data line) in place and returns the length of the result.
-func (r *bodyReader) unstuffed(body []byte) int {
-	r.walk(body, true)
-	return r.w
+	return len(chunk), out, false
 }
 
 // finish drains what is left of the body (strictly, without a size limit)
@@ -175,16 +166,13 @@ func (r *bodyReader) unstuffed(body []byte) int {
 // dataReader reads the end-of-data line from held, or the connection's
 // error.
 func (r *bodyReader) finish() {
-	for !r.done && (r.err == nil || r.err == smtp.ErrDataTooLarge) {
-		r.max = 0
-		if r.err == smtp.ErrDataTooLarge {
-			r.err = nil
-			r.fill()
-			if r.err == nil {
-				r.err = smtp.ErrDataTooLarge
-			}
-			continue
-		}
+	// Past max_message_size the rest is read all the same; nobody reads
+	// r.err after finish.
+	r.max = 0
+	if r.err == smtp.ErrDataTooLarge {
+		r.err = nil
+	}
+	for !r.done && r.err == nil {
 		r.fill()
 	}
 	r.ready = nil
