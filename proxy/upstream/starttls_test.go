@@ -63,14 +63,22 @@ func TestStartTLSDialogue(t *testing.T) {
 			return "502 5.5.2 no\r\n"
 		}
 	}
-
-	t.Run("ehlo_before_tls_uses_our_name", func(t *testing.T) {
-		addr, lines := scriptedUpstream(t, "220 upstream.test ESMTP\r\n", ehlo("250-STARTTLS\r\n"))
+	// begin starts a transaction through a starttls upstream at addr; every
+	// failure of the plaintext part is 451 4.4.1 for the client, never a
+	// 5xx.
+	begin := func(t *testing.T, addr string) error {
+		t.Helper()
 		c := cfgFor("primary", addr)
-		c.TLS = TLSStartTLS
+		c.TLS, c.InsecureSkipVerify = TLSStartTLS, true
 		r := newTestRouter(t, []Config{c})
 		_, err := r.Begin(ctx, "", "a@example.com", nil)
 		wantReply(t, err, 451, smtp.EnhancedCode{4, 4, 1})
+		return err
+	}
+
+	t.Run("ehlo_before_tls_uses_our_name", func(t *testing.T) {
+		addr, lines := scriptedUpstream(t, "220 upstream.test ESMTP\r\n", ehlo("250-STARTTLS\r\n"))
+		begin(t, addr)
 		got := <-lines
 		if len(got) < 2 || got[0] != "EHLO mailgate.test" || got[1] != "STARTTLS" {
 			t.Errorf("commands = %q, want EHLO mailgate.test then STARTTLS (never EHLO localhost)", got)
@@ -79,11 +87,7 @@ func TestStartTLSDialogue(t *testing.T) {
 
 	t.Run("not_offered_no_plaintext_fallback", func(t *testing.T) {
 		addr, lines := scriptedUpstream(t, "220 upstream.test ESMTP\r\n", ehlo(""))
-		c := cfgFor("primary", addr)
-		c.TLS = TLSStartTLS
-		r := newTestRouter(t, []Config{c})
-		_, err := r.Begin(ctx, "", "a@example.com", nil)
-		wantReply(t, err, 451, smtp.EnhancedCode{4, 4, 1})
+		err := begin(t, addr)
 		if !strings.Contains(err.Error(), "STARTTLS not offered") {
 			t.Errorf("err = %v", err)
 		}
@@ -101,11 +105,7 @@ func TestStartTLSDialogue(t *testing.T) {
 			}
 			return ehlo("250-STARTTLS\r\n")(l)
 		})
-		c := cfgFor("primary", addr)
-		c.TLS, c.InsecureSkipVerify = TLSStartTLS, true
-		r := newTestRouter(t, []Config{c})
-		_, err := r.Begin(ctx, "", "a@example.com", nil)
-		wantReply(t, err, 451, smtp.EnhancedCode{4, 4, 1})
+		err := begin(t, addr)
 		if !strings.Contains(err.Error(), "after its STARTTLS reply") {
 			t.Errorf("err = %v", err)
 		}
@@ -113,11 +113,6 @@ func TestStartTLSDialogue(t *testing.T) {
 
 	t.Run("greeting_refused", func(t *testing.T) {
 		addr, _ := scriptedUpstream(t, "554 5.3.2 go away\r\n", ehlo("250-STARTTLS\r\n"))
-		c := cfgFor("primary", addr)
-		c.TLS = TLSStartTLS
-		r := newTestRouter(t, []Config{c})
-		_, err := r.Begin(ctx, "", "a@example.com", nil)
-		// Our connection being refused is never the client's 5xx.
-		wantReply(t, err, 451, smtp.EnhancedCode{4, 4, 1})
+		begin(t, addr)
 	})
 }
