@@ -2,7 +2,6 @@ package proxy_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/base64"
@@ -22,6 +21,7 @@ import (
 
 	"github.com/mailgate/mailgate/proxy"
 	"github.com/mailgate/mailgate/proxy/auth"
+	"github.com/mailgate/mailgate/proxy/peertest"
 	"github.com/mailgate/mailgate/proxy/upstream"
 )
 
@@ -149,24 +149,6 @@ type testLogger struct{ t *testing.T }
 func (l testLogger) Printf(format string, v ...any) { l.t.Logf("upstream: "+format, v...) }
 func (l testLogger) Println(v ...any)               { l.t.Log(v...) }
 
-// syncBuffer collects log output safely across goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 const (
 	testUser     = "alice@example.com"
 	testPassword = "correct horse battery staple"
@@ -180,7 +162,7 @@ type env struct {
 	srv  *proxy.Server
 	up   *recUpstream
 	addr map[string]string
-	logs *syncBuffer
+	logs *peertest.Buffer
 	cfg  proxy.Config
 }
 
@@ -198,7 +180,7 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 	if err := os.WriteFile(users, []byte(testUser+":"+hash+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
+	logs := &peertest.Buffer{}
 	logger := slog.New(slog.NewJSONHandler(io.MultiWriter(logs, testWriter{t}), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	authn, err := auth.New(auth.Config{UsersFile: users}.WithDefaults(), auth.WithLogger(logger))
 	if err != nil {

@@ -15,6 +15,8 @@ import (
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
+
+	"github.com/mailgate/mailgate/proxy/peertest"
 )
 
 // TestDemoDefault runs the embedded default configuration (what
@@ -28,7 +30,7 @@ func TestDemoDefault(t *testing.T) {
 	dir := t.TempDir()
 	cfg.baseDir = dir
 	cfg.proxy.Listeners[0].Address = "127.0.0.1:0"
-	out := newLockedBuffer()
+	out := &peertest.Buffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	bound := make(chan map[string]string, 1)

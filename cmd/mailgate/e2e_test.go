@@ -19,7 +19,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -40,30 +39,10 @@ type mailgate struct {
 	sub   string // STARTTLS + AUTH
 	smtps string // implicit TLS + AUTH
 	relay string // plaintext, trusted loopback, no AUTH
-	logs  *lockedBuffer
+	logs  *peertest.Buffer
 	dkim  map[string]string // TXT records by name
 	// extra holds every listener's address by name.
 	extra map[string]string
-}
-
-// lockedBuffer collects log output written from several goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func newLockedBuffer() *lockedBuffer { return &lockedBuffer{} }
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // startMailgate writes a configuration around extra (upstream, dkim,
@@ -79,7 +58,7 @@ func startMailgate(t *testing.T, extra string) *mailgate {
 func startMailgateAuth(t *testing.T, extra, authAttrs string) *mailgate {
 	t.Helper()
 	dir := t.TempDir()
-	m := &mailgate{dir: dir, logs: newLockedBuffer(), dkim: map[string]string{}}
+	m := &mailgate{dir: dir, logs: &peertest.Buffer{}, dkim: map[string]string{}}
 
 	cert, err := proxy.SelfSigned("mailgate.test")
 	if err != nil {

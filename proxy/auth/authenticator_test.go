@@ -1,7 +1,6 @@
 package auth
 
 import (
-	"bytes"
 	"encoding/base64"
 	"errors"
 	"io"
@@ -18,6 +17,8 @@ import (
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
+
+	"github.com/mailgate/mailgate/proxy/peertest"
 )
 
 // The users of the SMTP-level tests.
@@ -366,7 +367,7 @@ func TestAuthenticatorOptions(t *testing.T) {
 // that no password and no AUTH payload (raw or base64) appears.
 func TestPasswordNeverLogged(t *testing.T) {
 	t.Run("password_never_logged", func(t *testing.T) {
-		var buf syncBuffer
+		var buf peertest.Buffer
 		log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
 		env := startEnv(t, Config{}, WithLogger(log))
 		const wrong = "Wr0ng-Passw0rd-Guess"
@@ -398,24 +399,6 @@ func TestPasswordNeverLogged(t *testing.T) {
 			}
 		}
 	})
-}
-
-// syncBuffer is a bytes.Buffer safe for the server's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // TestSwaks authenticates with swaks, a client no one here wrote.
