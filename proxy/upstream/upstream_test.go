@@ -491,6 +491,29 @@ func TestRelay(t *testing.T) {
 		}
 	})
 
+	// A bare LF can only get here through a bug before the upstream (the
+	// client's stream is checked strictly): never send the final dot.
+	t.Run("bare_lf_in_body_never_finishes_message", func(t *testing.T) {
+		f := startFake(t, fakeOpts{})
+		r := newTestRouter(t, []Config{cfgFor("primary", f.addr)}, f)
+		tx, err := r.Begin(ctx, "", "a@example.com", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := tx.Rcpt(ctx, "b@example.net", nil); err != nil {
+			t.Fatal(err)
+		}
+		_, err = tx.Data(ctx, strings.NewReader("Subject: x\r\n\r\nok\r\nsmuggled\n.\nMAIL FROM:<evil@example.com>\r\n"))
+		if !errors.Is(err, errLineEnding) {
+			t.Errorf("err = %v, want errLineEnding", err)
+		}
+		wantReply(t, err, 451, smtp.EnhancedCode{4, 3, 0})
+		checkLeaks(t, r, f)
+		if n := len(f.transactions()); n != 0 {
+			t.Errorf("upstream finished a message with a bare LF")
+		}
+	})
+
 	t.Run("crlf_in_address_refused", func(t *testing.T) {
 		f := startFake(t, fakeOpts{})
 		r := newTestRouter(t, []Config{cfgFor("primary", f.addr)}, f)
