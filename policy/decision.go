@@ -30,6 +30,13 @@ type Decision struct {
 	DryRun   bool      `json:"dry_run,omitempty"`
 	Warnings []Warning `json:"warnings,omitempty"`
 	Actions  Actions   `json:"actions,omitzero"`
+	// Reservation holds the quota units an accepting decision reserved.
+	// The caller must end it: Commit once the message went out (upstream
+	// 250), Release on anything else. Nil when nothing was reserved.
+	Reservation *Reservation `json:"-"`
+	// Quota is the input's quota states of this stage, for the caller to
+	// hand to the data stage.
+	Quota map[string]QuotaState `json:"-"`
 }
 
 // Warning is a rule that matched with action warn: logged, not enforced.

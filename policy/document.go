@@ -36,6 +36,9 @@ func (in Input) Normalize() Input {
 		}
 		in.Rcpt = &r
 	}
+	if in.Quota == nil {
+		in.Quota = map[string]QuotaState{}
+	}
 	if in.Message != nil {
 		m := *in.Message
 		if m.Headers == nil {
@@ -114,7 +117,9 @@ var keyTerms = func() map[string]*ast.Term {
 	m := map[string]*ast.Term{}
 	for _, k := range []string{"version", "stage", "session", "auth", "envelope", "rcpt", "message",
 		"id", "listener", "client_ip", "helo", "tls", "cipher", "user", "mechanism", "from", "from_domain",
-		"recipients", "size", "smtputf8", "address", "domain", "headers", "from_addresses"} {
+		"recipients", "size", "smtputf8", "address", "domain", "headers", "from_addresses",
+		"quota", "key", "action", "exceeded", "messages", "new_recipients", "window", "limit", "used",
+		"remaining", "retry_after"} {
 		m[k] = ast.StringTerm(k)
 	}
 	return m
@@ -173,7 +178,36 @@ func astValue(in *Input) ast.Value {
 			item("size", ast.InternedTerm(int(in.Message.Size))),
 		)))
 	}
+	items = append(items, item("quota", quotaTerm(in.Quota)))
 	return ast.NewObject(items...)
+}
+
+func quotaTerm(qs map[string]QuotaState) *ast.Term {
+	if len(qs) == 0 {
+		return ast.ObjectTerm()
+	}
+	windows := func(ws []QuotaWindow) *ast.Term {
+		if len(ws) == 0 {
+			return ast.InternedEmptyArray
+		}
+		ts := make([]*ast.Term, len(ws))
+		for i, w := range ws {
+			ts[i] = ast.ObjectTerm(item("window", strTerm(w.Window)), item("limit", ast.IntNumberTerm(int(w.Limit))),
+				item("used", ast.IntNumberTerm(int(w.Used))), item("remaining", ast.IntNumberTerm(int(w.Remaining))),
+				item("retry_after", ast.IntNumberTerm(int(w.RetryAfter))))
+		}
+		return ast.ArrayTerm(ts...)
+	}
+	items := make([][2]*ast.Term, 0, len(qs))
+	for name, q := range qs {
+		items = append(items, item(name, ast.ObjectTerm(
+			item("key", strTerm(q.Key)), item("action", strTerm(q.Action)),
+			item("exceeded", ast.InternedTerm(q.Exceeded)),
+			item("messages", windows(q.Messages)), item("recipients", windows(q.Recipients)),
+			item("new_recipients", windows(q.NewRecipients)),
+		)))
+	}
+	return ast.ObjectTerm(items...)
 }
 
 // ---- HCL: the input as a cty value of the schema type.
@@ -185,11 +219,14 @@ var (
 	envType     = cty.Object(map[string]cty.Type{"from": cty.String, "from_domain": cty.String, "recipients": cty.List(cty.String), "size": cty.Number, "smtputf8": cty.Bool})
 	rcptType    = cty.Object(map[string]cty.Type{"address": cty.String, "domain": cty.String})
 	messageType = cty.Object(map[string]cty.Type{"headers": cty.Map(cty.List(cty.String)), "from_addresses": cty.List(cty.String), "size": cty.Number})
+	windowType  = cty.Object(map[string]cty.Type{"window": cty.String, "limit": cty.Number, "used": cty.Number, "remaining": cty.Number, "retry_after": cty.Number})
+	quotaType   = cty.Object(map[string]cty.Type{"key": cty.String, "action": cty.String, "exceeded": cty.Bool,
+		"messages": cty.List(windowType), "recipients": cty.List(windowType), "new_recipients": cty.List(windowType)})
 
 	// schemaTypes are the types of the variables HCL expressions see.
 	schemaTypes = map[string]cty.Type{
 		"version": cty.Number, "stage": cty.String, "session": sessionType, "auth": authType,
-		"envelope": envType, "rcpt": rcptType, "message": messageType,
+		"envelope": envType, "rcpt": rcptType, "message": messageType, "quota": cty.Map(quotaType),
 	}
 )
 
@@ -253,6 +290,35 @@ func ctyVar(in *Input, name string) cty.Value {
 		return cty.ObjectVal(map[string]cty.Value{
 			"headers": hs, "from_addresses": strList(in.Message.FromAddresses), "size": cty.NumberIntVal(in.Message.Size),
 		})
+	case "quota":
+		return quotaCty(in.Quota)
 	}
 	return cty.NilVal
+}
+
+func quotaCty(qs map[string]QuotaState) cty.Value {
+	if len(qs) == 0 {
+		return cty.MapValEmpty(quotaType)
+	}
+	windows := func(ws []QuotaWindow) cty.Value {
+		if len(ws) == 0 {
+			return cty.ListValEmpty(windowType)
+		}
+		vs := make([]cty.Value, len(ws))
+		for i, w := range ws {
+			vs[i] = cty.ObjectVal(map[string]cty.Value{
+				"window": cty.StringVal(w.Window), "limit": cty.NumberIntVal(w.Limit), "used": cty.NumberIntVal(w.Used),
+				"remaining": cty.NumberIntVal(w.Remaining), "retry_after": cty.NumberIntVal(w.RetryAfter),
+			})
+		}
+		return cty.ListVal(vs)
+	}
+	m := make(map[string]cty.Value, len(qs))
+	for name, q := range qs {
+		m[name] = cty.ObjectVal(map[string]cty.Value{
+			"key": cty.StringVal(q.Key), "action": cty.StringVal(q.Action), "exceeded": cty.BoolVal(q.Exceeded),
+			"messages": windows(q.Messages), "recipients": windows(q.Recipients), "new_recipients": windows(q.NewRecipients),
+		})
+	}
+	return cty.MapVal(m)
 }

@@ -33,6 +33,37 @@ type Input struct {
 	Envelope Envelope `json:"envelope"`
 	Rcpt     *Rcpt    `json:"rcpt,omitempty"`    // stage rcpt only
 	Message  *Message `json:"message,omitempty"` // stage data only
+	// Quota holds, by quota name, the state of each quota that applies to
+	// this stage (filled by the Policy before its engines run; at stage
+	// data, the states the transaction's earlier stages saw). Empty, never
+	// null, when none applies.
+	Quota map[string]QuotaState `json:"quota"`
+}
+
+// QuotaState is what a policy sees of one quota: the key it counted and
+// each window's level after this stage's reservation.
+type QuotaState struct {
+	Key    string `json:"key"`
+	Action string `json:"action"` // defer, reject or warn
+	// Exceeded is true when a window of this quota had no room for this
+	// stage (the quota then refused, unless its action is warn).
+	Exceeded      bool          `json:"exceeded"`
+	Messages      []QuotaWindow `json:"messages"`
+	Recipients    []QuotaWindow `json:"recipients"`
+	NewRecipients []QuotaWindow `json:"new_recipients"`
+}
+
+// QuotaWindow is the level of one "COUNT/DURATION" window.
+type QuotaWindow struct {
+	Window string `json:"window"` // as configured: "200/1h"
+	Limit  int64  `json:"limit"`
+	// Used counts committed and reserved units in the window, this
+	// stage's own reservation included when it was made.
+	Used      int64 `json:"used"`
+	Remaining int64 `json:"remaining"` // max(Limit-Used, 0)
+	// RetryAfter is the number of seconds until the window has room again
+	// when it has none; 0 otherwise.
+	RetryAfter int64 `json:"retry_after"`
 }
 
 // Session describes the client connection.

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/mailgate/mailgate/policy/quota"
 )
 
 // Policy is the compiled chain of engines of a Config. It implements
@@ -24,6 +26,10 @@ type Policy struct {
 	set      atomic.Pointer[compiledSet]
 	reloadMu sync.Mutex // serializes Reload
 	dlog     *decisionLog
+
+	quotas atomic.Pointer[Quotas]
+	store  quota.Store // nil: no quotas
+	trips  tripLog
 }
 
 var _ Evaluator = (*Policy)(nil)
@@ -63,6 +69,28 @@ func WithWatchInterval(d time.Duration) Option {
 // WithClock sets the clock used for decision log timestamps (tests).
 func WithClock(now func() time.Time) Option {
 	return func(p *Policy) { p.now = now }
+}
+
+// WithQuotas makes the policy check qs at stages mail and rcpt, counting
+// in store (quota.NewMemory or quota.NewRedis). SetQuotas replaces qs.
+func WithQuotas(qs *Quotas, store quota.Store) Option {
+	return func(p *Policy) {
+		p.store = store
+		if qs != nil {
+			p.quotas.Store(qs)
+		}
+	}
+}
+
+// SetQuotas replaces the quota definitions (SIGHUP): counters are kept,
+// keyed by quota name and key, so a changed limit applies to the usage
+// already counted. A Policy made without WithQuotas ignores it.
+func (p *Policy) SetQuotas(qs *Quotas) {
+	if p.store == nil {
+		return
+	}
+	p.quotas.Store(qs)
+	p.log.Info("quotas reloaded", slog.Int("quotas", len(qs.Names())))
 }
 
 // New validates cfg, compiles every engine (Rego queries are prepared
@@ -169,6 +197,14 @@ func (p *Policy) Explain(ctx context.Context, in Input) (Decision, []EngineResul
 func (p *Policy) evaluate(ctx context.Context, in Input, explain bool) (Decision, []EngineResult, error) {
 	set := p.set.Load()
 	doc := newDocument(in)
+	var qc quotaCheck
+	if qs := p.quotas.Load(); qs != nil && p.store != nil && doc.in.Stage != StageData {
+		qc = p.checkQuotas(ctx, qs, doc)
+		doc.in.Quota = qc.states
+		if doc.in.Quota == nil {
+			doc.in.Quota = map[string]QuotaState{}
+		}
+	}
 	var (
 		results       []EngineResult
 		enforcedDefer *Decision
@@ -180,7 +216,22 @@ func (p *Policy) evaluate(ctx context.Context, in Input, explain bool) (Decision
 		finalErr      error
 		wantResults   = explain || p.dlog != nil
 	)
-	for i, ce := range set.engines {
+	warnings = append(warnings, qc.warnings...)
+	engines := set.engines
+	if r := qc.refusal; r != nil {
+		// The quotas come first in the chain: a quota reject wins at once,
+		// a quota defer is the first defer (an engine's reject still wins).
+		results = appendResult(results, EngineResult{Engine: QuotaEngine, Mode: ModeEnforce, Outcome: r.Outcome,
+			Rule: r.Rule, Code: r.Code, EnhancedCode: r.EnhancedCode, Message: r.Message}, wantResults)
+		if r.Outcome == Reject {
+			final = r
+			results = skipRest(results, engines, wantResults)
+			engines = nil
+		} else {
+			enforcedDefer = r
+		}
+	}
+	for i, ce := range engines {
 		name := ce.spec.id()
 		dry := ce.spec.mode == ModeDryRun
 		res, err := ce.eng.eval(ctx, doc)
@@ -198,7 +249,7 @@ func (p *Policy) evaluate(ctx context.Context, in Input, explain bool) (Decision
 			results = appendResult(results, er, wantResults)
 			final = &Decision{Outcome: Defer, Code: errorDeferCode, EnhancedCode: errorDeferEnh, Message: errorDeferMsg, Engine: name}
 			finalErr = fmt.Errorf("policy: %s: %w: %w", name, ErrEngine, err)
-			results = skipRest(results, set.engines[i+1:], wantResults)
+			results = skipRest(results, engines[i+1:], wantResults)
 			break
 		}
 		for i := range res.warnings {
@@ -242,7 +293,7 @@ func (p *Policy) evaluate(ctx context.Context, in Input, explain bool) (Decision
 		actions.Merge(res.actions)
 		if dec != nil && dec.Outcome == Reject {
 			final = dec
-			results = skipRest(results, set.engines[i+1:], wantResults)
+			results = skipRest(results, engines[i+1:], wantResults)
 			break
 		}
 		if dec != nil && enforcedDefer == nil {
@@ -267,6 +318,14 @@ func (p *Policy) evaluate(ctx context.Context, in Input, explain bool) (Decision
 		final.Actions = actions
 	}
 	final.Warnings = warnings
+	if qc.res != nil {
+		if final.Enforced() == Accept {
+			final.Reservation = qc.res
+		} else if err := qc.res.Release(context.WithoutCancel(ctx)); err != nil {
+			p.log.LogAttrs(ctx, slog.LevelWarn, "quota release failed", slog.Any("error", err))
+		}
+	}
+	final.Quota = doc.in.Quota
 	p.logDecision(ctx, &doc.in, final, results, finalErr)
 	if !explain {
 		results = nil

@@ -1,0 +1,331 @@
+package policy
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/zclconf/go-cty/cty"
+
+	"github.com/mailgate/mailgate/policy/quota"
+)
+
+// Reservation is what the quotas of one or more stages reserved. The proxy
+// ends every reservation it receives: Commit after the upstream's 250,
+// Release on anything else. A nil *Reservation is valid and ends nothing;
+// ending one twice is harmless (the second call does nothing).
+type Reservation struct {
+	store  quota.Store
+	now    func() time.Time
+	mu     sync.Mutex
+	groups []reservedGroup
+}
+
+type reservedGroup struct {
+	id    string
+	parts []quota.Part
+}
+
+// Join adds o's units to r and returns the result, so one Commit or
+// Release ends both. Either may be nil.
+func (r *Reservation) Join(o *Reservation) *Reservation {
+	if r == nil {
+		return o
+	}
+	if o == nil || o == r {
+		return r
+	}
+	o.mu.Lock()
+	gs := o.groups
+	o.groups = nil
+	o.mu.Unlock()
+	r.mu.Lock()
+	r.groups = append(r.groups, gs...)
+	r.mu.Unlock()
+	return r
+}
+
+func (r *Reservation) take() []reservedGroup {
+	if r == nil {
+		return nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	gs := r.groups
+	r.groups = nil
+	return gs
+}
+
+// Commit counts the reserved units as sent.
+func (r *Reservation) Commit(ctx context.Context) error {
+	var errs []error
+	for _, g := range r.take() {
+		errs = append(errs, r.store.Commit(ctx, g.id, r.now(), g.parts))
+	}
+	return errors.Join(errs...)
+}
+
+// Release gives the reserved units back.
+func (r *Reservation) Release(ctx context.Context) error {
+	var errs []error
+	for _, g := range r.take() {
+		errs = append(errs, r.store.Release(ctx, g.id, g.parts))
+	}
+	return errors.Join(errs...)
+}
+
+// quotaCheck is what the quotas concluded for one stage.
+type quotaCheck struct {
+	states   map[string]QuotaState
+	res      *Reservation
+	refusal  *Decision // the first enforced quota without room, or a store failure
+	warnings []Warning
+}
+
+// applies says whether d counts something at stage.
+func (d *quotaDef) applies(stage Stage) bool {
+	switch stage {
+	case StageMail:
+		return !d.perRcpt && len(d.messages) > 0
+	case StageRcpt:
+		return len(d.rcpts) > 0 || len(d.newRcpts) > 0
+	}
+	return false
+}
+
+// checkQuotas evaluates the quotas that apply to doc's stage and reserves
+// their units in one call to the store.
+func (p *Policy) checkQuotas(ctx context.Context, qs *Quotas, doc *document) quotaCheck {
+	var c quotaCheck
+	type pending struct {
+		def  *quotaDef
+		key  string
+		reqs []int // indexes into reqs
+	}
+	var (
+		reqs    []quota.Request
+		applied []pending
+		evalErr *quotaDef
+	)
+	stage := doc.in.Stage
+	for _, d := range qs.defs {
+		if !d.applies(stage) {
+			continue
+		}
+		key, ok, err := d.evalKey(doc)
+		if err != nil {
+			p.log.LogAttrs(ctx, slog.LevelError, "quota key failed", slog.String("quota", d.name),
+				slog.String("session", doc.in.Session.ID), slog.Any("error", err))
+			if d.onError == OnErrorDefer && evalErr == nil {
+				evalErr = d
+			}
+			continue
+		}
+		if !ok {
+			continue
+		}
+		pd := pending{def: d, key: key}
+		enforce := d.action != "warn"
+		add := func(k quota.Kind, ws []quota.Window, rcpt string) {
+			if len(ws) == 0 {
+				return
+			}
+			pd.reqs = append(pd.reqs, len(reqs))
+			r := quota.Request{Counter: quota.Counter{Quota: d.name, Key: key, Kind: k}, Windows: ws, Amount: 1, Enforce: enforce}
+			if k == quota.NewRecipients {
+				r.Recipient, r.Remember = rcpt, d.remember
+			}
+			reqs = append(reqs, r)
+		}
+		if stage == StageMail {
+			add(quota.Messages, d.messages, "")
+		} else {
+			add(quota.Recipients, d.rcpts, "")
+			add(quota.NewRecipients, d.newRcpts, strings.ToLower(doc.in.Rcpt.Address))
+		}
+		applied = append(applied, pd)
+	}
+	if evalErr != nil {
+		c.refusal = quotaUnavailable(evalErr.name)
+		return c
+	}
+	if len(reqs) == 0 {
+		return c
+	}
+	id := newReservationID()
+	results, reserved, err := p.store.Reserve(ctx, id, p.now(), reservationTTL, reqs)
+	if err != nil {
+		p.log.LogAttrs(ctx, slog.LevelError, "quota store failed", slog.String("session", doc.in.Session.ID), slog.Any("error", err))
+		for _, a := range applied {
+			if a.def.onError == OnErrorDefer {
+				c.refusal = quotaUnavailable(a.def.name)
+				return c
+			}
+		}
+		return c // every quota involved says on_error = "accept"
+	}
+	c.states = make(map[string]QuotaState, len(applied))
+	var parts []quota.Part
+	for _, a := range applied {
+		st := QuotaState{Key: a.key, Action: a.def.action, Messages: []QuotaWindow{}, Recipients: []QuotaWindow{}, NewRecipients: []QuotaWindow{}}
+		var worst time.Duration
+		worstText := ""
+		for _, i := range a.reqs {
+			r, res := reqs[i], results[i]
+			texts := a.def.texts[r.Counter.Kind]
+			ws := make([]QuotaWindow, len(res.Levels))
+			for j, l := range res.Levels {
+				ws[j] = QuotaWindow{Window: texts[j], Limit: l.Window.Limit, Used: l.Used,
+					Remaining: max(l.Window.Limit-l.Used, 0), RetryAfter: int64((l.RetryAfter + time.Second - 1) / time.Second)}
+				if l.RetryAfter > 0 && (worstText == "" || l.RetryAfter > worst) {
+					worst, worstText = l.RetryAfter, kindLabel(r.Counter.Kind)+texts[j]
+				}
+			}
+			switch r.Counter.Kind {
+			case quota.Messages:
+				st.Messages = ws
+			case quota.Recipients:
+				st.Recipients = ws
+			default:
+				st.NewRecipients = ws
+			}
+			if !res.Fits {
+				st.Exceeded = true
+			}
+			if reserved && res.Charged > 0 {
+				parts = append(parts, quota.Part{Counter: r.Counter, Windows: r.Windows, Amount: res.Charged,
+					Recipient: r.Recipient, Remember: r.Remember})
+			}
+		}
+		c.states[a.def.name] = st
+		if !st.Exceeded {
+			p.trips.clear(a.def.name, a.key)
+			continue
+		}
+		if worstText == "" {
+			worstText = "limit"
+		}
+		msg := fmt.Sprintf("quota %s exceeded (%s)", a.def.name, worstText)
+		if p.trips.first(a.def.name, a.key) {
+			p.log.LogAttrs(ctx, slog.LevelWarn, "quota exceeded", slog.String("quota", a.def.name),
+				slog.String("key", a.key), slog.String("window", worstText), slog.String("action", a.def.action),
+				slog.Duration("retry_after", worst.Round(time.Second)), slog.String("session", doc.in.Session.ID))
+		}
+		switch {
+		case a.def.action == "warn":
+			c.warnings = append(c.warnings, Warning{Engine: QuotaEngine, Rule: a.def.name, Message: msg})
+		case c.refusal == nil:
+			dec := &Decision{Outcome: Defer, Code: defaultDeferCode, EnhancedCode: defaultDeferEnh,
+				Message: msg + ", retry in " + formatRetry(worst), Engine: QuotaEngine, Rule: a.def.name}
+			if a.def.action == "reject" {
+				dec = &Decision{Outcome: Reject, Code: defaultRejectCode, EnhancedCode: defaultRejectEnh,
+					Message: msg, Engine: QuotaEngine, Rule: a.def.name}
+			}
+			c.refusal = dec
+		}
+	}
+	if reserved && len(parts) > 0 {
+		c.res = &Reservation{store: p.store, now: p.now, groups: []reservedGroup{{id: id, parts: parts}}}
+	}
+	return c
+}
+
+func kindLabel(k quota.Kind) string {
+	switch k {
+	case quota.Recipients:
+		return "recipients "
+	case quota.NewRecipients:
+		return "new recipients "
+	}
+	return ""
+}
+
+func quotaUnavailable(name string) *Decision {
+	return &Decision{Outcome: Defer, Code: defaultDeferCode, EnhancedCode: defaultDeferEnh,
+		Message: "quota " + name + " temporarily unavailable, try again later", Engine: QuotaEngine, Rule: name}
+}
+
+// evalKey evaluates when and key; ok is false when the quota does not
+// apply (when is false, or the key is empty).
+func (d *quotaDef) evalKey(doc *document) (string, bool, error) {
+	ectx := &hcl.EvalContext{Variables: doc.ctyVars(d.vars), Functions: ruleFunctions}
+	if d.when != nil {
+		v, err := evalAs(d.when, ectx, cty.Bool)
+		if err != nil {
+			return "", false, fmt.Errorf("when: %w", err)
+		}
+		if v.False() {
+			return "", false, nil
+		}
+	}
+	v, err := evalAs(d.key, ectx, cty.String)
+	if err != nil {
+		return "", false, fmt.Errorf("key: %w", err)
+	}
+	k := v.AsString()
+	return k, k != "", nil
+}
+
+// formatRetry rounds up: "45s", "17m", "2h5m".
+func formatRetry(d time.Duration) string {
+	switch {
+	case d <= 0:
+		return "1s"
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int64((d+time.Second-1)/time.Second))
+	}
+	m := int64((d + time.Minute - 1) / time.Minute)
+	if m < 60 {
+		return fmt.Sprintf("%dm", m)
+	}
+	if m%60 == 0 {
+		return fmt.Sprintf("%dh", m/60)
+	}
+	return fmt.Sprintf("%dh%dm", m/60, m%60)
+}
+
+func newReservationID() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// tripLog remembers which (quota, key) pairs are over a limit, so the
+// warn line is written the first time a key trips, not once per refused
+// message. Bounded: when full it forgets everything (a key then logs once
+// more).
+type tripLog struct {
+	mu sync.Mutex
+	m  map[string]struct{}
+}
+
+const maxTrips = 10000
+
+func (t *tripLog) first(name, key string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	k := name + "\x00" + key
+	if _, ok := t.m[k]; ok {
+		return false
+	}
+	if t.m == nil || len(t.m) >= maxTrips {
+		t.m = map[string]struct{}{}
+	}
+	t.m[k] = struct{}{}
+	return true
+}
+
+func (t *tripLog) clear(name, key string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(t.m) > 0 {
+		delete(t.m, name+"\x00"+key)
+	}
+}
