@@ -445,3 +445,6 @@ func fingerprint(specs []engineSpec) string {
 	}
 	return string(b)
 }
+
+// Quotas returns the quota definitions in force (nil without quotas).
+func (p *Policy) Quotas() *Quotas { return p.quotas.Load() }

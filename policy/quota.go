@@ -174,7 +174,12 @@ func parseDuration(s string) (time.Duration, error) {
 	return time.Duration(n) * u, nil
 }
 
-// formatWindow writes a period the way a reply shows it: "1h", "24h", "30d".
+// FormatWindow writes w as configured: "200/1h".
+func FormatWindow(w quota.Window) string {
+	return strconv.FormatInt(w.Limit, 10) + "/" + formatPeriod(w.Period)
+}
+
+// formatPeriod writes a period the way a reply shows it: "1h", "24h", "30d".
 func formatPeriod(d time.Duration) string {
 	switch {
 	case d%(24*time.Hour) == 0 && d >= 48*time.Hour:
@@ -238,7 +243,7 @@ func CompileQuotas(cfgs []QuotaConfig) (*Quotas, hcl.Diagnostics) {
 					continue
 				}
 				*k.out = append(*k.out, w)
-				d.texts[k.kind] = append(d.texts[k.kind], strconv.FormatInt(w.Limit, 10)+"/"+formatPeriod(w.Period))
+				d.texts[k.kind] = append(d.texts[k.kind], FormatWindow(w))
 			}
 		}
 		if len(c.Messages)+len(c.Recipients)+len(c.NewRecipients) == 0 {

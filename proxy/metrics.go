@@ -16,6 +16,7 @@ type Metrics struct {
 	size         prometheus.Histogram
 	auth         *prometheus.CounterVec
 	decisions    *prometheus.CounterVec
+	quota        *prometheus.CounterVec
 }
 
 // NewMetrics registers the proxy's metrics with reg.
@@ -51,8 +52,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "mailgate_policy_decisions_total",
 			Help: "Policy decisions by stage and enforced outcome (accept, reject, defer, error).",
 		}, []string{"stage", "outcome"}),
+		quota: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mailgate_quota_refusals_total",
+			Help: "Stages refused by a quota, by quota name (never by key: the label set stays bounded).",
+		}, []string{"quota"}),
 	}
-	reg.MustRegister(m.connections, m.open, m.transactions, m.duration, m.size, m.auth, m.decisions)
+	reg.MustRegister(m.connections, m.open, m.transactions, m.duration, m.size, m.auth, m.decisions, m.quota)
 	return m
 }
 
@@ -88,5 +93,11 @@ func (m *Metrics) authAttempt(mech, result string) {
 func (m *Metrics) decision(stage, outcome string) {
 	if m != nil {
 		m.decisions.WithLabelValues(stage, outcome).Inc()
+	}
+}
+
+func (m *Metrics) quotaRefusal(name string) {
+	if m != nil {
+		m.quota.WithLabelValues(name).Inc()
 	}
 }

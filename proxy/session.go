@@ -69,9 +69,13 @@ type transaction struct {
 	up      RelayTx
 	actions policy.Actions // merged from every stage
 	rules   []string       // stage/engine/rule of every decision a rule made
-	size    int64
-	inData  bool
-	done    bool
+	// quota holds the units the stages reserved (ended by endQuota) and
+	// the quota states they saw, handed to the data stage's input.
+	quota       *policy.Reservation
+	quotaStates map[string]policy.QuotaState
+	size        int64
+	inData      bool
+	done        bool
 }
 
 func newSession(s *Server, l *ListenerConfig, cc *clientConn, helo string) *session {
@@ -199,8 +203,49 @@ func (ss *session) decide(tx *transaction, input func() policy.Input) (policy.De
 		d.Outcome = policy.Accept
 	}
 	ss.s.deps.Metrics.decision(string(in.Stage), string(d.Outcome))
+	if d.Engine == policy.QuotaEngine && d.Outcome != policy.Accept {
+		ss.s.deps.Metrics.quotaRefusal(d.Rule)
+	}
 	return d, nil
 }
+
+// keepQuota takes over an accepting decision's reservation and quota
+// states into the transaction.
+func (tx *transaction) keepQuota(d policy.Decision) {
+	tx.quota = tx.quota.Join(d.Reservation)
+	if len(d.Quota) > 0 && tx.quotaStates == nil {
+		tx.quotaStates = make(map[string]policy.QuotaState, len(d.Quota))
+	}
+	for k, v := range d.Quota {
+		tx.quotaStates[k] = v
+	}
+}
+
+// endQuota commits the transaction's reserved quota units when the
+// message went out, and releases them otherwise. It runs on a context of
+// its own: a client that hung up must not keep units reserved until they
+// expire.
+func (ss *session) endQuota(r *policy.Reservation, commit bool) {
+	if r == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ss.ctx), quotaEndTimeout)
+	defer cancel()
+	var err error
+	if commit {
+		err = r.Commit(ctx)
+	} else {
+		err = r.Release(ctx)
+	}
+	if err != nil {
+		// A failed release expires by itself; a failed commit under-counts
+		// this message (documented).
+		ss.log.Warn("quota update failed", "commit", commit, "err", err)
+	}
+}
+
+// quotaEndTimeout bounds a commit or release of quota units.
+const quotaEndTimeout = 5 * time.Second
 
 // Mail implements smtp.Session: policy stage mail, then upstream MAIL.
 func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
@@ -233,10 +278,12 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 		return decisionReply(d)
 	}
 	tx.actions.Merge(d.Actions)
+	tx.keepQuota(d)
 	upOpts := *opts
 	upOpts.Auth = nil // the client's AUTH= means nothing to the upstream
 	up, err := ss.s.deps.Relay.Begin(ss.ctx, tx.actions.Upstream, mb.String(), &upOpts)
 	if err != nil {
+		ss.endQuota(tx.quota, false)
 		r := ss.reply(err)
 		ss.logTx(tx, "upstream-refused", "stage", "mail", "reply", replyText(r))
 		return r
@@ -282,8 +329,11 @@ func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 		opts = &smtp.RcptOptions{}
 	}
 	if err := tx.up.Rcpt(ss.ctx, mb.String(), opts); err != nil {
+		// A recipient the upstream refused costs no quota.
+		ss.endQuota(d.Reservation, false)
 		return ss.reply(err)
 	}
+	tx.keepQuota(d)
 	tx.rcpts = append(tx.rcpts, mb.String())
 	return nil
 }
@@ -322,6 +372,7 @@ func (ss *session) Data(r io.Reader) error {
 	tx.inData = false
 	tx.done = true
 	ss.mu.Unlock()
+	ss.endQuota(tx.quota, err == nil)
 	if err != nil {
 		rerr := ss.reply(err)
 		ss.logTx(tx, "failed", "reply", replyText(rerr))
@@ -358,6 +409,7 @@ func (ss *session) data(tx *transaction, r io.Reader) (string, error) {
 
 	d, err := ss.decide(tx, func() policy.Input {
 		in := ss.input(policy.StageData, tx)
+		in.Quota = tx.quotaStates
 		in.Envelope.Size = tx.size
 		in.Message = h.policyView(tx.size)
 		return in
@@ -437,6 +489,7 @@ func (ss *session) Reset() {
 	ss.conn.inTx.Store(false)
 	if abort {
 		tx.up.Abort()
+		ss.endQuota(tx.quota, false)
 		ss.logTx(tx, "aborted")
 	}
 }
