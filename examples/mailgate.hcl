@@ -67,10 +67,11 @@ auth {
 }
 
 # Shared state for several instances behind a load balancer: with a redis
-# block, the AUTH failure counters above (ip_failures, user_failures) live
-# in Redis, so every instance sees every failure. If Redis cannot be
-# reached, AUTH is refused with 454 4.7.0 (fail closed). Default: none
-# (counters in each instance's memory).
+# block, the AUTH failure counters above (ip_failures, user_failures) and
+# the quota counters live in Redis, so every instance sees every failure
+# and every message. If Redis cannot be reached, AUTH is refused with
+# 454 4.7.0 (fail closed) and each quota does what its on_error says.
+# Default: none (counters in each instance's memory).
 # redis {
 #   address    = "127.0.0.1:6379"
 #   username   = ""                          # Redis 6 ACL user (default none)
@@ -179,10 +180,40 @@ policy {
 }
 
 # ---------------------------------------------------------------------------
+# Quotas: how much each key may send. key and when are HCL expressions over
+# the policy input document (like rule conditions); a key that refers to
+# rcpt is checked per recipient. Windows are "COUNT/DURATION" (s, m, h, d,
+# w); every window must have room. Units are reserved when checked (MAIL
+# for messages, each RCPT for recipients) and counted only when the
+# upstream says 250: refused, failed, reset or dropped transactions cost
+# nothing. Counters live in memory, or in Redis with a redis block (exact
+# across instances). Reloaded from this file on SIGHUP. See README "Quotas".
+quota "per-login" {
+  key        = auth.user                # one counter per login
+  when       = auth != null             # optional: which transactions it applies to (default: all)
+  messages   = ["200/1h", "1000/24h"]   # counted at MAIL
+  recipients = ["2000/24h"]             # counted per accepted recipient
+  action     = "defer"                  # defer (451 4.7.1) | reject (550 5.7.1) | warn (default "defer")
+  on_error   = "defer"                  # counter store unreachable: defer (451 4.7.1) | accept (default "defer")
+}
+quota "per-destination" {
+  key        = rcpt.domain              # per recipient: refuses only that recipient
+  recipients = ["100/1m"]
+}
+quota "first-time-recipients" {
+  key            = auth.user
+  when           = auth != null
+  new_recipients = ["200/24h"]          # recipients this login has not sent to within remember
+  remember       = "30d"                # (default "30d")
+}
+
+# ---------------------------------------------------------------------------
 # Prometheus metrics at http://ADDRESS/metrics (default: none): connections by
 # listener and result, open connections, transactions by outcome and their
 # duration, relayed message sizes, AUTH results, policy decisions by stage,
-# plus Go runtime and process metrics. Bind it to a private address.
+# quota refusals by quota, plus Go runtime and process metrics. With quotas
+# counted in memory it also serves GET /quota and POST /quota/reset (used by
+# `mailgate quota show|reset`). Bind it to a private address.
 metrics {
   address = "127.0.0.1:9151"
 }
