@@ -38,6 +38,7 @@ type fileConfig struct {
 	Log       *logBlock              `hcl:"log,block"`
 	Redis     *redisBlock            `hcl:"redis,block"`
 	Metrics   *metricsBlock          `hcl:"metrics,block"`
+	Quotas    []policy.QuotaConfig   `hcl:"quota,block"`
 }
 
 type tlsBlock struct {
@@ -57,7 +58,8 @@ type demoBlock struct {
 }
 
 // redisBlock is shared state for several instances: with it, AUTH failure
-// counters live in Redis instead of each instance's memory.
+// counters and quota counters live in Redis instead of each instance's
+// memory.
 type redisBlock struct {
 	Address   string `hcl:"address"`
 	Username  string `hcl:"username,optional"`
@@ -80,8 +82,10 @@ type logBlock struct {
 // config is the loaded, validated configuration.
 type config struct {
 	file    fileConfig
+	path    string // the file it was read from; "" for the embedded default
 	baseDir string
 	proxy   proxy.Config
+	quotas  *policy.Quotas // nil without quota blocks
 }
 
 // evalContext offers env("VAR") for secrets: an unset variable is an
@@ -114,6 +118,11 @@ func loadConfig(path string, src []byte, diagOut io.Writer) (*config, error) {
 	if !diags.HasErrors() {
 		c := &config{baseDir: filepath.Dir(path)}
 		diags = append(diags, gohcl.DecodeBody(f.Body, evalContext(), &c.file)...)
+		if !diags.HasErrors() && len(c.file.Quotas) > 0 {
+			var qd hcl.Diagnostics
+			c.quotas, qd = policy.CompileQuotas(c.file.Quotas)
+			diags = append(diags, qd...)
+		}
 		if !diags.HasErrors() {
 			if err := c.validate(); err != nil {
 				return nil, fmt.Errorf("%s: %w", path, err)
@@ -131,7 +140,11 @@ func loadConfigFile(path string, diagOut io.Writer) (*config, error) {
 	if err != nil {
 		return nil, err
 	}
-	return loadConfig(path, src, diagOut)
+	c, err := loadConfig(path, src, diagOut)
+	if c != nil {
+		c.path = path
+	}
+	return c, err
 }
 
 // abs resolves p against the config file's directory.

@@ -8,6 +8,7 @@
 //	mailgate passwd [-user NAME]    hash a password read from stdin for the users file
 //	mailgate dkim keygen|record|check …
 //	mailgate policy test|eval …
+//	mailgate quota show|reset …
 //
 // main only wires: the work is done in the proxy, policy and dkim packages.
 package main
@@ -54,6 +55,9 @@ var extraCommands = map[string]func(args []string, stdin io.Reader, stdout, stde
 	"policy": func(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		return policyMain(args, stdout, stderr, loadPolicyConfig(stderr))
 	},
+	"quota": func(args []string, _ io.Reader, stdout, stderr io.Writer) int {
+		return quotaMain(args, stdout, stderr)
+	},
 }
 
 func usage(w io.Writer) {
@@ -64,5 +68,6 @@ func usage(w io.Writer) {
   mailgate passwd [-user NAME]      read a password on stdin, print a users-file hash
   mailgate dkim keygen|record|check DKIM key tools
   mailgate policy test|eval         run policy tests, explain a decision
+  mailgate quota show|reset         show or reset quota counters
 `)
 }

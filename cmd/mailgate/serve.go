@@ -103,6 +103,11 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger, stdout io.Writ
 		}
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		if w.quotas != nil {
+			qh := quotaHandler(w.policy, w.quotas)
+			mux.Handle("/quota", qh)
+			mux.Handle("/quota/reset", qh)
+		}
 		hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		go hs.Serve(ln)
 		defer hs.Close()

@@ -19,6 +19,7 @@ import (
 
 	"github.com/mailgate/mailgate/dkim"
 	"github.com/mailgate/mailgate/policy"
+	"github.com/mailgate/mailgate/policy/quota"
 	"github.com/mailgate/mailgate/proxy"
 	"github.com/mailgate/mailgate/proxy/auth"
 	"github.com/mailgate/mailgate/proxy/outbox"
@@ -33,6 +34,8 @@ type wiring struct {
 	closers []func()
 	probes  []func(ctx context.Context, out io.Writer) bool
 	policy  *policy.Policy // watched for changes while serving
+	quotas  quota.Store    // nil without quota blocks
+	rdb     *redis.Client  // nil without a redis block
 }
 
 // wire builds every collaborator the configuration asks for. On error,
@@ -59,20 +62,23 @@ func wire(cfg *config, logger *slog.Logger) (_ *wiring, err error) {
 		w.deps.TLS = cs.Config()
 		w.reloads = append(w.reloads, cs.Reload)
 	}
+	if rb := cfg.file.Redis; rb != nil {
+		rdb := newRedis(rb)
+		w.rdb = rdb
+		w.closers = append(w.closers, func() { rdb.Close() })
+		w.probes = append(w.probes, func(ctx context.Context, out io.Writer) bool {
+			if err := rdb.Ping(ctx).Err(); err != nil {
+				fmt.Fprintf(out, "redis (%s): NOT reachable: %v\n", rb.Address, err)
+				return false
+			}
+			fmt.Fprintf(out, "redis (%s): answers\n", rb.Address)
+			return true
+		})
+	}
 	switch {
 	case cfg.file.Auth != nil:
 		opts := []auth.Option{auth.WithLogger(logger)}
-		if rb := cfg.file.Redis; rb != nil {
-			rdb := newRedis(rb)
-			w.closers = append(w.closers, func() { rdb.Close() })
-			w.probes = append(w.probes, func(ctx context.Context, out io.Writer) bool {
-				if err := rdb.Ping(ctx).Err(); err != nil {
-					fmt.Fprintf(out, "redis (%s): NOT reachable: %v\n", rb.Address, err)
-					return false
-				}
-				fmt.Fprintf(out, "redis (%s): answers\n", rb.Address)
-				return true
-			})
+		if rb, rdb := cfg.file.Redis, w.rdb; rdb != nil {
 			ac := cfg.file.Auth // defaults applied by validate
 			opts = append(opts, auth.WithLimiter(auth.NewRedisLimiter(rdb, auth.RedisLimiterConfig{
 				IPFailures: ac.IPFailures, UserFailures: ac.UserFailures, Window: ac.Window(),
@@ -100,14 +106,26 @@ func wire(cfg *config, logger *slog.Logger) (_ *wiring, err error) {
 		w.deps.Signer = sg
 		w.reloads = append(w.reloads, sg.Reload)
 	}
-	if cfg.file.Policy != nil {
-		p, err := policy.New(*cfg.file.Policy, cfg.baseDir, policy.WithLogger(logger))
+	if cfg.file.Policy != nil || cfg.quotas != nil {
+		opts := []policy.Option{policy.WithLogger(logger)}
+		if cfg.quotas != nil {
+			w.quotas = newQuotaStore(cfg, w.rdb)
+			opts = append(opts, policy.WithQuotas(cfg.quotas, w.quotas))
+		}
+		var pc policy.Config
+		if cfg.file.Policy != nil {
+			pc = *cfg.file.Policy
+		}
+		p, err := policy.New(pc, cfg.baseDir, opts...)
 		if err != nil {
 			return nil, err
 		}
 		w.deps.Policy = p
 		w.policy = p
 		w.reloads = append(w.reloads, p.Reload)
+		if cfg.quotas != nil && cfg.path != "" {
+			w.reloads = append(w.reloads, func() error { return reloadQuotas(cfg.path, p) })
+		}
 		w.closers = append(w.closers, func() { p.Close() })
 	}
 	switch {
