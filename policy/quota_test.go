@@ -546,4 +546,3 @@ func TestQuota_SetQuotasKeepsCounters(t *testing.T) {
 		t.Fatal("5th message accepted under a 4/1h limit: counters were lost on reload")
 	}
 }
-
