@@ -112,6 +112,34 @@ outbox { maildir = "out" }
 	}
 }
 
+// TestCheckReportsQuotaErrors: `mailgate check` type-checks quota
+// expressions and windows, with a snippet of the file.
+func TestCheckReportsQuotaErrors(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "quota.hcl"), `hostname = "x"
+listener "relay" {
+  address          = "127.0.0.1:2525"
+  tls              = "none"
+  auth             = "none"
+  trusted_networks = ["127.0.0.0/8"]
+}
+outbox { maildir = "out" }
+quota "per-login" {
+  key      = auth.user
+  messages = ["200/1h", "lots/1d"]
+}
+`)
+	var out, errOut bytes.Buffer
+	if code := checkMain([]string{"-config", filepath.Join(dir, "quota.hcl")}, &out, &errOut); code != 1 {
+		t.Fatalf("exit %d, want 1\n%s", code, out.String())
+	}
+	for _, want := range []string{"quota.hcl line 10", "with auth != null", `window "lots/1d"`} {
+		if !strings.Contains(errOut.String(), want) {
+			t.Errorf("diagnostics lack %q:\n%s", want, errOut.String())
+		}
+	}
+}
+
 func TestEnvFunctionUnsetIsAnError(t *testing.T) {
 	src := `hostname = "x"
 listener "relay" {

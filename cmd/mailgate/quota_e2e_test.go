@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -245,6 +246,14 @@ s.quit()
 // its listener named listener.
 func mailgateProcess(t *testing.T, cfgPath, listener string) string {
 	t.Helper()
+	addr, _ := mailgateProcessCmd(t, cfgPath, listener)
+	return addr
+}
+
+// mailgateProcessCmd is mailgateProcess that also returns the process, to
+// signal it.
+func mailgateProcessCmd(t *testing.T, cfgPath, listener string) (string, *os.Process) {
+	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), "MAILGATE_TEST_RUN_MAIN=1", "MAILGATE_TEST_ARGS=serve -config "+cfgPath)
 	stderr, err := cmd.StderrPipe()
@@ -270,11 +279,11 @@ func mailgateProcess(t *testing.T, cfgPath, listener string) string {
 	}()
 	select {
 	case a := <-found:
-		return a
+		return a, cmd.Process
 	case <-time.After(30 * time.Second):
 		t.Fatal("mailgate process did not start")
 	}
-	return ""
+	return "", nil
 }
 
 // TestE2EQuotaExactAcrossInstances: two mailgate processes share one
@@ -357,4 +366,128 @@ func grepLines(s, sub string) string {
 		}
 	}
 	return b.String()
+}
+
+// TestE2EQuotaRedisDown: Redis stops mid-run. A quota with on_error =
+// "defer" answers 451 4.7.1 and nothing is relayed; one with "accept"
+// lets mail through uncounted; both work again once Redis is back.
+func TestE2EQuotaRedisDown(t *testing.T) {
+	peertest.Require(t, "smtp-sink", "redis-server")
+	rs := peertest.StartRedis(t)
+	for _, onError := range []string{"defer", "accept"} {
+		t.Run(onError, func(t *testing.T) {
+			sink := peertest.StartSink(t, peertest.SinkOptions{})
+			m := startMailgate(t, upstreamBlock(sink.Addr())+fmt.Sprintf(`
+redis {
+  address    = %q
+  key_prefix = "down-%s:"
+}
+quota "per-sender" {
+  key      = envelope.from
+  messages = ["100/1h"]
+  on_error = %q
+}
+`, rs.Addr(), onError, onError))
+			sendOne := func() string {
+				out, _ := peertest.PythonSMTP(t, smtplibPrelude(m.relay, "", "")+`
+try:
+    s.sendmail("app@example.com", ["x@example.net"], msg("app@example.com"))
+    print("delivered")
+except smtplib.SMTPSenderRefused as e:
+    print(e.smtp_code, e.smtp_error.decode())
+s.quit()
+`)
+				return strings.TrimSpace(out)
+			}
+			if got := sendOne(); got != "delivered" {
+				t.Fatalf("with Redis up: %s", got)
+			}
+			rs.Stop()
+			got := sendOne()
+			switch onError {
+			case "defer":
+				if got != "451 4.7.1 quota per-sender temporarily unavailable, try again later" {
+					t.Fatalf("Redis down, on_error defer: %s", got)
+				}
+				if n := sink.Count(); n != 1 {
+					t.Fatalf("sink has %d messages, want 1", n)
+				}
+			case "accept":
+				if got != "delivered" {
+					t.Fatalf("Redis down, on_error accept: %s", got)
+				}
+				sink.WaitCount(t, 2, 10*time.Second)
+			}
+			rs.Restart(t)
+			if got := sendOne(); got != "delivered" {
+				t.Fatalf("Redis back: %s", got)
+			}
+		})
+	}
+}
+
+// TestE2EQuotaReloadOnSIGHUP: a mailgate process picks up changed quota
+// blocks on SIGHUP and keeps the counted usage.
+func TestE2EQuotaReloadOnSIGHUP(t *testing.T) {
+	peertest.Require(t, "smtp-sink")
+	sink := peertest.StartSink(t, peertest.SinkOptions{})
+	cfg := filepath.Join(t.TempDir(), "mailgate.hcl")
+	conf := func(limit string) string {
+		return fmt.Sprintf(`hostname = "mailgate.test"
+listener "relay" {
+  address          = "127.0.0.1:0"
+  tls              = "none"
+  auth             = "none"
+  trusted_networks = ["127.0.0.0/8"]
+}
+upstream "sink" {
+  address = %q
+  tls     = "none"
+}
+quota "per-sender" {
+  key      = envelope.from
+  messages = [%q]
+}
+`, sink.Addr(), limit)
+	}
+	writeFile(t, cfg, conf("1/1h"))
+	addr, proc := mailgateProcessCmd(t, cfg, "relay")
+	send := func() string {
+		out, _ := peertest.PythonSMTP(t, smtplibPrelude(addr, "", "")+`
+try:
+    s.sendmail("app@example.com", ["x@example.net"], msg("app@example.com"))
+    print("delivered")
+except smtplib.SMTPSenderRefused as e:
+    print(e.smtp_code)
+s.quit()
+`)
+		return strings.TrimSpace(out)
+	}
+	if got := send(); got != "delivered" {
+		t.Fatalf("first: %s", got)
+	}
+	if got := send(); got != "451" {
+		t.Fatalf("second under 1/1h: %s", got)
+	}
+	writeFile(t, cfg, conf("2/1h"))
+	if err := proc.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	got := ""
+	for time.Now().Before(deadline) {
+		if got = send(); got == "delivered" {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if got != "delivered" {
+		t.Fatalf("after SIGHUP to 2/1h: %s", got)
+	}
+	if got := send(); got != "451" {
+		t.Fatalf("third under 2/1h (usage kept across the reload): %s", got)
+	}
+	if n := sink.Count(); n != 2 {
+		t.Fatalf("sink has %d messages, want 2", n)
+	}
 }
