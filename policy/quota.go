@@ -107,7 +107,7 @@ type quotaDef struct {
 	name     string
 	key      hcl.Expression
 	when     hcl.Expression // nil: always
-	vars     []string       // input variables key and when refer to
+	vars     []varSpec      // input variables key and when refer to
 	perRcpt  bool           // key refers to rcpt: checked at RCPT only
 	messages []quota.Window
 	rcpts    []quota.Window
@@ -272,11 +272,11 @@ func CompileQuotas(cfgs []QuotaConfig) (*Quotas, hcl.Diagnostics) {
 			}
 		}
 		d.perRcpt = used["rcpt"]
-		for n := range used {
-			if _, ok := schemaTypes[n]; ok && n != "quota" {
-				d.vars = append(d.vars, n)
-			}
+		exprs := []hcl.Expression{c.Key}
+		if d.when != nil {
+			exprs = append(exprs, d.when)
 		}
+		d.vars = varSpecs(exprs)
 		if used["message"] || used["quota"] {
 			errAt("Invalid key or when", "key and when are decided at MAIL or RCPT: they cannot refer to message or quota.")
 			continue

@@ -110,8 +110,8 @@ func (p *Policy) checkQuotas(ctx context.Context, qs *Quotas, doc *document) quo
 		reqs []int // indexes into reqs
 	}
 	var (
-		reqs    []quota.Request
-		applied []pending
+		reqs    = make([]quota.Request, 0, 2*len(qs.defs))
+		applied = make([]pending, 0, len(qs.defs))
 		evalErr *quotaDef
 	)
 	stage := doc.in.Stage
@@ -255,7 +255,7 @@ func quotaUnavailable(name string) *Decision {
 // evalKey evaluates when and key; ok is false when the quota does not
 // apply (when is false, or the key is empty).
 func (d *quotaDef) evalKey(doc *document) (string, bool, error) {
-	ectx := &hcl.EvalContext{Variables: doc.ctyVars(d.vars), Functions: ruleFunctions}
+	ectx := &hcl.EvalContext{Variables: partialVars(&doc.in, d.vars), Functions: ruleFunctions}
 	if d.when != nil {
 		v, err := evalAs(d.when, ectx, cty.Bool)
 		if err != nil {
@@ -328,4 +328,114 @@ func (t *tripLog) clear(name, key string) {
 	if len(t.m) > 0 {
 		delete(t.m, name+"\x00"+key)
 	}
+}
+
+// varSpec is one input variable a quota's expressions use, and the
+// attributes they read of it (nil: the whole value is needed).
+type varSpec struct {
+	name  string
+	attrs []string
+}
+
+// varSpecs lists the input variables exprs refer to. A variable only ever
+// read through an attribute ("envelope.from") is built with just the
+// attributes read: a quota is checked on every message, and building the
+// whole document for one attribute costs more than the rest of the check.
+// The expressions are still evaluated by HCL, on a smaller object.
+func varSpecs(exprs []hcl.Expression) []varSpec {
+	attrs := map[string]map[string]bool{}
+	whole := map[string]bool{}
+	for _, x := range exprs {
+		for _, tr := range x.Variables() {
+			root := tr.RootName()
+			if _, ok := schemaTypes[root]; !ok || root == "quota" || root == "message" {
+				continue
+			}
+			if len(tr) < 2 {
+				whole[root] = true
+				continue
+			}
+			a, ok := tr[1].(hcl.TraverseAttr)
+			if !ok {
+				whole[root] = true
+				continue
+			}
+			if attrs[root] == nil {
+				attrs[root] = map[string]bool{}
+			}
+			attrs[root][a.Name] = true
+		}
+	}
+	var specs []varSpec
+	for root := range whole {
+		specs = append(specs, varSpec{name: root})
+	}
+	for root, as := range attrs {
+		if whole[root] {
+			continue
+		}
+		vs := varSpec{name: root}
+		for a := range as {
+			vs.attrs = append(vs.attrs, a)
+		}
+		specs = append(specs, vs)
+	}
+	return specs
+}
+
+// partialVars builds the variables of specs from in: whole values as
+// ctyVar builds them, or objects holding just the attributes read. A
+// variable that is null (auth without AUTH, rcpt outside its stage) stays
+// a typed null.
+func partialVars(in *Input, specs []varSpec) map[string]cty.Value {
+	vars := make(map[string]cty.Value, len(specs))
+	for _, s := range specs {
+		if s.attrs == nil || (s.name == "auth" && in.Auth == nil) || (s.name == "rcpt" && in.Rcpt == nil) {
+			vars[s.name] = ctyVar(in, s.name)
+			continue
+		}
+		m := make(map[string]cty.Value, len(s.attrs))
+		strs := true
+		for _, a := range s.attrs {
+			v := ctyAttr(in, s.name, a)
+			strs = strs && v.Type() == cty.String
+			m[a] = v
+		}
+		if strs {
+			// HCL reads a map's elements with attribute syntax too, and a
+			// map of strings skips deriving an object type per message.
+			vars[s.name] = cty.MapVal(m)
+		} else {
+			vars[s.name] = cty.ObjectVal(m)
+		}
+	}
+	return vars
+}
+
+// ctyAttr is ctyVar(in, root).GetAttr(attr) without building the rest of
+// root.
+func ctyAttr(in *Input, root, attr string) cty.Value {
+	switch root + "." + attr {
+	case "session.id":
+		return cty.StringVal(in.Session.ID)
+	case "session.listener":
+		return cty.StringVal(in.Session.Listener)
+	case "session.client_ip":
+		return cty.StringVal(in.Session.ClientIP)
+	case "session.helo":
+		return cty.StringVal(in.Session.HELO)
+	case "auth.user":
+		return cty.StringVal(in.Auth.User)
+	case "auth.mechanism":
+		return cty.StringVal(in.Auth.Mechanism)
+	case "envelope.from":
+		return cty.StringVal(in.Envelope.From)
+	case "envelope.from_domain":
+		return cty.StringVal(in.Envelope.FromDomain)
+	case "rcpt.address":
+		return cty.StringVal(in.Rcpt.Address)
+	case "rcpt.domain":
+		return cty.StringVal(in.Rcpt.Domain)
+	}
+	return ctyVar(in, root).GetAttr(attr)
 }

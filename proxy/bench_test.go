@@ -11,10 +11,15 @@ import (
 	"testing"
 
 	"github.com/emersion/go-smtp"
+	"github.com/hashicorp/hcl/v2/gohcl"
+	"github.com/hashicorp/hcl/v2/hclparse"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/mailgate/mailgate/dkim"
 	"github.com/mailgate/mailgate/policy"
+	"github.com/mailgate/mailgate/policy/quota"
 	"github.com/mailgate/mailgate/proxy"
+	"github.com/mailgate/mailgate/proxy/peertest"
 	"github.com/mailgate/mailgate/proxy/upstream"
 )
 
@@ -173,4 +178,58 @@ func BenchmarkRelay(b *testing.B) {
 		p := benchPolicy(b)
 		relayLoop(b, benchServer(b, func(d *proxy.Deps) { d.Policy = p }))
 	})
+	// Three quotas (per sender, per client address, per destination) that
+	// never fill: the cost of checking, reserving and committing.
+	b.Run("quota-memory", func(b *testing.B) {
+		p := benchQuotaPolicy(b, quota.NewMemory())
+		relayLoop(b, benchServer(b, func(d *proxy.Deps) { d.Policy = p }))
+	})
+	b.Run("quota-redis", func(b *testing.B) {
+		rs := peertest.StartRedis(b)
+		rdb := redis.NewClient(&redis.Options{Addr: rs.Addr()})
+		b.Cleanup(func() { rdb.Close() })
+		p := benchQuotaPolicy(b, quota.NewRedis(rdb, "bench:"))
+		relayLoop(b, benchServer(b, func(d *proxy.Deps) { d.Policy = p }))
+	})
+}
+
+// benchQuotas are three quotas a deployment would have, with limits the
+// benchmark never reaches.
+const benchQuotas = `
+quota "per-sender" {
+  key        = envelope.from
+  messages   = ["100000000/1h", "1000000000/24h"]
+}
+quota "per-ip" {
+  key        = session.client_ip
+  messages   = ["100000000/1h"]
+}
+quota "per-destination" {
+  key        = rcpt.domain
+  recipients = ["100000000/1m"]
+}
+`
+
+func benchQuotaPolicy(b *testing.B, store quota.Store) *policy.Policy {
+	b.Helper()
+	f, diags := hclparse.NewParser().ParseHCL([]byte(benchQuotas), "bench.hcl")
+	var cfg struct {
+		Quotas []policy.QuotaConfig `hcl:"quota,block"`
+	}
+	if !diags.HasErrors() {
+		diags = gohcl.DecodeBody(f.Body, nil, &cfg)
+	}
+	if diags.HasErrors() {
+		b.Fatal(diags)
+	}
+	qs, diags := policy.CompileQuotas(cfg.Quotas)
+	if diags.HasErrors() {
+		b.Fatal(diags)
+	}
+	p, err := policy.New(policy.Config{}, b.TempDir(), policy.WithQuotas(qs, store),
+		policy.WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	return p
 }
