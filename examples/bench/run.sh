@@ -17,7 +17,9 @@ usage: examples/bench/run.sh [flags]
   -mode M          conn | session | both (default both)
                      conn:    one message per connection
                      session: many messages per connection (smtp-source -d)
-  -scenarios LIST  comma list of ceiling,plain,rsa,ed25519,policy,classic (default: all)
+  -scenarios LIST  comma list of ceiling,plain,rsa,ed25519,policy,quota,classic (default: all)
+                     quota: the plain relay with three quotas counted in a
+                     redis-server the script starts
   -pool N          mailgate upstream pool_size (default 8, mailgate's default)
   -baseline PATH   also run every mailgate scenario with another build, interleaved
                    (PATH: a mailgate binary, or a source tree to build); rows "@base"
@@ -29,7 +31,7 @@ EOF
 }
 
 # ---------------------------------------------------------------- flags
-N="" SIZE=4096 SESSIONS=20 REPS="" MODE=both SCENARIOS="ceiling,plain,rsa,ed25519,policy,classic"
+N="" SIZE=4096 SESSIONS=20 REPS="" MODE=both SCENARIOS="ceiling,plain,rsa,ed25519,policy,quota,classic"
 POOL=8 OUT="" QUICK=0 KEEP=0 BASE=""
 while [ $# -gt 0 ]; do
 	case "$1" in
@@ -72,7 +74,7 @@ both) MODES=(conn session) ;;
 esac
 IFS=, read -r -a SCEN <<<"$SCENARIOS"
 for s in "${SCEN[@]}"; do
-	case "$s" in ceiling | plain | rsa | ed25519 | policy | classic) ;;
+	case "$s" in ceiling | plain | rsa | ed25519 | policy | quota | classic) ;;
 	*) echo "run.sh: unknown scenario $s" >&2; exit 2 ;;
 	esac
 done
@@ -85,14 +87,18 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 PY=/usr/bin/python3 # Debian's python: python3-dkim is installed for it
 
 # ---------------------------------------------------------------- tools
-need_classic=0
-for s in "${SCEN[@]}"; do [ "$s" = classic ] && need_classic=1; done
+need_classic=0 need_redis=0
+for s in "${SCEN[@]}"; do
+	[ "$s" = classic ] && need_classic=1
+	[ "$s" = quota ] && need_redis=1
+done
 install_missing() {
 	local pkgs=()
 	command -v smtp-source >/dev/null && command -v smtp-sink >/dev/null && command -v postfix >/dev/null || pkgs+=(postfix)
 	command -v opendkim >/dev/null || pkgs+=(opendkim)
 	command -v opendkim-testkey >/dev/null || pkgs+=(opendkim-tools)
 	"$PY" -c 'import dkim, nacl' 2>/dev/null || pkgs+=(python3-dkim python3-nacl)
+	[ "$need_redis" = 0 ] || command -v redis-server >/dev/null || pkgs+=(redis-server)
 	[ ${#pkgs[@]} -eq 0 ] && return 0
 	[ "$(id -u)" = 0 ] || die "missing ${pkgs[*]}: run as root, or: sudo apt-get install ${pkgs[*]}"
 	log "installing ${pkgs[*]} with apt-get"
@@ -185,7 +191,7 @@ if [ -n "$BASE" ]; then
 	fi
 	MG_BASE="$TMP/mailgate-base"
 	for s in "${SCEN[@]}"; do
-		case "$s" in plain | rsa | ed25519 | policy) SCEN+=("$s@base") ;; esac
+		case "$s" in plain | rsa | ed25519 | policy | quota) SCEN+=("$s@base") ;; esac
 	done
 fi
 mkdir -p "$TMP/keys"
@@ -207,6 +213,15 @@ SINK_PID=$!
 PIDS+=("$SINK_PID")
 wait_port "$SINK_PORT" "$SINK_PID" || die "smtp-sink did not start: $(cat "$TMP/sink.log")"
 sink_count() { find "$DUMP" -type f | wc -l; }
+
+# ---------------------------------------------------------------- redis (scenario quota)
+if [ "$need_redis" = 1 ]; then
+	REDIS_PORT="$(free_port)"
+	redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no --dir "$TMP" >"$TMP/redis.log" 2>&1 &
+	REDIS_PID=$!
+	PIDS+=("$REDIS_PID")
+	wait_port "$REDIS_PORT" "$REDIS_PID" || die "redis-server did not start: $(cat "$TMP/redis.log")"
+fi
 sink_clear() { find "$DUMP" -mindepth 1 -delete; }
 
 # ---------------------------------------------------------------- mailgate
@@ -221,6 +236,28 @@ mg_start() {
 	rsa | policy) extra+=$'dkim {\n  key "example.com" "bench-rsa" { file = "'"$TMP/keys/rsa.pem"$'" }\n}\n' ;;
 	ed25519) extra+=$'dkim {\n  key "example.com" "bench-ed" { file = "'"$TMP/keys/ed.pem"$'" }\n}\n' ;;
 	esac
+	if [ "$scen" = quota ]; then
+		# Three quotas a deployment would have, with limits the run never
+		# reaches: the cost of checking, reserving and committing in Redis.
+		# A fresh key prefix per run, so runs do not see each other's counts.
+		extra+="redis {
+  address    = \"127.0.0.1:$REDIS_PORT\"
+  key_prefix = \"bench-$RANDOM$RANDOM:\"
+}
+quota \"per-sender\" {
+  key      = envelope.from
+  messages = [\"100000000/1h\", \"1000000000/24h\"]
+}
+quota \"per-ip\" {
+  key      = session.client_ip
+  messages = [\"100000000/1h\"]
+}
+quota \"per-destination\" {
+  key        = rcpt.domain
+  recipients = [\"100000000/1m\"]
+}
+"
+	fi
 	if [ "$scen" = policy ]; then
 		extra+="policy {
   rego {
@@ -403,7 +440,7 @@ scen, dump, records = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 def dnsfunc(name, timeout=5):
     v = records.get(name.decode("ascii", "replace").rstrip(".").lower())
     return None if v is None else v.encode()
-want = {"ceiling": None, "plain": None, "rsa": b"rsa-sha256", "policy": b"rsa-sha256",
+want = {"ceiling": None, "plain": None, "quota": None, "rsa": b"rsa-sha256", "policy": b"rsa-sha256",
         "classic": b"rsa-sha256", "ed25519": b"ed25519-sha256"}[scen]
 files = sorted(os.listdir(dump))
 random.seed(len(files))
