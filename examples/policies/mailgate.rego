@@ -131,6 +131,19 @@ warn contains {
 	not input.message.headers["list-unsubscribe"]
 }
 
+# Quotas (mailgate.hcl quota blocks, README "Quotas"): warn when a key has
+# used 80 % of a message window, so someone looks before the quota refuses.
+warn contains {
+	"id": "quota-near-limit",
+	"msg": sprintf("quota %s at %d%% of %s", [name, pct, w.window]),
+} if {
+	input.stage == "mail"
+	some name, q in object.get(input, "quota", {})
+	some w in q.messages
+	pct := round((w.used * 100) / w.limit)
+	pct >= 80
+}
+
 # Sign with the envelope domain when it is ours.
 actions := {"dkim_domain": input.envelope.from_domain} if {
 	input.stage == "data"

@@ -132,3 +132,18 @@ test_bulk_with_unsubscribe_quiet if {
 test_dkim_domain_action if {
 	mailgate.actions.dkim_domain == "example.com" with input as data_stage("alice@example.com", ["alice@example.com"], {})
 }
+
+quota_at(used) := object.union(mail(alice, "alice@example.com"), {"quota": {"per-login": {
+	"key": "alice@example.com", "action": "defer", "exceeded": false,
+	"messages": [{"window": "200/1h", "limit": 200, "used": used, "remaining": 200 - used, "retry_after": 0}],
+	"recipients": [], "new_recipients": [],
+}}})
+
+test_quota_near_limit_warns if {
+	"quota-near-limit" in ids(mailgate.warn) with input as quota_at(170)
+	count(mailgate.deny) == 0 with input as quota_at(170)
+}
+
+test_quota_below_80_percent_quiet if {
+	not "quota-near-limit" in ids(mailgate.warn) with input as quota_at(150)
+}
