@@ -336,7 +336,7 @@ func (m *Memory) Commit(_ context.Context, id string, now time.Time, parts []Par
 	for _, p := range parts {
 		rem := remembers(p.Counter, p.Recipient, p.Remember)
 		var e *entry
-		if p.Amount > 0 || rem {
+		if (p.Amount > 0 && len(p.Windows) > 0) || rem {
 			e = m.touch(p.Counter)
 		} else if e = m.lookup(p.Counter); e == nil {
 			continue

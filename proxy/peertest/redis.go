@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 )
@@ -11,6 +12,9 @@ import (
 // Redis is a private redis-server on a loopback port.
 type Redis struct {
 	addr string
+	bin  string
+	conf string
+	mu   sync.Mutex
 	proc *process
 }
 
@@ -44,8 +48,9 @@ func StartRedis(t testing.TB) *Redis {
 			p.stop(time.Second)
 			continue
 		}
-		t.Cleanup(func() { p.stop(2 * time.Second) })
-		return &Redis{addr: addr, proc: p}
+		r := &Redis{addr: addr, bin: bin, conf: conf, proc: p}
+		t.Cleanup(r.Stop)
+		return r
 	}
 	t.Fatalf("redis-server did not start: %v", lastErr)
 	return nil
@@ -53,3 +58,32 @@ func StartRedis(t testing.TB) *Redis {
 
 // Addr is the server's host:port.
 func (r *Redis) Addr() string { return r.addr }
+
+// Stop stops the server by PID (SIGTERM, SIGKILL after 2s); clients see
+// it gone. Stopping a stopped server does nothing.
+func (r *Redis) Stop() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.proc != nil && !r.proc.exited() {
+		r.proc.stop(2 * time.Second)
+	}
+}
+
+// Restart stops the server if it runs and starts a new, empty one on the
+// same port (another process may have taken the port meanwhile: then the
+// test fails).
+func (r *Redis) Restart(t testing.TB) {
+	t.Helper()
+	r.Stop()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	p, err := startProcess(r.bin, r.conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := waitListening(p, r.addr, 10*time.Second); err != nil {
+		p.stop(time.Second)
+		t.Fatalf("redis-server restart on %s: %v\n%s", r.addr, err, p.out.String())
+	}
+	r.proc = p
+}
