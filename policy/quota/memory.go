@@ -51,6 +51,7 @@ type winState struct {
 	kind    Kind
 	period  int64     // ms, names the window
 	width   int64     // ms
+	span    int64     // buckets in the period, see spanOf
 	buckets []bucket  // ascending idx, committed units
 	pend    []pending // reservations
 }
@@ -72,7 +73,7 @@ func (e *entry) win(kind Kind, period int64) *winState {
 
 // prune drops buckets that no longer count and expired reservations.
 func (w *winState) prune(nowMs int64) {
-	low := oldestCounted(nowMs, w.width)
+	low := oldestCounted(nowMs, w.width, w.span)
 	i := 0
 	for i < len(w.buckets) && w.buckets[i].idx < low {
 		i++
@@ -211,7 +212,7 @@ func (e *entry) winOrNew(c Counter, w Window) *winState {
 	if ws := e.win(c.Kind, p); ws != nil {
 		return ws
 	}
-	ws := &winState{kind: c.Kind, period: p, width: widthMs(w)}
+	ws := &winState{kind: c.Kind, period: p, width: widthMs(w), span: spanOf(w)}
 	e.wins = append(e.wins, ws)
 	return ws
 }
@@ -276,7 +277,7 @@ func (m *Memory) check(r Request, nowMs int64, ts []tent) Result {
 		res.Levels[j].Used = used
 		if !known && used+charge > w.Limit {
 			res.Fits = false
-			res.Levels[j].RetryAfter = time.Duration(retryAfterMs(buckets, nowMs, width, used+charge-w.Limit)) * time.Millisecond
+			res.Levels[j].RetryAfter = time.Duration(retryAfterMs(buckets, nowMs, width, spanOf(w), used+charge-w.Limit)) * time.Millisecond
 		}
 	}
 	return res
