@@ -2,6 +2,7 @@ package quota
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"runtime"
 	"testing"
 	"time"
@@ -148,4 +149,48 @@ func BenchmarkMemoryBound(b *testing.B) {
 	b.ReportMetric(float64(int64(after.HeapAlloc)-int64(before.HeapAlloc))/float64(max(n, 1)), "B/entry")
 	b.ReportMetric(float64(after.HeapAlloc)/(1<<20), "heap-MiB")
 	runtime.KeepAlive(m)
+}
+
+// TestSeenSet checks the remembered-recipient heap, past the size where
+// it builds its index, against a plain map: same answers to knows after
+// every put, the expired forgotten, the oldest dropped at the cap. Time
+// strictly increases so that "oldest" has one answer.
+func TestSeenSet(t *testing.T) {
+	const maxN, remember, hashes = 20, 300, 40
+	rng := rand.New(rand.NewPCG(3, 4))
+	s := newSeenSet()
+	model := map[uint64]int64{}
+	now := int64(1000)
+	for step := range 3000 {
+		now += 1 + rng.Int64N(4)
+		h := uint64(rng.IntN(hashes))
+		s.put(h, now, remember, maxN)
+		model[h] = now
+		for k, ms := range model {
+			if ms+remember <= now {
+				delete(model, k)
+			}
+		}
+		for len(model) > maxN {
+			oldest := h
+			for k, ms := range model {
+				if ms < model[oldest] {
+					oldest = k
+				}
+			}
+			delete(model, oldest)
+		}
+		if len(s.heap) != len(model) {
+			t.Fatalf("step %d: %d remembered, model %d", step, len(s.heap), len(model))
+		}
+		for k := range uint64(hashes) {
+			_, want := model[k]
+			if got := s.knows(k, now, remember); got != want {
+				t.Fatalf("step %d: knows(%d) = %v, want %v", step, k, got, want)
+			}
+		}
+	}
+	if s.pos == nil {
+		t.Error("the index was never built")
+	}
 }
