@@ -197,6 +197,48 @@ func TestRedisUnavailable(t *testing.T) {
 	// The restarted server is empty: b's 1, a's commit 1 and "b" again.
 	eqUsed(t, "after restart", storeHelper{t, s}.used(at(0), cMsgs, req.Windows...), 2)
 
+	// Killed while a sender is sending: every failure wraps
+	// ErrUnavailable, and sending resumes after the restart.
+	type outcome struct{ err error }
+	outcomes := make(chan outcome)
+	done := make(chan struct{})
+	go func() {
+		defer close(outcomes)
+		big := msgs(1, perMinute(1<<40))
+		for i := 0; ; i++ {
+			id := fmt.Sprint("w", i)
+			_, _, err := s.Reserve(ctx, id, at(time.Second), time.Minute, []Request{big})
+			if err == nil {
+				err = s.Commit(ctx, id, at(time.Second), []Part{partOf(big)})
+			}
+			select {
+			case outcomes <- outcome{err}:
+			case <-done:
+				return
+			}
+		}
+	}()
+	await := func(what string, ok func(error) bool, n int) {
+		t.Helper()
+		for n > 0 {
+			o := <-outcomes
+			if o.err != nil && !errors.Is(o.err, ErrUnavailable) {
+				t.Fatalf("%s: %v does not wrap ErrUnavailable", what, o.err)
+			}
+			if ok(o.err) {
+				n--
+			}
+		}
+	}
+	await("running", func(err error) bool { return err == nil }, 10)
+	srv.Stop()
+	await("killed", func(err error) bool { return err != nil }, 3)
+	srv.Restart(t)
+	await("restarted", func(err error) bool { return err == nil }, 10)
+	close(done)
+	for range outcomes {
+	}
+
 	cancelled, cancel := context.WithCancel(ctx)
 	cancel()
 	_, _, err := s.Reserve(cancelled, "c", at(0), time.Minute, []Request{req})
