@@ -24,8 +24,13 @@ import (
 // counted up to s longer; by a clock behind, up to s shorter). Key expiry
 // (PEXPIRE) is relative, so Redis's own clock does not matter.
 //
+// Every error of a call to Redis (unreachable, timeout, the caller's
+// context ended, an error reply) is returned wrapping ErrUnavailable and
+// the cause, so the caller applies the quota's on_error.
+//
 // Redis Cluster is not supported: one Reserve touches the keys of several
-// quotas and keys, which may live in different slots.
+// quotas and keys, which may live in different slots. The key layout is in
+// the package doc.
 type Redis struct {
 	rdb    redis.UniversalClient
 	prefix string
