@@ -142,7 +142,7 @@ func BenchmarkMemoryBound(b *testing.B) {
 	runtime.GC()
 	runtime.ReadMemStats(&after)
 	n := m.len()
-	if n > DefaultMaxKeys*3 {
+	if n > DefaultMaxKeys {
 		b.Fatalf("%d entries tracked, cap %d", n, DefaultMaxKeys)
 	}
 	b.ReportMetric(float64(n), "entries")
