@@ -43,7 +43,7 @@ type entryKey struct{ quota, key string }
 // its remembered recipients.
 type entry struct {
 	k    entryKey
-	wins []*winState
+	wins []winState // by value: one allocation fewer per window
 	seen *seenSet // nil until a recipient is remembered
 }
 
@@ -52,7 +52,7 @@ type winState struct {
 	kind    Kind
 	period  int64     // ms, names the window
 	width   int64     // ms
-	span    int64     // buckets in the period, see spanOf
+	span    int32     // buckets in the period, see spanOf
 	buckets []bucket  // ascending idx, committed units
 	pend    []pending // reservations
 }
@@ -63,9 +63,10 @@ type pending struct {
 	exp    int64 // ms; counts while exp > now
 }
 
+// win finds a window of e; the pointer is good until e.wins changes.
 func (e *entry) win(kind Kind, period int64) *winState {
-	for _, w := range e.wins {
-		if w.kind == kind && w.period == period {
+	for i := range e.wins {
+		if w := &e.wins[i]; w.kind == kind && w.period == period {
 			return w
 		}
 	}
@@ -74,7 +75,7 @@ func (e *entry) win(kind Kind, period int64) *winState {
 
 // prune drops buckets that no longer count and expired reservations.
 func (w *winState) prune(nowMs int64) {
-	low := oldestCounted(nowMs, w.width, w.span)
+	low := oldestCounted(nowMs, w.width, int64(w.span))
 	i := 0
 	for i < len(w.buckets) && w.buckets[i].idx < low {
 		i++
@@ -152,10 +153,11 @@ func (w *winState) add(idx, n int64) {
 // idle prunes e at nowMs and reports whether nothing is left.
 func (e *entry) idle(nowMs int64) bool {
 	j := 0
-	for _, w := range e.wins {
+	for i := range e.wins {
+		w := &e.wins[i]
 		w.prune(nowMs)
 		if len(w.buckets) > 0 || len(w.pend) > 0 {
-			e.wins[j] = w
+			e.wins[j] = *w
 			j++
 		}
 	}
@@ -220,9 +222,8 @@ func (e *entry) winOrNew(c Counter, w Window) *winState {
 	if ws := e.win(c.Kind, p); ws != nil {
 		return ws
 	}
-	ws := &winState{kind: c.Kind, period: p, width: widthMs(w), span: spanOf(w)}
-	e.wins = append(e.wins, ws)
-	return ws
+	e.wins = append(e.wins, winState{kind: c.Kind, period: p, width: widthMs(w), span: int32(spanOf(w))})
+	return &e.wins[len(e.wins)-1]
 }
 
 // tentKey names a window across entries, for the units earlier requests
