@@ -44,7 +44,7 @@ type entryKey struct{ quota, key string }
 type entry struct {
 	k    entryKey
 	wins []winState // by value: one allocation fewer per window
-	seen *seenSet // nil until a recipient is remembered
+	seen *seenSet   // nil until a recipient is remembered
 }
 
 // winState is one (kind, period) window of an entry.
