@@ -24,8 +24,13 @@ import (
 // counted up to s longer; by a clock behind, up to s shorter). Key expiry
 // (PEXPIRE) is relative, so Redis's own clock does not matter.
 //
+// Every error of a call to Redis (unreachable, timeout, the caller's
+// context ended, an error reply) is returned wrapping ErrUnavailable and
+// the cause, so the caller applies the quota's on_error.
+//
 // Redis Cluster is not supported: one Reserve touches the keys of several
-// quotas and keys, which may live in different slots.
+// quotas and keys, which may live in different slots. The key layout is in
+// the package doc.
 type Redis struct {
 	rdb    redis.UniversalClient
 	prefix string
@@ -144,7 +149,8 @@ func (k *keyArgs) add(name string) int {
 // ARGV: now ms, ttl ms, id, dry (0/1), number of requests, then per
 // request: enforce (0/1), amount, number of windows, index in KEYS of the
 // seen set (0: none), recipient hash, remember ms, then per window: index
-// in KEYS of its hash, limit, bucket width ms.
+// in KEYS of its hash, limit, bucket width ms, span (buckets in the
+// period, see spanOf).
 //
 // Reply: reserved (0/1), then per request: fits (0/1), charged, then per
 // window: used, retry-after ms.
@@ -162,11 +168,11 @@ local function hdel(k, fields)
 	end
 end
 
-local function load(k, width)
+local function load(k, width, span)
 	local s = states[k]
 	if s then return s end
-	s = {k = k, width = width, used = 0, tent = 0, b = {}, dead = {}, mine = 0}
-	local low = math.floor(now / width) - 60
+	s = {k = k, width = width, span = span, used = 0, tent = 0, b = {}, dead = {}, mine = 0}
+	local low = math.floor(now / width) - span
 	local all = redis.call('HGETALL', k)
 	for i = 1, #all, 2 do
 		local f, v = all[i], all[i + 1]
@@ -200,7 +206,7 @@ local function retry(s, need)
 	local freed, last = 0, 0
 	for _, b in ipairs(s.b) do
 		freed = freed + b[2]
-		last = (b[1] + 61) * s.width - now
+		last = (b[1] + s.span + 1) * s.width - now
 		if freed >= need then return last end
 	end
 	if last > s.width then return last end
@@ -229,9 +235,9 @@ for i = 1, nreq do
 	local fits = true
 	local wins = {}
 	for j = 1, nwin do
-		local s = load(KEYS[tonumber(ARGV[pos])], tonumber(ARGV[pos + 2]))
+		local s = load(KEYS[tonumber(ARGV[pos])], tonumber(ARGV[pos + 2]), tonumber(ARGV[pos + 3]))
 		local limit = tonumber(ARGV[pos + 1])
-		pos = pos + 3
+		pos = pos + 4
 		local used = s.used + s.tent
 		local ra = 0
 		if not known and used + charge > limit then
@@ -272,7 +278,8 @@ for k, s in pairs(states) do
 		redis.call('HSET', k, field, s.mine .. ' ' .. exp)
 		local keep = exp - now
 		if s.maxexp and s.maxexp - now > keep then keep = s.maxexp - now end
-		if s.maxidx and (s.maxidx + 61) * s.width - now > keep then keep = (s.maxidx + 61) * s.width - now end
+		local last = s.maxidx and (s.maxidx + s.span + 1) * s.width - now
+		if last and last > keep then keep = last end
 		redis.call('PEXPIRE', k, keep)
 	end
 end
@@ -285,7 +292,7 @@ return out
 // ARGV: now ms, id, number of parts, max remembered, then per part:
 // amount, number of windows, index in KEYS of the seen set (0: none),
 // recipient hash, remember ms, then per window: index in KEYS of its hash,
-// bucket width ms.
+// bucket width ms, span.
 var commitScript = redis.NewScript(`
 local now = tonumber(ARGV[1])
 local field = 'r:' .. ARGV[2]
@@ -309,8 +316,9 @@ for i = 1, nparts do
 	for j = 1, nwin do
 		local k = KEYS[tonumber(ARGV[pos])]
 		local width = tonumber(ARGV[pos + 1])
-		pos = pos + 2
-		local low = math.floor(now / width) - 60
+		local span = tonumber(ARGV[pos + 2])
+		pos = pos + 3
+		local low = math.floor(now / width) - span
 		local all = redis.call('HGETALL', k)
 		local dead, mine, maxidx, maxexp = {}, false, nil, nil
 		for x = 1, #all, 2 do
@@ -343,7 +351,7 @@ for i = 1, nparts do
 			end
 			local keep = 0
 			if maxexp then keep = maxexp - now end
-			if maxidx and (maxidx + 61) * width - now > keep then keep = (maxidx + 61) * width - now end
+			if maxidx and (maxidx + span + 1) * width - now > keep then keep = (maxidx + span + 1) * width - now end
 			if keep > 0 then redis.call('PEXPIRE', k, keep) end
 		end
 	end
@@ -390,7 +398,7 @@ func (r *Redis) reserve(ctx context.Context, id string, now time.Time, ttl time.
 		}
 		args = append(args, boolArg(q.Enforce), q.Amount, len(q.Windows), seen, hash, remember)
 		for _, w := range q.Windows {
-			args = append(args, keys.add(r.winKey(q.Counter, w)), w.Limit, widthMs(w))
+			args = append(args, keys.add(r.winKey(q.Counter, w)), w.Limit, widthMs(w), spanOf(w))
 		}
 	}
 	vals, err := reserveScript.Run(ctx, r.rdb, keys.names, args...).Int64Slice()
@@ -445,7 +453,7 @@ func (r *Redis) Commit(ctx context.Context, id string, now time.Time, parts []Pa
 		}
 		args = append(args, p.Amount, len(p.Windows), seen, hash, remember)
 		for _, w := range p.Windows {
-			args = append(args, keys.add(r.winKey(p.Counter, w)), widthMs(w))
+			args = append(args, keys.add(r.winKey(p.Counter, w)), widthMs(w), spanOf(w))
 		}
 	}
 	if len(keys.names) == 0 {

@@ -8,19 +8,82 @@
 // # Algorithm
 //
 // Every window ("200/1h") is a sliding window kept as 60 buckets of
-// 1/60 of its period (at least one second each). A unit committed at time t
-// lands in the bucket of t and is counted while that bucket is one of the
-// 61 most recent ones, so for between one period and one period plus one
-// bucket after t: the count never forgets a unit early, and so never admits
-// more than the limit in any window of the period's length. The error bound
-// is one way only: a unit can be counted up to period/60 longer than the
-// period (1 minute for a 1h window, 24 minutes for 24h).
+// 1/60 of its period (at least one second each, so a window under a
+// minute has fewer buckets: a 30s window is 30 buckets of 1s). A unit
+// committed at time t lands in the bucket of t and is counted while that
+// bucket is one of the span+1 most recent ones (span: the 60 buckets, or
+// fewer), so for between one period and one period plus one bucket after
+// t: the count never forgets a unit early, and so never admits more than
+// the limit in any window of the period's length. The error bound is one
+// way only: a unit can be counted up to period/60 longer than the period
+// (1 minute for a 1h window, 24 minutes for 24h).
+//
+// Both stores compute in whole milliseconds of the now passed in: the
+// bucket width is rounded up to a millisecond (so that 60 buckets always
+// cover the period; for a period that is not a multiple of 60 ms a unit
+// may count up to 60 ms longer than the bound above), a unit committed at
+// t goes into bucket floor(t/width), and at now the buckets counted are
+// those whose index is above floor(now/width) - span - 1. Buckets ahead
+// of now (committed by an instance whose clock is ahead) are counted too.
+// The two stores give identical answers (TestStoresAgree).
 //
 // Reserved units (between Reserve and Commit or Release) count as used, so
 // concurrent transactions can never together exceed a limit: with a shared
 // store, a quota of 100 lets exactly 100 through whatever the number of
 // instances and clients. A reservation nobody ends (an instance that
-// crashed) expires after its ttl.
+// crashed) expires after its ttl; Commit counts the units of a part
+// whether its reservation is still there, expired or unknown (the mail
+// went out), so Commit must be called once per id: a second Commit counts
+// again. Release of an unknown or ended id does nothing. Reserving twice
+// under one id adds the amounts up, and one Commit or Release ends both.
+// Requests on one counter and window in one Reserve are checked in order,
+// each seeing the units of the ones before it.
+//
+// RetryAfter walks the window's committed buckets oldest first to the one
+// whose leaving frees enough room. When the committed units alone cannot
+// free enough (reservations of others hold the room, or the request is
+// larger than the limit), it is an estimate: when the last committed
+// units leave, and at least one bucket width, since reservations usually
+// end within seconds.
+//
+// # Memory bound
+//
+// Memory tracks at most WithMaxKeys (quota, key) pairs (DefaultMaxKeys,
+// 200,000), each with its windows and at most WithMaxRemembered recipient
+// hashes (DefaultMaxRemembered, 10,000, 16 bytes each plus an index past 8).
+// Past the cap the least recently written pair is forgotten, counts and
+// all: the price of a bound is that a key unused long enough to be the
+// least recent may be admitted again early. Pairs whose buckets all left
+// their windows, with nothing reserved and no recipient still remembered,
+// are dropped by later writes (two per write, from the least recent end).
+// BenchmarkMemoryBound (1,000,000 senders with three quotas of one to two
+// windows each, one remembered recipient) measures about 410 bytes of
+// live heap per tracked pair: about 80 MB at the default cap with that
+// configuration, plus 16 bytes per remembered recipient.
+//
+// # Redis layout
+//
+// Every key starts with the prefix given to NewRedis, then "quota:" and
+// the quota name with bytes outside [A-Za-z0-9_.-] written %XX (so names
+// parse back):
+//
+//	PREFIXquota:QUOTA:KIND:PERIODMS:KEY  hash, one per counter and window
+//	    "<bucket index>" -> committed units of that bucket
+//	    "r:<id>"         -> "<units> <expiry ms>" of a reservation
+//	PREFIXquota:QUOTA:seen:KEY           sorted set, NewRecipients memory
+//	    hex of 64 bits of SHA-256(recipient) -> ms of the last commit to it
+//
+// Scripts drop buckets that left the window and expired reservations of
+// a hash they write, and set its PEXPIRE to when its last bucket leaves
+// or its last reservation expires, whichever is later; a seen set keeps
+// at most WithMaxRemembered members and expires Remember after its latest
+// commit. So Redis holds nothing for a key idle longer than its longest
+// window (or its remember). Reserve, Commit and Release are each one
+// script (one round trip); Keys and Reset SCAN. The scripts use the
+// caller's clock, so instances need NTP-synchronized clocks: the error
+// bound grows by their skew. Redis Cluster is not supported (one script
+// touches the keys of several quotas and keys, in any slots). Tested with
+// Redis 7.0.
 package quota
 
 import (
@@ -106,7 +169,9 @@ type Result struct {
 }
 
 // Part is one reserved request as a reservation remembers it, so Commit
-// and Release know which counters to touch.
+// and Release know which counters to touch. Amount is what Commit counts:
+// the Result's Charged (0 for a recipient the key already knew, whose
+// Commit only refreshes the memory of it).
 type Part struct {
 	Counter   Counter
 	Windows   []Window
@@ -134,7 +199,8 @@ type Store interface {
 	Commit(ctx context.Context, id string, now time.Time, parts []Part) error
 	// Release drops the reservation id; nothing is counted.
 	Release(ctx context.Context, id string, parts []Part) error
-	// Levels reports the windows of c at now without changing anything.
+	// Levels reports the windows of c at now without changing anything;
+	// a window's RetryAfter is for one more unit (non-zero when full).
 	Levels(ctx context.Context, now time.Time, c Counter, windows []Window) ([]Level, error)
 	// Keys lists the keys that have state for quota (for quota show), in
 	// no particular order, at most limit of them.

@@ -42,15 +42,23 @@ func bucketIndex(nowMs, width int64) int64 {
 	return q
 }
 
-// oldestCounted is the oldest bucket index still counted at nowMs: a bucket
-// counts while it is one of the Buckets+1 most recent ones.
-func oldestCounted(nowMs, width int64) int64 {
-	return bucketIndex(nowMs, width) - Buckets
+// spanOf is the number of buckets that cover w's period: Buckets, or
+// fewer for a period under a minute, whose buckets are a second wide
+// (a 30s window is 30 buckets of 1s). A unit counts while its bucket is
+// one of the span+1 most recent ones.
+func spanOf(w Window) int64 {
+	p, width := periodMs(w), widthMs(w)
+	return (p + width - 1) / width
+}
+
+// oldestCounted is the oldest bucket index still counted at nowMs.
+func oldestCounted(nowMs, width, span int64) int64 {
+	return bucketIndex(nowMs, width) - span
 }
 
 // leavesAt is when the units of bucket idx stop counting, in ms.
-func leavesAt(idx, width int64) int64 {
-	return (idx + Buckets + 1) * width
+func leavesAt(idx, width, span int64) int64 {
+	return (idx + span + 1) * width
 }
 
 // bucket is the committed count of one bucket index.
@@ -64,11 +72,11 @@ type bucket struct {
 // cannot free need (reservations of others hold the room, or the request
 // is larger than the limit), the answer is an estimate: when the last
 // committed units leave, and at least one bucket width.
-func retryAfterMs(buckets []bucket, nowMs, width, need int64) int64 {
+func retryAfterMs(buckets []bucket, nowMs, width, span, need int64) int64 {
 	var freed, last int64
 	for _, b := range buckets {
 		freed += b.n
-		last = leavesAt(b.idx, width) - nowMs
+		last = leavesAt(b.idx, width, span) - nowMs
 		if freed >= need {
 			return last
 		}

@@ -1,0 +1,332 @@
+package quota
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"reflect"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/mailgate/mailgate/proxy/peertest"
+)
+
+// redisServer starts a real redis-server for the test and returns a
+// function making stores on it, each under its own prefix.
+func redisServer(t testing.TB) (*peertest.Redis, func(t testing.TB, opts ...Option) *Redis) {
+	srv := peertest.StartRedis(t)
+	var n atomic.Int64
+	return srv, func(t testing.TB, opts ...Option) *Redis {
+		return NewRedis(newClient(t, srv.Addr()), fmt.Sprintf("test%d:", n.Add(1)), opts...)
+	}
+}
+
+func newClient(t testing.TB, addr string) *redis.Client {
+	rdb := redis.NewClient(&redis.Options{Addr: addr, DialTimeout: time.Second, ReadTimeout: 2 * time.Second, MaxRetries: -1, DialerRetries: 1, DialerRetryTimeout: 10 * time.Millisecond})
+	t.Cleanup(func() { rdb.Close() })
+	return rdb
+}
+
+func TestRedis(t *testing.T) {
+	_, newStore := redisServer(t)
+	testStore(t, func(t *testing.T, opts ...Option) Store { return newStore(t, opts...) })
+}
+
+// TestRedisExactTwoInstances: two clients (two instances of mailgate) on
+// one Redis grant exactly the limit between them.
+func TestRedisExactTwoInstances(t *testing.T) {
+	srv, _ := redisServer(t)
+	a := NewRedis(newClient(t, srv.Addr()), "exact:")
+	b := NewRedis(newClient(t, srv.Addr()), "exact:")
+	testExact(t, a, b)
+}
+
+// countHook counts the commands a client sends.
+type countHook struct{ n atomic.Int64 }
+
+func (h *countHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *countHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		h.n.Add(1)
+		return next(ctx, cmd)
+	}
+}
+
+func (h *countHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		h.n.Add(int64(len(cmds)))
+		return next(ctx, cmds)
+	}
+}
+
+// TestRedisOneRoundTrip: once the scripts are cached, Reserve, Commit,
+// Release and Levels are one command each, whatever the number of quotas.
+func TestRedisOneRoundTrip(t *testing.T) {
+	srv, _ := redisServer(t)
+	rdb := newClient(t, srv.Addr())
+	hook := &countHook{}
+	rdb.AddHook(hook)
+	s := NewRedis(rdb, "rt:")
+	reqs := threeQuotas("alice@example.com", "bob@example.net")
+	step := func(name string, f func() error) {
+		t.Helper()
+		before := hook.n.Load()
+		if err := f(); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if n := hook.n.Load() - before; n != 1 {
+			t.Errorf("%s: %d commands, want 1", name, n)
+		}
+	}
+	for round := range 2 { // the first round may load the scripts
+		var res []Result
+		reserve := func() (err error) {
+			res, _, err = s.Reserve(ctx, "m", at(0), time.Minute, reqs)
+			return err
+		}
+		commit := func() error { return s.Commit(ctx, "m", at(0), partsOf(reqs, res)) }
+		release := func() error { return s.Release(ctx, "m", partsOf(reqs, res)) }
+		levels := func() error {
+			_, err := s.Levels(ctx, at(0), reqs[0].Counter, reqs[0].Windows)
+			return err
+		}
+		if round == 0 {
+			for _, f := range []func() error{reserve, commit, release, levels} {
+				if err := f(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			continue
+		}
+		step("Reserve", reserve)
+		step("Release", release)
+		step("Reserve", reserve)
+		step("Commit", commit)
+		step("Levels", levels)
+	}
+}
+
+// TestRedisLayout: the key names of the package doc, their expiry, and
+// no recipient address stored.
+func TestRedisLayout(t *testing.T) {
+	srv, _ := redisServer(t)
+	rdb := newClient(t, srv.Addr())
+	s := NewRedis(rdb, "mg:")
+	reqs := threeQuotas("alice@example.com", "bob@example.net")
+	res, ok, err := s.Reserve(ctx, "m1", at(0), 30*time.Second, reqs)
+	if err != nil || !ok {
+		t.Fatalf("Reserve: %v %v", ok, err)
+	}
+	win := "mg:quota:per-sender:messages:3600000:alice@example.com"
+	if v, err := rdb.HGet(ctx, win, "r:m1").Result(); err != nil || v != fmt.Sprintf("1 %d", at(30*time.Second).UnixMilli()) {
+		t.Errorf("reservation field: %q %v", v, err)
+	}
+	if err := s.Commit(ctx, "m1", at(0), partsOf(reqs, res)); err != nil {
+		t.Fatal(err)
+	}
+	idx := fmt.Sprint(at(0).UnixMilli() / 60000)
+	if v, err := rdb.HGetAll(ctx, win).Result(); err != nil || !reflect.DeepEqual(v, map[string]string{idx: "1"}) {
+		t.Errorf("window hash after commit: %v %v", v, err)
+	}
+	// PEXPIRE is relative to the caller's clock: the bucket of t0 leaves
+	// 61 minutes after t0.
+	if ttl, err := rdb.PTTL(ctx, win).Result(); err != nil || ttl <= time.Hour || ttl > 61*time.Minute {
+		t.Errorf("window ttl %v %v, want in (1h, 61m]", ttl, err)
+	}
+	seen := "mg:quota:new-rcpts:seen:alice@example.com"
+	members, err := rdb.ZRangeWithScores(ctx, seen, 0, -1).Result()
+	if err != nil || len(members) != 1 || members[0].Member != hashArg("bob@example.net") || int64(members[0].Score) != at(0).UnixMilli() {
+		t.Errorf("seen set: %v %v", members, err)
+	}
+	if ttl, err := rdb.PTTL(ctx, seen).Result(); err != nil || ttl <= 29*24*time.Hour || ttl > 30*24*time.Hour {
+		t.Errorf("seen ttl %v %v, want about 30 days", ttl, err)
+	}
+	keys, err := rdb.Keys(ctx, "*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		if !strings.HasPrefix(k, "mg:quota:") {
+			t.Errorf("key %q outside the prefix", k)
+		}
+		if strings.Contains(k, "bob") {
+			t.Errorf("recipient address in key %q", k)
+		}
+	}
+	if len(keys) != 5 {
+		t.Errorf("%d keys, want 5 (3 windows, 1 recipients window, 1 seen): %q", len(keys), keys)
+	}
+}
+
+// TestRedisUnavailable: with Redis gone every call fails with an error
+// wrapping ErrUnavailable (and the cause); after a restart (an empty
+// server that lost the scripts) the store works again.
+func TestRedisUnavailable(t *testing.T) {
+	srv, _ := redisServer(t)
+	s := NewRedis(newClient(t, srv.Addr()), "down:")
+	req := msgs(1, perMinute(5))
+	if _, ok, err := s.Reserve(ctx, "a", at(0), time.Minute, []Request{req}); err != nil || !ok {
+		t.Fatalf("before: %v %v", ok, err)
+	}
+	srv.Stop()
+	calls := map[string]func() error{
+		"Reserve": func() error { _, _, err := s.Reserve(ctx, "b", at(0), time.Minute, []Request{req}); return err },
+		"Commit":  func() error { return s.Commit(ctx, "a", at(0), []Part{partOf(req)}) },
+		"Release": func() error { return s.Release(ctx, "a", []Part{partOf(req)}) },
+		"Levels":  func() error { _, err := s.Levels(ctx, at(0), cMsgs, req.Windows); return err },
+		"Keys":    func() error { _, err := s.Keys(ctx, "q", 10); return err },
+		"Reset":   func() error { return s.Reset(ctx, "q", "k") },
+	}
+	for name, f := range calls {
+		if err := f(); !errors.Is(err, ErrUnavailable) {
+			t.Errorf("%s with Redis down: %v, want ErrUnavailable", name, err)
+		}
+	}
+	srv.Restart(t)
+	for name, f := range calls {
+		if err := f(); err != nil {
+			t.Errorf("%s after restart: %v", name, err)
+		}
+	}
+	// The restarted server is empty: b's 1, a's commit 1 and "b" again.
+	eqUsed(t, "after restart", storeHelper{t, s}.used(at(0), cMsgs, req.Windows...), 2)
+
+	// Killed while a sender is sending: every failure wraps
+	// ErrUnavailable, and sending resumes after the restart.
+	type outcome struct{ err error }
+	outcomes := make(chan outcome)
+	done := make(chan struct{})
+	go func() {
+		defer close(outcomes)
+		big := msgs(1, perMinute(1<<40))
+		for i := 0; ; i++ {
+			id := fmt.Sprint("w", i)
+			_, _, err := s.Reserve(ctx, id, at(time.Second), time.Minute, []Request{big})
+			if err == nil {
+				err = s.Commit(ctx, id, at(time.Second), []Part{partOf(big)})
+			}
+			select {
+			case outcomes <- outcome{err}:
+			case <-done:
+				return
+			}
+		}
+	}()
+	await := func(what string, ok func(error) bool, n int) {
+		t.Helper()
+		for n > 0 {
+			o := <-outcomes
+			if o.err != nil && !errors.Is(o.err, ErrUnavailable) {
+				t.Fatalf("%s: %v does not wrap ErrUnavailable", what, o.err)
+			}
+			if ok(o.err) {
+				n--
+			}
+		}
+	}
+	await("running", func(err error) bool { return err == nil }, 10)
+	srv.Stop()
+	await("killed", func(err error) bool { return err != nil }, 3)
+	srv.Restart(t)
+	await("restarted", func(err error) bool { return err == nil }, 10)
+	close(done)
+	for range outcomes {
+	}
+
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	_, _, err := s.Reserve(cancelled, "c", at(0), time.Minute, []Request{req})
+	if !errors.Is(err, ErrUnavailable) || !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled context: %v, want ErrUnavailable and context.Canceled", err)
+	}
+}
+
+// TestStoresAgree runs one random sequence of operations against both
+// stores and requires identical answers: the Lua scripts and the Go code
+// are one algorithm.
+func TestStoresAgree(t *testing.T) {
+	_, newStore := redisServer(t)
+	stores := []Store{NewMemory(WithMaxRemembered(4)), newStore(t, WithMaxRemembered(4))}
+	rng := rand.New(rand.NewPCG(1, 2))
+	windows := []Window{{Limit: 5, Period: 10 * time.Second}, {Limit: 8, Period: time.Minute}, {Limit: 20, Period: time.Hour}}
+	counters := []Counter{
+		{Quota: "a", Key: "k1", Kind: Messages}, {Quota: "a", Key: "k2", Kind: Messages},
+		{Quota: "b", Key: "k1", Kind: Recipients}, {Quota: "c", Key: "k1", Kind: NewRecipients},
+	}
+	randReq := func() Request {
+		c := counters[rng.IntN(len(counters))]
+		ws := []Window{windows[rng.IntN(3)]}
+		if rng.IntN(2) == 0 {
+			ws = append(ws, windows[rng.IntN(3)])
+		}
+		r := Request{Counter: c, Windows: ws, Amount: rng.Int64N(4), Enforce: rng.IntN(4) != 0}
+		if c.Kind == NewRecipients {
+			r.Recipient = fmt.Sprint("r", rng.IntN(8))
+			r.Remember = 30 * time.Second // a quota's remember is one setting
+		}
+		return r
+	}
+	now := t0
+	var open []string
+	reqsOf := map[string][]Request{}
+	for step := range 1500 {
+		now = now.Add(time.Duration(rng.IntN(3000)) * time.Millisecond)
+		var answers [2]any
+		op := rng.IntN(4)
+		var id string
+		switch {
+		case op == 0 || len(open) == 0:
+			id = fmt.Sprint("m", step)
+			reqs := []Request{randReq()}
+			for rng.IntN(2) == 0 {
+				reqs = append(reqs, randReq())
+			}
+			ttl := time.Duration(rng.IntN(20)) * time.Second
+			for i, s := range stores {
+				res, ok, err := s.Reserve(ctx, id, now, ttl, reqs)
+				answers[i] = fmt.Sprintf("%+v %v %v", res, ok, err)
+			}
+			open = append(open, id)
+			reqsOf[id] = reqs
+		case op == 1 || op == 2:
+			i := rng.IntN(len(open))
+			id = open[i]
+			open = append(open[:i], open[i+1:]...)
+			parts := make([]Part, len(reqsOf[id]))
+			for j, r := range reqsOf[id] {
+				parts[j] = partOf(r)
+			}
+			for i, s := range stores {
+				var err error
+				if op == 1 {
+					err = s.Commit(ctx, id, now, parts)
+				} else {
+					err = s.Release(ctx, id, parts)
+				}
+				answers[i] = err
+			}
+		default:
+			c := counters[rng.IntN(len(counters))]
+			for i, s := range stores {
+				lv, err := s.Levels(ctx, now, c, windows)
+				answers[i] = fmt.Sprintf("%+v %v", lv, err)
+			}
+		}
+		if !reflect.DeepEqual(answers[0], answers[1]) {
+			t.Fatalf("step %d (op %d, id %s, %v): memory %v\nredis %v", step, op, id, now.Sub(t0), answers[0], answers[1])
+		}
+	}
+}
+
+// BenchmarkRedisReserveCommit: one message's three quotas against a real
+// local redis-server (two round trips per message).
+func BenchmarkRedisReserveCommit(b *testing.B) {
+	_, newStore := redisServer(b)
+	benchReserveCommit(b, newStore(b))
+}
