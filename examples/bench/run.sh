@@ -615,8 +615,9 @@ names = {"ceiling": "ceiling: smtp-source → smtp-sink",
          "rsa": "mailgate + DKIM RSA-2048",
          "ed25519": "mailgate + DKIM Ed25519",
          "policy": "**mailgate + DKIM RSA-2048 + Rego/HCL policy**",
+         "quota": "mailgate plain relay + 3 quotas in Redis",
          "classic": "Postfix + OpenDKIM (RSA-2048)"}
-for s in ["plain", "rsa", "ed25519", "policy"]:
+for s in ["plain", "rsa", "ed25519", "policy", "quota"]:
     names[s + "@base"] = names[s].strip("*") + " — baseline build"
 modes = {"conn": "one message per connection", "session": "many messages per connection (smtp-source -d)"}
 med = lambda xs: statistics.median(xs) if xs else None
