@@ -79,10 +79,10 @@ func (l *ListenerConfig) AuthRequired() bool {
 // Limits holds every limit. Zero values mean the default; every default is
 // safe (Postfix's defaults are the reference).
 type Limits struct {
-	MaxMessageSize      int64  `hcl:"max_message_size,optional"`       // bytes, default 10 MiB (Postfix message_size_limit)
-	MaxRecipients       int    `hcl:"max_recipients,optional"`         // default 1000 (smtpd_recipient_limit)
-	MaxLineLength       int    `hcl:"max_line_length,optional"`        // default 1000 (RFC 5322 §2.1.1: 998 + CRLF)
-	MaxHeaderSize       int    `hcl:"max_header_size,optional"`        // default 102400 (header_size_limit)
+	MaxMessageSize int64 `hcl:"max_message_size,optional"` // bytes, default 10 MiB (Postfix message_size_limit)
+	MaxRecipients  int   `hcl:"max_recipients,optional"`   // default 1000 (smtpd_recipient_limit)
+	MaxLineLength  int   `hcl:"max_line_length,optional"`  // default 1000 (RFC 5322 §2.1.1: 998 + CRLF)
+	MaxHeaderSize  int   `hcl:"max_header_size,optional"`  // default 102400 (header_size_limit)
 	// CommandTimeout is a deadline for a whole command line (the wait
 	// for it included): bytes of the line do not extend it. Default
 	// "300s" (Postfix smtpd_timeout with smtpd_per_record_deadline).
