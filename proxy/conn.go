@@ -205,6 +205,14 @@ func (c *clientConn) Read(b []byte) (int, error) {
 				c.sticky = net.ErrClosed
 				return n, c.sticky
 			}
+			if mode == modeCommand && c.prev != '\n' {
+				// Mid-line: go-smtp would take the partial line for a
+				// command (bufio hands it on without the error), answer
+				// it, then say "Idle timeout". The client only hears why.
+				c.replyAndClose(lineTimeoutReply)
+				c.sticky = net.ErrClosed
+				return n, c.sticky
+			}
 			if mode == modeData {
 				c.sticky = net.ErrClosed
 				return n, errDataTimeout
@@ -217,6 +225,10 @@ func (c *clientConn) Read(b []byte) (int, error) {
 // loginTimeoutReply ends a connection that has not logged in within
 // login_timeout.
 const loginTimeoutReply = "421 4.4.2 Login timeout exceeded, closing connection"
+
+// lineTimeoutReply ends a connection whose command line did not arrive
+// whole within command_timeout.
+const lineTimeoutReply = "421 4.4.2 Timeout reading a command line, closing connection"
 
 // markLoggedIn lifts login_timeout: the client authenticated (or, on a
 // listener without AUTH, said EHLO/HELO). From then on only the command
