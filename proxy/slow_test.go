@@ -293,8 +293,10 @@ func dialTLS(t *testing.T, addr string) *rawClient {
 }
 
 // TestTrickleDoesNotStarveSlots: 200 trickling connections from four
-// loopback addresses fill max_connections; they are cut off, so a normal
-// client is served, and memory and goroutines come back down.
+// loopback addresses (Linux routes all of 127/8 to lo) fill
+// max_connections; they are cut off, so a normal client is served, and
+// memory and goroutines come back down (loosely: no timing, generous
+// bounds).
 func TestTrickleDoesNotStarveSlots(t *testing.T) {
 	if testing.Short() {
 		t.Skip("200 connections")
@@ -315,7 +317,7 @@ func TestTrickleDoesNotStarveSlots(t *testing.T) {
 		held := 0
 		for ip := 2; ip < 2+ips; ip++ {
 			local := &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(ip))}
-			for range perIP {
+			for k := range perIP {
 				d := net.Dialer{LocalAddr: local, Timeout: 5 * time.Second}
 				conn, err := d.Dial("tcp", e.addr["relay"])
 				if err != nil {
@@ -335,8 +337,26 @@ func TestTrickleDoesNotStarveSlots(t *testing.T) {
 				go func() {
 					defer wg.Done()
 					defer conn.Close()
-					go trickle(conn, "X", 200*time.Millisecond, stop)
-					endOf(conn, r)
+					if k%2 == 0 {
+						// One byte every 200 ms of a line that never ends:
+						// command_timeout cuts it.
+						go trickle(conn, "X", 200*time.Millisecond, stop)
+					} else {
+						// A NOOP every 600 ms, each line well within
+						// command_timeout: login_timeout cuts it.
+						go trickle(conn, "NOOP\r\n", 100*time.Millisecond, stop)
+					}
+					// Hold on until the server lets go (or the test ends).
+					for {
+						if _, _, ended := endOf(conn, r); ended {
+							return
+						}
+						select {
+						case <-stop:
+							return
+						default:
+						}
+					}
 				}()
 			}
 		}
