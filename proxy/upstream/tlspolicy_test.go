@@ -26,7 +26,10 @@ func TestUpstreamTLSPolicy(t *testing.T) {
 
 			t.Run("cbc_only_upstream_refused", func(t *testing.T) {
 				r := newTestRouter(t, []Config{c}, f)
-				_, err := r.Begin(ctx, "", "a@example.com", nil)
+				tx, err := r.Begin(ctx, "", "a@example.com", nil)
+				if err == nil {
+					tx.Abort()
+				}
 				wantReply(t, err, 451, smtp.EnhancedCode{4, 4, 1})
 				if n := len(f.transactions()); n != 0 {
 					t.Fatalf("%d transactions over a CBC-only upstream", n)
@@ -42,7 +45,10 @@ func TestUpstreamTLSPolicy(t *testing.T) {
 				c := c
 				c.TLSMinVersion = "1.3"
 				r := newTestRouter(t, []Config{c}, f)
-				_, err := r.Begin(ctx, "", "a@example.com", nil)
+				tx, err := r.Begin(ctx, "", "a@example.com", nil)
+				if err == nil {
+					tx.Abort()
+				}
 				wantReply(t, err, 451, smtp.EnhancedCode{4, 4, 1})
 			})
 		})
