@@ -416,3 +416,37 @@ func heapInUse() uint64 {
 	runtime.ReadMemStats(&m)
 	return m.HeapInuse
 }
+
+// TestSlowLimitsValidate: the new limits have defaults and refuse
+// nonsense at load.
+func TestSlowLimitsValidate(t *testing.T) {
+	base := func() proxy.Config {
+		none := "none"
+		return proxy.Config{Hostname: "x", Listeners: []proxy.ListenerConfig{
+			{Name: "r", Address: "127.0.0.1:25", TLS: &none, Auth: &none, TrustedNetworks: []string{"127.0.0.1"}}}}
+	}
+	c := base()
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if c.Limits.MinDataRate != proxy.DefaultMinDataRate {
+		t.Errorf("min_data_rate default %d, want %d", c.Limits.MinDataRate, proxy.DefaultMinDataRate)
+	}
+	for _, tc := range []struct {
+		name string
+		set  func(*proxy.Limits)
+		want string
+	}{
+		{"login_timeout_garbage", func(l *proxy.Limits) { l.LoginTimeout = "soon" }, "login_timeout"},
+		{"login_timeout_zero", func(l *proxy.Limits) { l.LoginTimeout = "0s" }, "login_timeout"},
+		{"min_data_rate_negative", func(l *proxy.Limits) { l.MinDataRate = -1 }, "negative"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := base()
+			tc.set(&c.Limits)
+			if err := c.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Validate = %v, want an error about %s", err, tc.want)
+			}
+		})
+	}
+}
