@@ -141,6 +141,20 @@ func TestTrickleCutOff(t *testing.T) {
 			t.Fatalf("upstream got %d messages", len(msgs))
 		}
 	})
+	t.Run("bdat_chunk", func(t *testing.T) {
+		t.Parallel()
+		c := dialRaw(t, e.addr["relay"])
+		if text := c.expect("EHLO client.test", 250); !strings.Contains(text, "CHUNKING") {
+			t.Skip("CHUNKING not offered")
+		}
+		c.expect("MAIL FROM:<app@example.com>", 250)
+		c.expect("RCPT TO:<bob@example.net>", 250)
+		c.send("BDAT 100000 LAST\r\nFrom: app@example.com\r\n\r\n")
+		expectCutOff(t, c, "slow chunk\r\n", "4")
+		if _, msgs, _ := e.up.snapshot(); len(msgs) != 0 {
+			t.Fatalf("upstream got %d messages", len(msgs))
+		}
+	})
 }
 
 // TestSlowBodyAtMinDataRate: a body that arrives slowly but above
