@@ -20,9 +20,11 @@ import (
 // are many times longer, so a busy machine does not make them flake.
 
 const (
-	slowCommandTimeout = 300 * time.Millisecond
-	slowDataTimeout    = 300 * time.Millisecond
-	slowLoginTimeout   = 800 * time.Millisecond
+	// Long enough that a test's own setup (EHLO, STARTTLS, TLS) never
+	// trips them on a loaded machine.
+	slowCommandTimeout = time.Second
+	slowDataTimeout    = time.Second
+	slowLoginTimeout   = time.Second
 	trickleInterval    = 40 * time.Millisecond
 	// giveUp is how long a test waits for the server to end a trickling
 	// connection: before the fix it never did.
@@ -168,11 +170,10 @@ func TestSlowBodyAtMinDataRate(t *testing.T) {
 	c.expect("RCPT TO:<bob@example.net>", 250)
 	c.expect("DATA", 354)
 	c.send("From: app@example.com\r\n\r\n")
-	// 200-byte lines every 100 ms: 2,000 bytes/s for 1.2 s, four
-	// data_timeouts.
+	// 200-byte lines every 100 ms: 2,000 bytes/s for two data_timeouts.
 	line := strings.Repeat("z", 198) + "\r\n"
 	start := time.Now()
-	for time.Since(start) < 4*slowDataTimeout {
+	for time.Since(start) < 2*slowDataTimeout {
 		c.send(line)
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -187,7 +188,12 @@ func TestSlowBodyAtMinDataRate(t *testing.T) {
 // gone.
 func TestLoginTimeout(t *testing.T) {
 	t.Parallel()
-	e := slowEnv(t, func(c *proxy.Config, _ *proxy.Deps) { c.Limits.LoginTimeout = slowLoginTimeout.String() })
+	// command_timeout is three times login_timeout: what cuts these
+	// clients off can only be the login timeout.
+	e := slowEnv(t, func(c *proxy.Config, _ *proxy.Deps) {
+		c.Limits.LoginTimeout = slowLoginTimeout.String()
+		c.Limits.CommandTimeout = (3 * slowLoginTimeout).String()
+	})
 	t.Run("relay_before_ehlo", func(t *testing.T) {
 		t.Parallel()
 		c := dialRaw(t, e.addr["relay"])
@@ -229,8 +235,8 @@ func TestLoginTimeout(t *testing.T) {
 	})
 }
 
-// expectLoginCut sends a NOOP every 100 ms (a third of command_timeout)
-// and expects 421 for the login timeout.
+// expectLoginCut sends a NOOP every 100 ms and expects 421 for the login
+// timeout.
 func expectLoginCut(t *testing.T, c *rawClient) {
 	t.Helper()
 	stop := make(chan struct{})
@@ -325,6 +331,7 @@ func TestTrickleDoesNotStarveSlots(t *testing.T) {
 	baseGoroutines := runtime.NumGoroutine()
 	heap0 := heapInUse()
 	for wave := 1; wave <= 2; wave++ {
+		waveStart := time.Now()
 		stop := make(chan struct{})
 		var wg sync.WaitGroup
 		var mu sync.Mutex
@@ -374,12 +381,19 @@ func TestTrickleDoesNotStarveSlots(t *testing.T) {
 				}()
 			}
 		}
-		// Every slot is held: a normal client is turned away now...
+		// Every slot is held: a normal client is turned away now (unless
+		// a loaded machine took so long to connect the tricklers that the
+		// first ones are gone already)...
 		c := dialPlain(t, e.addr["relay"])
-		if code, text := (&rawClient{t: t, c: c, r: newReader(c)}).reply(); code != 421 {
-			t.Fatalf("wave %d: with %d slots held, a new client got %d %s, want 421", wave, held, code, text)
-		}
+		code, text := (&rawClient{t: t, c: c, r: newReader(c)}).reply()
 		c.Close()
+		switch setup := time.Since(waveStart); {
+		case code == 421:
+		case setup < 500*time.Millisecond:
+			t.Fatalf("wave %d: with %d slots held, a new client got %d %s, want 421", wave, held, code, text)
+		default:
+			t.Logf("wave %d: setup took %v; new client got %d before the tricklers were cut off", wave, setup, code)
+		}
 		// ...and served once the tricklers are cut off.
 		served := false
 		for start := time.Now(); time.Since(start) < 3*giveUp && !served; time.Sleep(100 * time.Millisecond) {
