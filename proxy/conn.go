@@ -82,7 +82,7 @@ type clientConn struct {
 	// moving; 0: a body must arrive within data_timeout as a whole.
 	minDataRate int64
 	// loginDeadline is accepted + login_timeout (zero: none); loggedIn
-	// lifts it (see loggedIn).
+	// lifts it (see markLoggedIn).
 	loginDeadline time.Time
 	loggedIn      atomic.Bool
 
