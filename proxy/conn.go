@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"sync"
@@ -85,6 +86,8 @@ type clientConn struct {
 	// lifts it (see markLoggedIn).
 	loginDeadline time.Time
 	loggedIn      atomic.Bool
+	// log, when set, hears why mailgate cut a slow client off.
+	log *slog.Logger
 
 	mode atomic.Int32 // readMode
 	// failed is set when the stream broke mid-line (bare CR/LF, NUL,
@@ -201,6 +204,7 @@ func (c *clientConn) Read(b []byte) (int, error) {
 				return n, c.sticky
 			}
 			if mode == modeCommand && c.loginExpired(time.Now()) {
+				c.logCut("login_timeout")
 				c.replyAndClose(loginTimeoutReply)
 				c.sticky = net.ErrClosed
 				return n, c.sticky
@@ -209,11 +213,13 @@ func (c *clientConn) Read(b []byte) (int, error) {
 				// Mid-line: go-smtp would take the partial line for a
 				// command (bufio hands it on without the error), answer
 				// it, then say "Idle timeout". The client only hears why.
+				c.logCut("command_timeout")
 				c.replyAndClose(lineTimeoutReply)
 				c.sticky = net.ErrClosed
 				return n, c.sticky
 			}
 			if mode == modeData {
+				c.logCut("data_timeout")
 				c.sticky = net.ErrClosed
 				return n, errDataTimeout
 			}
@@ -229,6 +235,13 @@ const loginTimeoutReply = "421 4.4.2 Login timeout exceeded, closing connection"
 // lineTimeoutReply ends a connection whose command line did not arrive
 // whole within command_timeout.
 const lineTimeoutReply = "421 4.4.2 Timeout reading a command line, closing connection"
+
+// logCut logs that a slow client was cut off by limit.
+func (c *clientConn) logCut(limit string) {
+	if c.log != nil {
+		c.log.Info("slow client cut off", "limit", limit, "mid_line", c.prev != '\n')
+	}
+}
 
 // markLoggedIn lifts login_timeout: the client authenticated (or, on a
 // listener without AUTH, said EHLO/HELO). From then on only the command
@@ -343,6 +356,7 @@ func (c *clientConn) bodyReadError(err error) error {
 	var ne net.Error
 	switch {
 	case errors.As(err, &ne) && ne.Timeout():
+		c.logCut("data_timeout")
 		c.sticky = net.ErrClosed
 		return errDataTimeout
 	case errors.Is(err, io.EOF):

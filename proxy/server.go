@@ -247,6 +247,7 @@ func (s *Server) handover(l *listener, raw net.Conn) {
 	cc := newClientConn(conn, remote, lim.MaxLineLength, lim.commandTimeout, lim.dataTimeout)
 	cc.minDataRate = int64(lim.MinDataRate)
 	cc.loginDeadline = loginDeadline
+	cc.log = s.log.With("listener", l.cfg.Name, "remote", remote.String())
 	cc.tlsState = state
 	cc.dropGreeting = dropGreeting
 	s.deps.Metrics.connection(l.cfg.Name, "accepted")
