@@ -46,9 +46,24 @@ listener "relay" {
 
 # Server certificate for starttls/implicit listeners (PEM chain + key).
 # Reloaded on SIGHUP; a broken file keeps the certificate in use.
+# The policy defaults to Mozilla's "intermediate" profile: TLS 1.2 or 1.3,
+# and in TLS 1.2 only ECDHE with AES-GCM or ChaCha20-Poly1305 (no CBC
+# suites: testssl.sh flags them for LUCKY13). cipher_suites takes Go's
+# names (crypto/tls); TLS 1.0/1.1, insecure suites (RC4, 3DES, RSA key
+# exchange, CBC-SHA256) and TLS 1.3 suites (always all on) are refused at
+# load. Only change them for clients that cannot do better.
 tls {
-  cert_file = "tls/fullchain.pem"
-  key_file  = "tls/privkey.pem"
+  cert_file     = "tls/fullchain.pem"
+  key_file      = "tls/privkey.pem"
+  min_version   = "1.2" # "1.2" | "1.3" (default "1.2")
+  cipher_suites = [     # TLS 1.2 suites (default: these six)
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+  ]
 }
 
 # ---------------------------------------------------------------------------
@@ -101,6 +116,11 @@ upstream "primary" {
   insecure_skip_verify = false # certificates are verified unless true (default false)
   server_name          = ""    # TLS name to verify (default: host of address)
   ca_file              = ""    # extra PEM CA bundle (default: system roots only)
+  tls_min_version      = "1.2" # "1.2" | "1.3" (default "1.2")
+  # TLS 1.2 suites offered to the upstream, same names and rules as the
+  # tls block's cipher_suites (default: ECDHE with AES-GCM or ChaCha20 only;
+  # an upstream that offers only CBC suites is refused, 451 4.4.1).
+  # tls_cipher_suites  = ["TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"]
 }
 
 upstream "backup" {
@@ -115,9 +135,23 @@ limits {
   max_recipients         = 1000     # per message; then 452 4.5.3 (default 1000)
   max_line_length        = 1000     # bytes incl. CRLF, commands and body (default 1000)
   max_header_size        = 102400   # bytes of header section (default 100 KiB)
-  command_timeout        = "300s"   # idle client between commands: 421 4.4.2 (default "300s")
-  data_timeout           = "300s"   # a body that stalls this long: 451 4.4.2 (default "300s")
+  # A deadline for a whole command line, the wait for it included; bytes of
+  # the line do not extend it (Postfix smtpd_per_record_deadline): 421 4.4.2
+  # (default "300s")
+  command_timeout        = "300s"
+  # A body (DATA or BDAT) may take data_timeout plus 1 s for every
+  # min_data_rate bytes received, and may never stall for data_timeout:
+  # a client slower than min_data_rate on average is cut off, 451 4.4.2
+  # (Postfix smtpd_min_data_rate). At 500 bytes/s a 10 MiB message may take
+  # up to 5.8 hours; raise it to free slots from slow senders sooner.
+  data_timeout           = "300s"   # (default "300s")
+  min_data_rate          = 500      # bytes per second (default 500)
   tls_handshake_timeout  = "30s"    # (default "30s")
+  # From connect until the client has logged in (AUTH succeeded; EHLO/HELO
+  # on an auth = "none" listener), STARTTLS and the TLS handshake included;
+  # then 421 4.4.2. Stops connections that never log in from holding slots
+  # by sending a command now and then. (default "60s")
+  login_timeout          = "60s"
   max_connections        = 1000     # in total; then 421 (default 1000)
   max_connections_per_ip = 50       # per client address; then 421 (default 50)
 }

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"time"
 
 	"github.com/emersion/go-smtp"
 )
@@ -57,6 +58,7 @@ type bodyReader struct {
 // body starts reading a DATA body of at most max bytes (0: no limit). The
 // caller must call finish when done with it.
 func (c *clientConn) body(max int64) *bodyReader {
+	c.startBody(time.Now())
 	return &bodyReader{c: c, buf: bodyBufs.Get().(*[]byte), max: max}
 }
 
@@ -84,7 +86,7 @@ func (r *bodyReader) Read(p []byte) (int, error) {
 func (r *bodyReader) fill() {
 	c := r.c
 	buf := *r.buf
-	n, rerr := c.readRaw(buf, c.dataTimeout)
+	n, rerr := c.readRaw(buf)
 	chunk := buf[:n]
 	end, _, done := r.walk(chunk, false) // chunk[:end] is body
 	if bad, why := c.scan(chunk[:end], modeData); bad >= 0 {

@@ -79,17 +79,32 @@ func (l *ListenerConfig) AuthRequired() bool {
 // Limits holds every limit. Zero values mean the default; every default is
 // safe (Postfix's defaults are the reference).
 type Limits struct {
-	MaxMessageSize      int64  `hcl:"max_message_size,optional"`       // bytes, default 10 MiB (Postfix message_size_limit)
-	MaxRecipients       int    `hcl:"max_recipients,optional"`         // default 1000 (smtpd_recipient_limit)
-	MaxLineLength       int    `hcl:"max_line_length,optional"`        // default 1000 (RFC 5322 §2.1.1: 998 + CRLF)
-	MaxHeaderSize       int    `hcl:"max_header_size,optional"`        // default 102400 (header_size_limit)
-	CommandTimeout      string `hcl:"command_timeout,optional"`        // default "300s" (smtpd_timeout)
-	DataTimeout         string `hcl:"data_timeout,optional"`           // default "300s", between two reads of a body
+	MaxMessageSize int64 `hcl:"max_message_size,optional"` // bytes, default 10 MiB (Postfix message_size_limit)
+	MaxRecipients  int   `hcl:"max_recipients,optional"`   // default 1000 (smtpd_recipient_limit)
+	MaxLineLength  int   `hcl:"max_line_length,optional"`  // default 1000 (RFC 5322 §2.1.1: 998 + CRLF)
+	MaxHeaderSize  int   `hcl:"max_header_size,optional"`  // default 102400 (header_size_limit)
+	// CommandTimeout is a deadline for a whole command line (the wait
+	// for it included): bytes of the line do not extend it. Default
+	// "300s" (Postfix smtpd_timeout with smtpd_per_record_deadline).
+	CommandTimeout string `hcl:"command_timeout,optional"`
+	// DataTimeout is the time a body may take beyond what min_data_rate
+	// pays for, and the longest a body may stall. Default "300s".
+	DataTimeout string `hcl:"data_timeout,optional"`
+	// MinDataRate (bytes/s) is the slowest average rate a body (DATA or
+	// BDAT) may arrive at: every byte extends the body's deadline by
+	// 1/min_data_rate s, never past data_timeout from now. Default 500
+	// (Postfix smtpd_min_data_rate).
+	MinDataRate         int    `hcl:"min_data_rate,optional"`
 	MaxConnections      int    `hcl:"max_connections,optional"`        // default 1000
 	MaxConnectionsPerIP int    `hcl:"max_connections_per_ip,optional"` // default 50 (smtpd_client_connection_count_limit)
 	TLSHandshakeTimeout string `hcl:"tls_handshake_timeout,optional"`  // default "30s"
+	// LoginTimeout bounds the time from connect until the client has
+	// logged in: AUTH succeeded, or EHLO/HELO on a listener with
+	// auth = "none" (STARTTLS and the TLS handshake included). Default
+	// "60s".
+	LoginTimeout string `hcl:"login_timeout,optional"`
 
-	commandTimeout, dataTimeout, handshakeTimeout time.Duration
+	commandTimeout, dataTimeout, handshakeTimeout, loginTimeout time.Duration
 }
 
 // MessageConfig is the `message { … }` block: header hygiene and spooling.
@@ -115,6 +130,8 @@ const (
 	DefaultMaxConnections      = 1000
 	DefaultMaxConnectionsPerIP = 50
 	DefaultHandshakeTimeout    = 30 * time.Second
+	DefaultMinDataRate         = 500 // bytes per second
+	DefaultLoginTimeout        = 60 * time.Second
 	DefaultSpoolThreshold      = 1 << 20
 )
 
@@ -211,8 +228,11 @@ func (l *Limits) validate() error {
 	if l.MaxConnectionsPerIP == 0 {
 		l.MaxConnectionsPerIP = DefaultMaxConnectionsPerIP
 	}
+	if l.MinDataRate == 0 {
+		l.MinDataRate = DefaultMinDataRate
+	}
 	if l.MaxMessageSize < 0 || l.MaxRecipients < 0 || l.MaxLineLength < 0 || l.MaxHeaderSize < 0 ||
-		l.MaxConnections < 0 || l.MaxConnectionsPerIP < 0 {
+		l.MaxConnections < 0 || l.MaxConnectionsPerIP < 0 || l.MinDataRate < 0 {
 		errs = append(errs, errors.New("limits must not be negative"))
 	}
 	if l.MaxLineLength > 0 && l.MaxLineLength < 80 {
@@ -227,6 +247,9 @@ func (l *Limits) validate() error {
 	}
 	if l.handshakeTimeout, err = parseDuration(l.TLSHandshakeTimeout, DefaultHandshakeTimeout); err != nil {
 		errs = append(errs, fmt.Errorf("tls_handshake_timeout: %w", err))
+	}
+	if l.loginTimeout, err = parseDuration(l.LoginTimeout, DefaultLoginTimeout); err != nil {
+		errs = append(errs, fmt.Errorf("login_timeout: %w", err))
 	}
 	return errors.Join(errs...)
 }

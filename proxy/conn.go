@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"sync"
@@ -53,12 +54,21 @@ const (
 //   - strict line endings: a bare CR, bare LF or NUL makes every later read
 //     fail, so no parser above can ever complete a command or a message
 //     that contains one;
-//   - per-read deadlines: command_timeout between commands, data_timeout
-//     between reads of a body (go-smtp's ReadTimeout would cover a whole
-//     body, and a timeout mid-body would make the rest parse as commands);
-//     a deadline is moved only when it would move by 1/16 of the timeout
-//     or more (re-arming the runtime timer on every read costs more than
-//     the read), so a silent client is cut off after 94-100 % of it;
+//   - deadlines that bytes cannot stretch (a client trickling one byte
+//     every few seconds must not hold a connection forever):
+//     command_timeout is a deadline for a whole command line, set when
+//     mailgate starts waiting for the line and not moved by its bytes
+//     (Postfix's smtpd_per_record_deadline); a body has a deadline of
+//     data_timeout that each byte received extends by 1/min_data_rate
+//     seconds, never past data_timeout from now (Postfix's
+//     smtpd_min_data_rate); until the client has logged in (AUTH, or
+//     EHLO/HELO on a listener without AUTH) every read also ends at
+//     login_timeout after the connection was accepted. go-smtp's
+//     ReadTimeout is off: it would cover a whole body, and a timeout
+//     mid-body would make the rest parse as commands. A deadline is
+//     moved only when it would move by 1/16 of its timeout or more
+//     (re-arming the runtime timer on every read costs more than the
+//     read), so a silent client is cut off after 94-100 % of it;
 //   - after a timeout or a protocol violation, reads fail for good, so the
 //     rest of a body is never read as commands;
 //   - SIGTERM draining: an idle session is told 421 and closed.
@@ -69,6 +79,15 @@ type clientConn struct {
 
 	cmdTimeout  time.Duration
 	dataTimeout time.Duration
+	// minDataRate is the body rate (bytes/s) that keeps a body's deadline
+	// moving; 0: a body must arrive within data_timeout as a whole.
+	minDataRate int64
+	// loginDeadline is accepted + login_timeout (zero: none); loggedIn
+	// lifts it (see markLoggedIn).
+	loginDeadline time.Time
+	loggedIn      atomic.Bool
+	// log, when set, hears why mailgate cut a slow client off.
+	log *slog.Logger
 
 	mode atomic.Int32 // readMode
 	// failed is set when the stream broke mid-line (bare CR/LF, NUL,
@@ -90,6 +109,14 @@ type clientConn struct {
 	lineHead []byte
 	// readDeadline is the read deadline last set by Read.
 	readDeadline time.Time
+	// lineDeadline is when the command line being read must be complete;
+	// lineOpen says a line has begun (bytes of it, or the wait for it).
+	lineDeadline time.Time
+	lineOpen     bool
+	// bodyDeadline is when the body being read must be complete; bodyOpen
+	// says it applies (reset by every read in command mode).
+	bodyDeadline time.Time
+	bodyOpen     bool
 	// held are bytes read from the connection and not yet handed on (nor
 	// scanned): what followed a DATA line, or a body's end (see body.go).
 	held []byte
@@ -134,19 +161,18 @@ func (c *clientConn) Read(b []byte) (int, error) {
 		c.sticky = net.ErrClosed
 		return 0, c.sticky
 	}
-	timeout := c.cmdTimeout
-	if mode == modeData {
-		timeout = c.dataTimeout
-	}
 	var n int
 	var err error
 	fromHeld := len(c.held) > 0
 	if fromHeld {
 		n = copy(b, c.held)
 	} else {
-		n, err = c.readConn(b, timeout)
+		n, err = c.readConn(b, mode)
 	}
 	bad, cut, why := c.scanUntil(b[:n], mode, mode == modeCommand)
+	if mode == modeCommand {
+		c.followLines(b[:n])
+	}
 	hand := n
 	if cut >= 0 {
 		// Nothing past a DATA line goes to go-smtp (see body.go).
@@ -177,7 +203,23 @@ func (c *clientConn) Read(b []byte) (int, error) {
 				c.sticky = net.ErrClosed
 				return n, c.sticky
 			}
+			if mode == modeCommand && c.loginExpired(time.Now()) {
+				c.logCut("login_timeout")
+				c.replyAndClose(loginTimeoutReply)
+				c.sticky = net.ErrClosed
+				return n, c.sticky
+			}
+			if mode == modeCommand && c.prev != '\n' {
+				// Mid-line: go-smtp would take the partial line for a
+				// command (bufio hands it on without the error), answer
+				// it, then say "Idle timeout". The client only hears why.
+				c.logCut("command_timeout")
+				c.replyAndClose(lineTimeoutReply)
+				c.sticky = net.ErrClosed
+				return n, c.sticky
+			}
 			if mode == modeData {
+				c.logCut("data_timeout")
 				c.sticky = net.ErrClosed
 				return n, errDataTimeout
 			}
@@ -186,27 +228,125 @@ func (c *clientConn) Read(b []byte) (int, error) {
 	return n, err
 }
 
-// readConn reads from the connection with a read deadline of timeout from
-// now (0: none).
-func (c *clientConn) readConn(b []byte, timeout time.Duration) (int, error) {
-	if timeout > 0 {
-		dl := time.Now().Add(timeout)
-		if c.rearm.Swap(false) || dl.Before(c.readDeadline) || dl.Sub(c.readDeadline) >= timeout/16 {
-			_ = c.Conn.SetReadDeadline(dl)
-			c.readDeadline = dl
-		}
+// loginTimeoutReply ends a connection that has not logged in within
+// login_timeout.
+const loginTimeoutReply = "421 4.4.2 Login timeout exceeded, closing connection"
+
+// lineTimeoutReply ends a connection whose command line did not arrive
+// whole within command_timeout.
+const lineTimeoutReply = "421 4.4.2 Timeout reading a command line, closing connection"
+
+// logCut logs that a slow client was cut off by limit.
+func (c *clientConn) logCut(limit string) {
+	if c.log != nil {
+		c.log.Info("slow client cut off", "limit", limit, "mid_line", c.prev != '\n')
 	}
-	return c.Conn.Read(b)
 }
 
-// readRaw is readConn, except that held bytes come first.
-func (c *clientConn) readRaw(b []byte, timeout time.Duration) (int, error) {
+// markLoggedIn lifts login_timeout: the client authenticated (or, on a
+// listener without AUTH, said EHLO/HELO). From then on only the command
+// and data deadlines apply.
+func (c *clientConn) markLoggedIn() { c.loggedIn.Store(true) }
+
+// loginExpired reports whether login_timeout has passed without a login.
+func (c *clientConn) loginExpired(now time.Time) bool {
+	return !c.loggedIn.Load() && !c.loginDeadline.IsZero() && !now.Before(c.loginDeadline)
+}
+
+// followLines keeps the command-line deadline in step with the bytes
+// handed on: a line that ended closes it (the next read starts a new one,
+// with a fresh deadline); a line that began inside b began now.
+func (c *clientConn) followLines(b []byte) {
+	if len(b) == 0 {
+		return
+	}
+	if c.prev == '\n' {
+		c.lineOpen = false
+		return
+	}
+	if bytes.IndexByte(b, '\n') >= 0 && c.cmdTimeout > 0 {
+		c.lineDeadline = time.Now().Add(c.cmdTimeout)
+	}
+	c.lineOpen = true
+}
+
+// startBody gives a body its deadline: data_timeout from now.
+func (c *clientConn) startBody(now time.Time) {
+	c.bodyOpen = true
+	c.bodyDeadline = now.Add(c.dataTimeout)
+}
+
+// creditBody extends the body's deadline for n bytes received, at
+// min_data_rate, but never past data_timeout from now: a client cannot
+// bank time by sending fast and then stall for longer than data_timeout.
+func (c *clientConn) creditBody(n int, now time.Time) {
+	if n <= 0 || c.minDataRate <= 0 || c.dataTimeout <= 0 {
+		return
+	}
+	dl := c.bodyDeadline.Add(time.Duration(int64(n) * int64(time.Second) / c.minDataRate))
+	if limit := now.Add(c.dataTimeout); dl.After(limit) {
+		dl = limit
+	}
+	c.bodyDeadline = dl
+}
+
+// readConn reads from the connection under the deadline of mode (see
+// clientConn): the current command line's, or the current body's, capped
+// by login_timeout while the client has not logged in.
+func (c *clientConn) readConn(b []byte, mode readMode) (int, error) {
+	now := time.Now()
+	var dl time.Time
+	timeout := c.cmdTimeout
+	if mode == modeData {
+		timeout = c.dataTimeout
+		if !c.bodyOpen {
+			c.startBody(now)
+		}
+		if timeout > 0 {
+			dl = c.bodyDeadline
+		}
+	} else {
+		c.bodyOpen = false
+		if !c.lineOpen {
+			c.lineOpen = true
+			c.lineDeadline = now.Add(timeout)
+		}
+		if timeout > 0 {
+			dl = c.lineDeadline
+		}
+		if !c.loggedIn.Load() && !c.loginDeadline.IsZero() && (dl.IsZero() || c.loginDeadline.Before(dl)) {
+			dl = c.loginDeadline
+		}
+	}
+	c.setReadDeadline(dl, timeout)
+	n, err := c.Conn.Read(b)
+	if mode == modeData {
+		c.creditBody(n, time.Now())
+	}
+	return n, err
+}
+
+// setReadDeadline applies dl unless the deadline in force is at most
+// timeout/16 earlier (see clientConn); an earlier dl always applies.
+func (c *clientConn) setReadDeadline(dl time.Time, timeout time.Duration) {
+	if dl.IsZero() {
+		return
+	}
+	if c.rearm.Swap(false) || dl.Before(c.readDeadline) || dl.Sub(c.readDeadline) >= timeout/16 {
+		_ = c.Conn.SetReadDeadline(dl)
+		c.readDeadline = dl
+	}
+}
+
+// readRaw reads a body: held bytes first, then the connection under the
+// body's deadline.
+func (c *clientConn) readRaw(b []byte) (int, error) {
 	if len(c.held) > 0 {
 		n := copy(b, c.held)
 		c.held = c.held[n:]
 		return n, nil
 	}
-	return c.readConn(b, timeout)
+	return c.readConn(b, modeData)
 }
 
 // bodyReadError is the error a body reader gives for err from the
@@ -216,6 +356,7 @@ func (c *clientConn) bodyReadError(err error) error {
 	var ne net.Error
 	switch {
 	case errors.As(err, &ne) && ne.Timeout():
+		c.logCut("data_timeout")
 		c.sticky = net.ErrClosed
 		return errDataTimeout
 	case errors.Is(err, io.EOF):

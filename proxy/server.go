@@ -172,6 +172,7 @@ func (s *Server) acceptLoop(l *listener) error {
 }
 
 func (s *Server) handover(l *listener, raw net.Conn) {
+	accepted := time.Now()
 	if !proxyHeaderOK(raw) {
 		s.log.Warn("connection refused: no valid PROXY protocol header", "listener", l.cfg.Name,
 			"peer", raw.RemoteAddr().String())
@@ -209,13 +210,16 @@ func (s *Server) handover(l *listener, raw net.Conn) {
 		}
 	}
 	lim := &s.cfg.Limits
+	// Everything up to a login (TLS, STARTTLS, EHLO, AUTH) must be done
+	// by then; see clientConn.
+	loginDeadline := accepted.Add(lim.loginTimeout)
 	var conn net.Conn = raw
 	var state *tls.ConnectionState
 	dropGreeting := false
 	switch l.cfg.TLSMode() {
 	case TLSImplicit:
 		tc := tls.Server(raw, s.deps.TLS)
-		ctx, cancel := context.WithTimeout(context.Background(), lim.handshakeTimeout)
+		ctx, cancel := handshakeContext(lim.handshakeTimeout, loginDeadline)
 		err := tc.HandshakeContext(ctx)
 		cancel()
 		if err != nil {
@@ -228,7 +232,7 @@ func (s *Server) handover(l *listener, raw net.Conn) {
 		st := tc.ConnectionState()
 		conn, state = tc, &st
 	case TLSStartTLS:
-		tc, err := s.startTLS(l, raw)
+		tc, err := s.startTLS(l, raw, loginDeadline)
 		if err != nil {
 			if !errors.Is(err, errClientQuit) {
 				s.log.Info("before STARTTLS", "listener", l.cfg.Name, "remote", remote.String(), "err", err)
@@ -241,6 +245,9 @@ func (s *Server) handover(l *listener, raw net.Conn) {
 		conn, state, dropGreeting = tc, &st, true
 	}
 	cc := newClientConn(conn, remote, lim.MaxLineLength, lim.commandTimeout, lim.dataTimeout)
+	cc.minDataRate = int64(lim.MinDataRate)
+	cc.loginDeadline = loginDeadline
+	cc.log = s.log.With("listener", l.cfg.Name, "remote", remote.String())
 	cc.tlsState = state
 	cc.dropGreeting = dropGreeting
 	s.deps.Metrics.connection(l.cfg.Name, "accepted")
@@ -263,6 +270,16 @@ func (s *Server) handover(l *listener, raw net.Conn) {
 	if !l.ch.push(cc) {
 		cc.replyAndClose("421 4.3.2 Service shutting down, try again later")
 	}
+}
+
+// handshakeContext bounds a TLS handshake by tls_handshake_timeout and by
+// the connection's login deadline, whichever comes first.
+func handshakeContext(timeout time.Duration, loginDeadline time.Time) (context.Context, context.CancelFunc) {
+	dl := time.Now().Add(timeout)
+	if loginDeadline.Before(dl) {
+		dl = loginDeadline
+	}
+	return context.WithDeadline(context.Background(), dl)
 }
 
 // admit counts a new connection against max_connections and
@@ -409,6 +426,11 @@ func (b backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	cc, ok := c.Conn().(*clientConn)
 	if !ok {
 		return nil, errors.New("proxy: connection not prepared")
+	}
+	if !b.l.cfg.AuthRequired() {
+		// go-smtp makes the session at the first EHLO/HELO: on a
+		// listener without AUTH, that is the login (see login_timeout).
+		cc.markLoggedIn()
 	}
 	return newSession(b.s, b.l.cfg, cc, c.Hostname()), nil
 }

@@ -132,6 +132,7 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 		func(user string) {
 			ss.s.deps.Metrics.authAttempt(mech, "success")
 			ss.user, ss.mech = user, mech
+			ss.conn.markLoggedIn() // lifts login_timeout
 			ss.log = ss.log.With("user", user)
 			ss.log.Info("authenticated", "mechanism", mech)
 		},

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bufio"
-	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -19,7 +18,11 @@ var errClientQuit = errors.New("proxy: client quit before STARTTLS")
 // and the rest get 530 5.7.0. Doing this here, rather than in go-smtp,
 // lets the strict reader (clientConn) sit above TLS, and makes sure that
 // plaintext pipelined after STARTTLS (CVE-2011-0411) is discarded.
-func (s *Server) startTLS(l *listener, raw net.Conn) (*tls.Conn, error) {
+//
+// Each line must arrive within command_timeout of the wait for it (bytes
+// do not extend it), and the whole dialogue with the TLS handshake within
+// loginDeadline.
+func (s *Server) startTLS(l *listener, raw net.Conn, loginDeadline time.Time) (*tls.Conn, error) {
 	lim := &s.cfg.Limits
 	br := bufio.NewReaderSize(raw, 1024)
 	write := func(lines ...string) error {
@@ -33,11 +36,17 @@ func (s *Server) startTLS(l *listener, raw net.Conn) (*tls.Conn, error) {
 	helo := false
 	errs := 0
 	for {
-		_ = raw.SetReadDeadline(time.Now().Add(lim.commandTimeout))
+		dl := time.Now().Add(lim.commandTimeout)
+		if loginDeadline.Before(dl) {
+			dl = loginDeadline
+		}
+		_ = raw.SetReadDeadline(dl)
 		line, err := readStrictLine(br, 512)
 		if err != nil {
 			var ne net.Error
 			switch {
+			case errors.As(err, &ne) && ne.Timeout() && !time.Now().Before(loginDeadline):
+				_ = write(loginTimeoutReply)
 			case errors.As(err, &ne) && ne.Timeout():
 				_ = write("421 4.4.2 Idle timeout, closing connection")
 			case errors.Is(err, errBadLine):
@@ -86,7 +95,7 @@ func (s *Server) startTLS(l *listener, raw net.Conn) (*tls.Conn, error) {
 				return nil, err
 			}
 			tc := tls.Server(raw, s.deps.TLS)
-			ctx, cancel := context.WithTimeout(context.Background(), lim.handshakeTimeout)
+			ctx, cancel := handshakeContext(lim.handshakeTimeout, loginDeadline)
 			defer cancel()
 			if err := tc.HandshakeContext(ctx); err != nil {
 				return nil, fmt.Errorf("TLS handshake: %w", err)

@@ -11,7 +11,28 @@ import (
 	"math/big"
 	"sync/atomic"
 	"time"
+
+	"github.com/mailgate/mailgate/proxy/tlspolicy"
 )
+
+// TLSConfig is the `tls { … }` block: the listeners' certificate and
+// the TLS policy they offer (see package tlspolicy for the defaults and
+// why).
+type TLSConfig struct {
+	CertFile string `hcl:"cert_file"` // PEM chain, reloaded on SIGHUP
+	KeyFile  string `hcl:"key_file"`  // PEM key
+	// MinVersion is "1.2" (default) or "1.3".
+	MinVersion string `hcl:"min_version,optional"`
+	// CipherSuites are TLS 1.2 suites by Go name; default ECDHE with
+	// AES-GCM or ChaCha20-Poly1305 only (tlspolicy.DefaultCipherSuites).
+	CipherSuites []string `hcl:"cipher_suites,optional"`
+}
+
+// Policy parses the block's min_version and cipher_suites; the error names
+// the option and says what is wrong.
+func (c *TLSConfig) Policy() (tlspolicy.Policy, error) {
+	return tlspolicy.Parse("min_version", c.MinVersion, "cipher_suites", c.CipherSuites)
+}
 
 // CertStore serves the listener certificate and reloads it on demand
 // (SIGHUP). A failed reload keeps the certificate in use.
@@ -49,14 +70,19 @@ func (s *CertStore) Reload() error {
 	return nil
 }
 
-// Config returns the server TLS configuration (TLS 1.2 minimum).
-func (s *CertStore) Config() *tls.Config {
-	return &tls.Config{
-		MinVersion: tls.VersionTLS12,
+// Config returns the server TLS configuration under the default policy
+// (TLS 1.2 minimum, AEAD suites only; see package tlspolicy).
+func (s *CertStore) Config() *tls.Config { return s.ServerConfig(tlspolicy.Default()) }
+
+// ServerConfig returns the server TLS configuration under p.
+func (s *CertStore) ServerConfig(p tlspolicy.Policy) *tls.Config {
+	c := &tls.Config{
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 			return s.cert.Load(), nil
 		},
 	}
+	p.Apply(c)
+	return c
 }
 
 // SelfSigned makes a throwaway ECDSA certificate for hostname, valid for a

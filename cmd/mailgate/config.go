@@ -26,7 +26,7 @@ import (
 type fileConfig struct {
 	Hostname  string                 `hcl:"hostname"`
 	Listeners []proxy.ListenerConfig `hcl:"listener,block"`
-	TLS       *tlsBlock              `hcl:"tls,block"`
+	TLS       *proxy.TLSConfig       `hcl:"tls,block"`
 	Auth      *auth.Config           `hcl:"auth,block"`
 	Upstreams []upstream.Config      `hcl:"upstream,block"`
 	DKIM      *dkim.Config           `hcl:"dkim,block"`
@@ -39,11 +39,6 @@ type fileConfig struct {
 	Redis     *redisBlock            `hcl:"redis,block"`
 	Metrics   *metricsBlock          `hcl:"metrics,block"`
 	Quotas    []policy.QuotaConfig   `hcl:"quota,block"`
-}
-
-type tlsBlock struct {
-	CertFile string `hcl:"cert_file"`
-	KeyFile  string `hcl:"key_file"`
 }
 
 // outboxBlock replaces the upstreams with a Maildir (demo and testing).
@@ -176,6 +171,11 @@ func (c *config) validate() error {
 	}
 	if needTLS && c.file.TLS == nil && c.file.Demo == nil {
 		errs = append(errs, errors.New("tls: a starttls or implicit listener needs a tls { cert_file, key_file } block"))
+	}
+	if c.file.TLS != nil {
+		if _, err := c.file.TLS.Policy(); err != nil {
+			errs = append(errs, fmt.Errorf("tls: %w", err))
+		}
 	}
 	if c.file.Auth != nil {
 		a := c.file.Auth.WithDefaults()

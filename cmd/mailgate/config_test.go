@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/x509"
 	"encoding/pem"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -218,5 +219,61 @@ func writeTestFiles(t *testing.T, dir string) {
 			t.Fatal(err)
 		}
 		writeFile(t, filepath.Join(dir, "policies", filepath.Base(p)), string(b))
+	}
+}
+
+// TestTLSPolicyConfigErrors: a wrong TLS policy in the tls block or an
+// upstream block is refused at load, naming the option and saying why.
+func TestTLSPolicyConfigErrors(t *testing.T) {
+	base := `hostname = "x"
+listener "sub" { address = "127.0.0.1:587" }
+auth { users_file = "users" }
+%s
+upstream "up" {
+  address = "127.0.0.1:25"
+  %s
+}
+`
+	for _, tc := range []struct {
+		name, tls, upstream, want string
+	}{
+		{"ok", `tls {
+  cert_file = "c.pem"
+  key_file = "k.pem"
+  min_version = "1.3"
+}`, `tls_min_version = "1.3"`, ""},
+		{"listener_tls11", `tls {
+  cert_file = "c.pem"
+  key_file = "k.pem"
+  min_version = "1.1"
+}`, "", "tls: min_version"},
+		{"listener_openssl_name", `tls {
+  cert_file = "c.pem"
+  key_file = "k.pem"
+  cipher_suites = ["ECDHE-RSA-AES128-GCM-SHA256"]
+}`, "", `unknown cipher suite "ECDHE-RSA-AES128-GCM-SHA256"`},
+		{"listener_insecure", `tls {
+  cert_file = "c.pem"
+  key_file = "k.pem"
+  cipher_suites = ["TLS_RSA_WITH_AES_128_CBC_SHA"]
+}`, "", "insecure"},
+		{"upstream_bad_suite", `tls {
+  cert_file = "c.pem"
+  key_file = "k.pem"
+}`, `tls_cipher_suites = ["TLS_AES_128_GCM_SHA256"]`, "tls_cipher_suites"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			writeFile(t, filepath.Join(dir, "users"), "")
+			path := filepath.Join(dir, "m.hcl")
+			var diag bytes.Buffer
+			_, err := loadConfig(path, []byte(fmt.Sprintf(base, tc.tls, tc.upstream)), &diag)
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("%v\n%s", err, diag.String())
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("err = %v, want one containing %q\n%s", err, tc.want, diag.String())
+			}
+		})
 	}
 }

@@ -55,11 +55,15 @@ func wire(cfg *config, logger *slog.Logger) (_ *wiring, err error) {
 		w.demo = d
 		w.deps.TLS = d.certs.Config()
 	} else if cfg.file.TLS != nil {
+		pol, err := cfg.file.TLS.Policy() // checked by validate
+		if err != nil {
+			return nil, fmt.Errorf("tls: %w", err)
+		}
 		cs, err := proxy.LoadCertStore(cfg.abs(cfg.file.TLS.CertFile), cfg.abs(cfg.file.TLS.KeyFile))
 		if err != nil {
 			return nil, err
 		}
-		w.deps.TLS = cs.Config()
+		w.deps.TLS = cs.ServerConfig(pol)
 		w.reloads = append(w.reloads, cs.Reload)
 	}
 	if rb := cfg.file.Redis; rb != nil {

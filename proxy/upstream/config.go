@@ -7,6 +7,8 @@ import (
 	"os"
 	"regexp"
 	"time"
+
+	"github.com/mailgate/mailgate/proxy/tlspolicy"
 )
 
 // TLS modes for Config.TLS.
@@ -55,6 +57,12 @@ type Config struct {
 	InsecureSkipVerify bool   `hcl:"insecure_skip_verify,optional"` // certificates verified unless true
 	ServerName         string `hcl:"server_name,optional"`          // TLS SNI/verification name (default host of Address)
 	CAFile             string `hcl:"ca_file,optional"`              // extra PEM CA bundle, added to the system roots
+
+	// TLSMinVersion is "1.2" (default) or "1.3"; TLSCipherSuites are the
+	// TLS 1.2 suites offered, by Go name (default: ECDHE with AES-GCM or
+	// ChaCha20-Poly1305 only). See package tlspolicy.
+	TLSMinVersion   string   `hcl:"tls_min_version,optional"`
+	TLSCipherSuites []string `hcl:"tls_cipher_suites,optional"`
 }
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
@@ -96,6 +104,7 @@ func (c Config) WithDefaults() Config {
 // settings are the parsed, validated values of a Config.
 type settings struct {
 	connectTimeout, commandTimeout, dataTimeout, idleTimeout time.Duration
+	tls                                                      tlspolicy.Policy
 }
 
 // Validate checks c (after WithDefaults) and returns every problem found,
@@ -149,6 +158,11 @@ func (c Config) parse() (settings, error) {
 	s.commandTimeout = dur("command_timeout", c.CommandTimeout)
 	s.dataTimeout = dur("data_timeout", c.DataTimeout)
 	s.idleTimeout = dur("idle_timeout", c.IdleTimeout)
+	if p, err := tlspolicy.Parse("tls_min_version", c.TLSMinVersion, "tls_cipher_suites", c.TLSCipherSuites); err != nil {
+		bad("%v", err)
+	} else {
+		s.tls = p
+	}
 	if c.CAFile != "" {
 		if _, err := os.Stat(c.CAFile); err != nil {
 			bad("ca_file: %v", err)

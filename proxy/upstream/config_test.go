@@ -3,12 +3,15 @@ package upstream
 import (
 	"errors"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/hcl/v2/gohcl"
 	"github.com/hashicorp/hcl/v2/hclparse"
+
+	"github.com/mailgate/mailgate/proxy/tlspolicy"
 )
 
 func TestConfigDecodeHCL(t *testing.T) {
@@ -46,8 +49,8 @@ func TestConfigDecodeHCL(t *testing.T) {
 	}
 	s, _ := b.parse()
 	want := settings{connectTimeout: 30 * time.Second, commandTimeout: 5 * time.Minute,
-		dataTimeout: 10 * time.Minute, idleTimeout: 60 * time.Second}
-	if s != want {
+		dataTimeout: 10 * time.Minute, idleTimeout: 60 * time.Second, tls: tlspolicy.Default()}
+	if !reflect.DeepEqual(s, want) {
 		t.Errorf("default settings = %+v, want %+v", s, want)
 	}
 }
@@ -73,6 +76,13 @@ func TestConfigValidate(t *testing.T) {
 		{"bad_duration", func(c *Config) { c.CommandTimeout = "soon" }, "command_timeout"},
 		{"zero_duration", func(c *Config) { c.DataTimeout = "0s" }, "data_timeout"},
 		{"missing_ca_file", func(c *Config) { c.CAFile = "/nonexistent/ca.pem" }, "ca_file"},
+		{"tls_min_version_1.3", func(c *Config) { c.TLSMinVersion = "1.3" }, ""},
+		{"tls_min_version_1.1_refused", func(c *Config) { c.TLSMinVersion = "1.1" }, "tls_min_version"},
+		{"tls_cipher_suites_cbc_allowed", func(c *Config) {
+			c.TLSCipherSuites = []string{"TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA"}
+		}, ""},
+		{"tls_cipher_suites_unknown", func(c *Config) { c.TLSCipherSuites = []string{"ECDHE-RSA-AES128-GCM-SHA256"} }, "tls_cipher_suites: unknown cipher suite"},
+		{"tls_cipher_suites_insecure", func(c *Config) { c.TLSCipherSuites = []string{"TLS_RSA_WITH_RC4_128_SHA"} }, "insecure"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := ok

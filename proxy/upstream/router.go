@@ -12,6 +12,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/mailgate/mailgate/proxy/tlspolicy"
 )
 
 // Router holds every configured upstream with its connection pool. It is
@@ -66,8 +68,9 @@ func WithDialer(d func(ctx context.Context, network, addr string) (net.Conn, err
 }
 
 // WithTLSConfig sets the base TLS configuration, cloned per upstream; each
-// upstream's server_name, insecure_skip_verify and ca_file are applied on
-// top of it. Default: a zero config with MinVersion TLS 1.2.
+// upstream's tls_min_version, tls_cipher_suites (default TLS 1.2+, AEAD
+// suites only: package tlspolicy), server_name, insecure_skip_verify and
+// ca_file are applied on top of it. Default: a zero config.
 func WithTLSConfig(c *tls.Config) Option { return func(o *options) { o.tls = c } }
 
 // WithHostname sets the EHLO name used by upstreams without helo (the
@@ -111,7 +114,7 @@ func NewRouter(cfgs []Config, opts ...Option) (*Router, error) {
 			errs = append(errs, fmt.Errorf("%w: upstream %q defined twice", ErrConfig, c.Name))
 			continue
 		}
-		tc, err := tlsConfigFor(o.tls, c)
+		tc, err := tlsConfigFor(o.tls, c, s.tls)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -129,13 +132,14 @@ func NewRouter(cfgs []Config, opts ...Option) (*Router, error) {
 	return r, nil
 }
 
-func tlsConfigFor(base *tls.Config, c Config) (*tls.Config, error) {
+func tlsConfigFor(base *tls.Config, c Config, p tlspolicy.Policy) (*tls.Config, error) {
 	var tc *tls.Config
 	if base != nil {
 		tc = base.Clone()
 	} else {
-		tc = &tls.Config{MinVersion: tls.VersionTLS12}
+		tc = &tls.Config{}
 	}
+	p.Apply(tc)
 	tc.ServerName = c.ServerName
 	if c.InsecureSkipVerify {
 		tc.InsecureSkipVerify = true
