@@ -67,6 +67,9 @@ const reservationTTL = 30 * time.Minute
 // Quotas is a compiled, immutable set of quota blocks.
 type Quotas struct {
 	defs []*quotaDef
+	// vars lists, per stage, the input attributes the quotas checked at
+	// that stage read.
+	vars map[Stage][]varSpec
 }
 
 // Names lists the quotas in configuration order.
@@ -106,9 +109,9 @@ var kinds = []quota.Kind{quota.Messages, quota.Recipients, quota.NewRecipients}
 type quotaDef struct {
 	name     string
 	key      hcl.Expression
-	when     hcl.Expression // nil: always
-	vars     []varSpec      // input variables key and when refer to
-	perRcpt  bool           // key refers to rcpt: checked at RCPT only
+	when     hcl.Expression  // nil: always
+	vars     []hcl.Traversal // input variables key and when refer to
+	perRcpt  bool            // key refers to rcpt: checked at RCPT only
 	messages []quota.Window
 	rcpts    []quota.Window
 	newRcpts []quota.Window
@@ -272,11 +275,10 @@ func CompileQuotas(cfgs []QuotaConfig) (*Quotas, hcl.Diagnostics) {
 			}
 		}
 		d.perRcpt = used["rcpt"]
-		exprs := []hcl.Expression{c.Key}
+		d.vars = c.Key.Variables()
 		if d.when != nil {
-			exprs = append(exprs, d.when)
+			d.vars = append(d.vars, d.when.Variables()...)
 		}
-		d.vars = varSpecs(exprs)
 		if used["message"] || used["quota"] {
 			errAt("Invalid key or when", "key and when are decided at MAIL or RCPT: they cannot refer to message or quota.")
 			continue
@@ -296,6 +298,16 @@ func CompileQuotas(cfgs []QuotaConfig) (*Quotas, hcl.Diagnostics) {
 	}
 	if diags.HasErrors() {
 		return nil, diags
+	}
+	q.vars = map[Stage][]varSpec{}
+	for _, stage := range []Stage{StageMail, StageRcpt} {
+		var trs []hcl.Traversal
+		for _, d := range q.defs {
+			if d.applies(stage) {
+				trs = append(trs, d.vars...)
+			}
+		}
+		q.vars[stage] = traversalSpecs(trs)
 	}
 	return q, nil
 }

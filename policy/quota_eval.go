@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
@@ -115,11 +117,14 @@ func (p *Policy) checkQuotas(ctx context.Context, qs *Quotas, doc *document) quo
 		evalErr *quotaDef
 	)
 	stage := doc.in.Stage
+	// One evaluation context for every quota of the stage, holding the
+	// input attributes any of them reads.
+	ectx := &hcl.EvalContext{Variables: partialVars(&doc.in, qs.vars[stage]), Functions: ruleFunctions}
 	for _, d := range qs.defs {
 		if !d.applies(stage) {
 			continue
 		}
-		key, ok, err := d.evalKey(doc)
+		key, ok, err := d.evalKey(ectx)
 		if err != nil {
 			p.log.LogAttrs(ctx, slog.LevelError, "quota key failed", slog.String("quota", d.name),
 				slog.String("session", doc.in.Session.ID), slog.Any("error", err))
@@ -172,7 +177,7 @@ func (p *Policy) checkQuotas(ctx context.Context, qs *Quotas, doc *document) quo
 		return c // every quota involved says on_error = "accept"
 	}
 	c.states = make(map[string]QuotaState, len(applied))
-	var parts []quota.Part
+	parts := make([]quota.Part, 0, len(reqs))
 	for _, a := range applied {
 		st := QuotaState{Key: a.key, Action: a.def.action, Messages: []QuotaWindow{}, Recipients: []QuotaWindow{}, NewRecipients: []QuotaWindow{}}
 		var worst time.Duration
@@ -254,8 +259,7 @@ func quotaUnavailable(name string) *Decision {
 
 // evalKey evaluates when and key; ok is false when the quota does not
 // apply (when is false, or the key is empty).
-func (d *quotaDef) evalKey(doc *document) (string, bool, error) {
-	ectx := &hcl.EvalContext{Variables: partialVars(&doc.in, d.vars), Functions: ruleFunctions}
+func (d *quotaDef) evalKey(ectx *hcl.EvalContext) (string, bool, error) {
 	if d.when != nil {
 		v, err := evalAs(d.when, ectx, cty.Bool)
 		if err != nil {
@@ -291,10 +295,19 @@ func formatRetry(d time.Duration) string {
 	return fmt.Sprintf("%dh%dm", m/60, m%60)
 }
 
+// reservationPrefix makes reservation ids unique across instances (and
+// restarts) sharing a store; reservationSeq within the process.
+var (
+	reservationPrefix = sync.OnceValue(func() string {
+		var b [8]byte
+		_, _ = rand.Read(b[:])
+		return hex.EncodeToString(b[:]) + "-"
+	})
+	reservationSeq atomic.Uint64
+)
+
 func newReservationID() string {
-	var b [12]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
+	return reservationPrefix() + strconv.FormatUint(reservationSeq.Add(1), 36)
 }
 
 // tripLog remembers which (quota, key) pairs are over a limit, so the
@@ -337,16 +350,16 @@ type varSpec struct {
 	attrs []string
 }
 
-// varSpecs lists the input variables exprs refer to. A variable only ever
-// read through an attribute ("envelope.from") is built with just the
-// attributes read: a quota is checked on every message, and building the
+// traversalSpecs lists the input variables trs refer to. A variable only
+// ever read through an attribute ("envelope.from") is built with just the
+// attributes read: quotas are checked on every message, and building the
 // whole document for one attribute costs more than the rest of the check.
-// The expressions are still evaluated by HCL, on a smaller object.
-func varSpecs(exprs []hcl.Expression) []varSpec {
+// The expressions are still evaluated by HCL, on a smaller value.
+func traversalSpecs(trs []hcl.Traversal) []varSpec {
 	attrs := map[string]map[string]bool{}
 	whole := map[string]bool{}
-	for _, x := range exprs {
-		for _, tr := range x.Variables() {
+	for _, tr := range trs {
+		{
 			root := tr.RootName()
 			if _, ok := schemaTypes[root]; !ok || root == "quota" || root == "message" {
 				continue
