@@ -102,6 +102,7 @@ func (u *matrixUpstream) arrived(subject string) (arrival, bool) {
 // matrixCase is one client run: mode is "starttls" or "implicit".
 type matrixCase struct {
 	addr, mode, password, subject string
+	lf                            bool // the application hands over LF line ends
 }
 
 func (c matrixCase) hostPort() (string, string) {
@@ -110,7 +111,11 @@ func (c matrixCase) hostPort() (string, string) {
 }
 
 func (c matrixCase) message() string {
-	return "From: " + e2eUser + "\r\nTo: bob@example.net\r\nSubject: " + c.subject + "\r\n\r\nclient matrix\r\n"
+	m := "From: " + e2eUser + "\r\nTo: bob@example.net\r\nSubject: " + c.subject + "\r\n\r\nclient matrix\r\n"
+	if c.lf {
+		m = strings.ReplaceAll(m, "\r\n", "\n")
+	}
+	return m
 }
 
 // matrixClient runs one case and returns the client's output and whether
@@ -120,7 +125,11 @@ type matrixClient struct {
 	tools []string
 	// authFailure matches the output of a run refused at AUTH.
 	authFailure *regexp.Regexp
-	run         func(t *testing.T, c matrixCase) (out string, ok bool)
+	// lfRefusal, when set, matches the output of a run whose message had
+	// LF line ends: the client sends them as they are and mailgate refuses
+	// the bare LFs (550 5.6.0). Nil: the client converts them to CRLF.
+	lfRefusal *regexp.Regexp
+	run       func(t *testing.T, c matrixCase) (out string, ok bool)
 	// batch, when set, runs all cases in one process (a JVM starts slowly)
 	// and replaces run.
 	batch func(t *testing.T, cs []matrixCase) map[string]matrixResult
@@ -161,6 +170,9 @@ var matrixClients = []matrixClient{
 	},
 	{
 		name: "curl", tools: []string{"curl"}, authFailure: regexp.MustCompile(`curl: \(67\)`),
+		// Without --crlf curl uploads the file as is; mailgate's 550 and
+		// close after the bare LF reach curl as "(8) Weird server reply".
+		lfRefusal: regexp.MustCompile(`curl: \(8\)`),
 		run: func(t *testing.T, c matrixCase) (string, bool) {
 			url := "smtp://" + c.addr
 			args := []string{"-sS", "--ssl-reqd"}
@@ -175,6 +187,8 @@ var matrixClients = []matrixClient{
 	},
 	{
 		name: "python-smtplib", authFailure: regexp.MustCompile(`AUTHFAIL 535`),
+		// sendmail() converts line ends of a str, not of bytes (as here).
+		lfRefusal: regexp.MustCompile(`SMTPDataError: \(550, b'5\.6\.0`),
 		run: func(t *testing.T, c matrixCase) (string, bool) {
 			host, port := c.hostPort()
 			out, code := peertest.PythonSMTP(t, `
@@ -400,8 +414,9 @@ func TestClientMatrix(t *testing.T) {
 				}
 				good := matrixCase{addr: addr, mode: mode, password: e2ePassword, subject: "matrix " + cl.name + " " + mode}
 				bad := matrixCase{addr: addr, mode: mode, password: "wrong password", subject: good.subject + " wrong"}
-				cases[mode], cases[mode+"_wrong_password"] = good, bad
-				all = append(all, good, bad)
+				lf := matrixCase{addr: addr, mode: mode, password: e2ePassword, subject: good.subject + " lf", lf: true}
+				cases[mode], cases[mode+"_wrong_password"], cases[mode+"_lf_line_ends"] = good, bad, lf
+				all = append(all, good, bad, lf)
 			}
 			run := cl.run
 			if cl.batch != nil {
@@ -443,6 +458,21 @@ func TestClientMatrix(t *testing.T) {
 					}
 					if _, arrived := up.arrived(c.subject); arrived {
 						t.Fatal("delivered with a wrong password")
+					}
+				})
+				t.Run(mode+"_lf_line_ends", func(t *testing.T) {
+					c := cases[mode+"_lf_line_ends"]
+					out, ok := run(t, c)
+					_, arrived := up.arrived(c.subject)
+					if cl.lfRefusal == nil {
+						if !ok || !arrived {
+							t.Fatalf("LF line ends: not delivered (client ok=%v, arrived=%v):\n%s", ok, arrived, out)
+						}
+						return
+					}
+					if ok || arrived || !cl.lfRefusal.MatchString(out) {
+						t.Fatalf("LF line ends: want the bare-LF refusal (%s), nothing delivered; ok=%v arrived=%v:\n%s",
+							cl.lfRefusal, ok, arrived, out)
 					}
 				})
 			}
