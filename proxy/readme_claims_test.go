@@ -258,3 +258,32 @@ func TestBeforeTLSOnlyEHLOSTARTTLSNOOPRSETQUIT(t *testing.T) {
 		t.Fatal("a plaintext command reached the upstream")
 	}
 }
+
+// TestAllowInsecureAuthOnlyOnLoopback: "AUTH … only over TLS, unless a
+// loopback-only listener says allow_insecure_auth = true": such a listener
+// takes AUTH in plaintext; the same option on any other address is a
+// configuration error.
+func TestAllowInsecureAuthOnlyOnLoopback(t *testing.T) {
+	none := "none"
+	plain := proxy.ListenerConfig{Name: "plainauth", Address: "127.0.0.1:0", TLS: &none, AllowInsecureAuth: true}
+	e := newEnv(t, func(c *proxy.Config, _ *proxy.Deps) { c.Listeners = append(c.Listeners, plain) })
+	c := dialRaw(t, e.addr["plainauth"])
+	c.expect("EHLO client.test", 250)
+	c.expect("AUTH PLAIN "+plainIR("", testUser, testPassword), 235)
+	if code, text := send(t, c, testUser, []string{"bob@example.net"}, simpleMessage); code != 250 {
+		t.Fatalf("%d %s", code, text)
+	}
+	for _, addr := range []string{"0.0.0.0:0", "192.0.2.1:587", "[::]:587", "localhost:587"} {
+		l := plain
+		l.Address = addr
+		cfg := proxy.Config{Hostname: "mailgate.test", Listeners: []proxy.ListenerConfig{l}}
+		if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "allow_insecure_auth") {
+			t.Errorf("allow_insecure_auth on %s: err = %v, want a configuration error", addr, err)
+		}
+	}
+	l := plain
+	l.Address = "[::1]:0"
+	if err := (&proxy.Config{Hostname: "mailgate.test", Listeners: []proxy.ListenerConfig{l}}).Validate(); err != nil {
+		t.Errorf("allow_insecure_auth on [::1]: %v", err)
+	}
+}
