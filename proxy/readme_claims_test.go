@@ -10,7 +10,9 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/mailgate/mailgate/policy"
@@ -285,5 +287,51 @@ func TestAllowInsecureAuthOnlyOnLoopback(t *testing.T) {
 	l.Address = "[::1]:0"
 	if err := (&proxy.Config{Hostname: "mailgate.test", Listeners: []proxy.ListenerConfig{l}}).Validate(); err != nil {
 		t.Errorf("allow_insecure_auth on [::1]: %v", err)
+	}
+}
+
+// TestLargeBodySpooledToUnlinkedFile: "Large bodies are spooled to an
+// unlinked temporary file": while the message is being decided (the body
+// already spooled past spool_threshold), the spool directory holds no
+// file a name could open.
+func TestLargeBodySpooledToUnlinkedFile(t *testing.T) {
+	dir := t.TempDir()
+	var (
+		mu      sync.Mutex
+		seen    []string
+		decided bool
+	)
+	e := newEnv(t, func(c *proxy.Config, d *proxy.Deps) {
+		c.Message.SpoolThreshold = 4096
+		c.Message.SpoolDir = dir
+		d.Policy = stagePolicy(func(in policy.Input) (policy.Decision, error) {
+			if in.Stage == policy.StageData {
+				entries, err := os.ReadDir(dir)
+				if err != nil {
+					return policy.Decision{}, err
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				for _, en := range entries {
+					seen = append(seen, en.Name())
+				}
+				decided = in.Message.Size > 4096
+			}
+			return policy.Decision{Outcome: policy.Accept}, nil
+		})
+	})
+	c := dialRaw(t, e.addr["relay"])
+	c.expect("EHLO client.test", 250)
+	body := strings.Repeat(strings.Repeat("0123456789", 9)+"\r\n", 2000) // ~180 KB
+	if code, text := send(t, c, "app@example.com", []string{"bob@example.net"}, "From: app@example.com\r\n\r\n"+body); code != 250 {
+		t.Fatalf("%d %s", code, text)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !decided {
+		t.Fatal("the data-stage policy did not see the spooled message")
+	}
+	if len(seen) != 0 {
+		t.Fatalf("spool files visible while the message was held: %v", seen)
 	}
 }
