@@ -1,7 +1,8 @@
 package main
 
 // The client matrix: real submission clients — swaks, curl, Python's
-// smtplib, Go's net/smtp, msmtp, Nodemailer and Jakarta Mail (Java Mail) —
+// smtplib, Go's net/smtp, msmtp, Nodemailer, PHPMailer and Jakarta Mail
+// (Java Mail) —
 // each over STARTTLS + AUTH and over implicit TLS, each with a wrong
 // password, against one mailgate. The upstream is an in-process go-smtp
 // server that offers SMTPUTF8 and 8BITMIME: net/smtp adds SMTPUTF8 to
@@ -265,6 +266,13 @@ t.sendMail({ envelope: { from: user, to: ["bob@example.net"] }, raw })
 		},
 	},
 	{
+		name: "phpmailer", tools: []string{"phpmailer"}, authFailure: regexp.MustCompile(`SERVER -> CLIENT: 535 5\.7\.8`),
+		run: func(t *testing.T, c matrixCase) (string, bool) {
+			host, port := c.hostPort()
+			return toolRun(t, nil, nil, "php", "-r", phpMailerSubmit, host, port, c.mode, e2eUser, c.password, c.subject)
+		},
+	},
+	{
 		name: "jakarta-mail", tools: []string{"jakarta-mail"}, authFailure: regexp.MustCompile(`AUTHFAIL .*535`),
 		batch: func(t *testing.T, cs []matrixCase) map[string]matrixResult {
 			src := filepath.Join(t.TempDir(), "Submit.java")
@@ -294,6 +302,38 @@ t.sendMail({ envelope: { from: user, to: ["bob@example.net"] }, raw })
 		},
 	},
 }
+
+// phpMailerSubmit sends a message with PHPMailer as a PHP application
+// would (SMTPSecure "tls" = STARTTLS, "ssl" = implicit TLS), with the
+// server's replies in its output (SMTPDebug 2).
+const phpMailerSubmit = `
+require "` + peertest.PHPMailerAutoload + `";
+use PHPMailer\PHPMailer\PHPMailer;
+[$host, $port, $mode, $user, $pass, $subject] = array_slice($argv, 1);
+$m = new PHPMailer(true);
+$m->isSMTP();
+$m->Host = $host;
+$m->Port = (int)$port;
+$m->SMTPAuth = true;
+$m->Username = $user;
+$m->Password = $pass;
+$m->SMTPSecure = $mode === "implicit" ? PHPMailer::ENCRYPTION_SMTPS : PHPMailer::ENCRYPTION_STARTTLS;
+$m->SMTPOptions = ["ssl" => ["verify_peer" => false, "verify_peer_name" => false, "allow_self_signed" => true]];
+$m->Timeout = 20;
+$m->SMTPDebug = 2;
+$m->Debugoutput = "echo";
+$m->setFrom($user);
+$m->addAddress("bob@example.net");
+$m->Subject = $subject;
+$m->Body = "client matrix\n";
+try {
+    $m->send();
+    echo "OK\n";
+} catch (Exception $e) {
+    echo "FAIL ", $m->ErrorInfo, "\n";
+    exit(3);
+}
+`
 
 // jakartaSubmit sends one message per stdin line (mode, host, port,
 // user, password, subject; tab-separated) with Jakarta Mail, as a Java

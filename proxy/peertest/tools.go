@@ -39,6 +39,9 @@ type tool struct {
 // for node scripts that require them).
 const NodePath = "/usr/share/nodejs"
 
+// PHPMailerAutoload is Debian's PHPMailer (libphp-phpmailer) autoloader.
+const PHPMailerAutoload = "/usr/share/php/libphp-phpmailer/autoload.php"
+
 // JakartaMailClasspath is the classpath of Debian's Jakarta Mail (Java
 // Mail) and its activation framework.
 const JakartaMailClasspath = "/usr/share/java/jakarta-mail.jar:/usr/share/java/jakarta-activation.jar"
@@ -58,6 +61,8 @@ var tools = map[string]tool{
 	// Submission clients of the client matrix.
 	"msmtp":      {bin: "msmtp", pkg: "msmtp"},
 	"nodemailer": {bin: "node", pkg: "nodejs node-nodemailer", node: "nodemailer"},
+	"phpmailer": {bin: "php", pkg: "php-cli libphp-phpmailer",
+		files: []string{PHPMailerAutoload}},
 	"jakarta-mail": {bin: "java", pkg: "openjdk-17-jre-headless libjakarta-mail-java",
 		files: []string{"/usr/share/java/jakarta-mail.jar", "/usr/share/java/jakarta-activation.jar"}},
 }
@@ -146,7 +151,8 @@ func probeTool(name string, tl tool) (string, error) {
 // smtp-sink, smtp-source, postfix, swaks, curl, python3-dkim (meaning
 // /usr/bin/python3 can import dkim), opendkim, opendkim-testkey,
 // redis-server, openssl, haproxy, and the submission clients msmtp,
-// nodemailer (node can require Debian's nodemailer from [NodePath]) and
+// nodemailer (node can require Debian's nodemailer from [NodePath]),
+// phpmailer (php and Debian's PHPMailer, [PHPMailerAutoload]) and
 // jakarta-mail (java and Debian's Jakarta Mail jars, [JakartaMailClasspath]). An unknown name is a bug in the test and fails it.
 func Require(t testing.TB, names ...string) {
 	t.Helper()
