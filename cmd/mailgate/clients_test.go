@@ -1,8 +1,8 @@
 package main
 
 // The client matrix: real submission clients — swaks, curl, Python's
-// smtplib, Go's net/smtp, msmtp, Nodemailer, PHPMailer and Jakarta Mail
-// (Java Mail) —
+// smtplib, Go's net/smtp, msmtp, mutt, Nodemailer, PHPMailer and Jakarta
+// Mail (Java Mail) —
 // each over STARTTLS + AUTH and over implicit TLS, each with a wrong
 // password, against one mailgate. The upstream is an in-process go-smtp
 // server that offers SMTPUTF8 and 8BITMIME: net/smtp adds SMTPUTF8 to
@@ -103,7 +103,8 @@ func (u *matrixUpstream) arrived(subject string) (arrival, bool) {
 // matrixCase is one client run: mode is "starttls" or "implicit".
 type matrixCase struct {
 	addr, mode, password, subject string
-	lf                            bool // the application hands over LF line ends
+	certFile                      string // mailgate's certificate (PEM), for clients that must trust it
+	lf                            bool   // the application hands over LF line ends
 }
 
 func (c matrixCase) hostPort() (string, string) {
@@ -263,6 +264,38 @@ t.sendMail({ envelope: { from: user, to: ["bob@example.net"] }, raw })
   .then(info => { console.log("OK", info.response); })
   .catch(err => { console.log(err.code, err.response || err.message); process.exit(3); });
 `, host, port, c.mode, e2eUser, c.password, c.message())
+		},
+	},
+	{
+		name: "mutt", tools: []string{"mutt"}, authFailure: regexp.MustCompile(`SASL authentication failed`),
+		run: func(t *testing.T, c matrixCase) (string, bool) {
+			// Batch mode cannot ask whether to trust a certificate:
+			// certificate_file holds it.
+			home := t.TempDir()
+			scheme := "smtp"
+			if c.mode == "implicit" {
+				scheme = "smtps"
+			}
+			rc := filepath.Join(home, "muttrc")
+			if err := os.WriteFile(rc, []byte(fmt.Sprintf(`set smtp_url = "%s://%s@%s/"
+set smtp_pass = "%s"
+set ssl_starttls = yes
+set ssl_force_tls = yes
+set ssl_verify_host = no
+set certificate_file = "%s"
+set from = "%s"
+set use_from = yes
+set envelope_from = yes
+set record = ""
+set folder = "%s"
+`, scheme, strings.ReplaceAll(e2eUser, "@", "%40"), c.addr, c.password, c.certFile, e2eUser, home)), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			body := "client matrix\n"
+			if !c.lf {
+				body = "client matrix\r\n"
+			}
+			return toolRun(t, []byte(body), []string{"HOME=" + home}, "mutt", "-n", "-F", rc, "-s", c.subject, "--", "bob@example.net")
 		},
 	},
 	{
@@ -452,9 +485,11 @@ func TestClientMatrix(t *testing.T) {
 				if mode == "implicit" {
 					addr = m.smtps
 				}
-				good := matrixCase{addr: addr, mode: mode, password: e2ePassword, subject: "matrix " + cl.name + " " + mode}
-				bad := matrixCase{addr: addr, mode: mode, password: "wrong password", subject: good.subject + " wrong"}
-				lf := matrixCase{addr: addr, mode: mode, password: e2ePassword, subject: good.subject + " lf", lf: true}
+				cert := filepath.Join(m.dir, "cert.pem")
+				good := matrixCase{addr: addr, mode: mode, password: e2ePassword, subject: "matrix " + cl.name + " " + mode, certFile: cert}
+				bad, lf := good, good
+				bad.password, bad.subject = "wrong password", good.subject+" wrong"
+				lf.lf, lf.subject = true, good.subject+" lf"
 				cases[mode], cases[mode+"_wrong_password"], cases[mode+"_lf_line_ends"] = good, bad, lf
 				all = append(all, good, bad, lf)
 			}

@@ -60,6 +60,7 @@ var tools = map[string]tool{
 	"haproxy":          {bin: "haproxy", pkg: "haproxy"},
 	// Submission clients of the client matrix.
 	"msmtp":      {bin: "msmtp", pkg: "msmtp"},
+	"mutt":       {bin: "mutt", pkg: "mutt"},
 	"nodemailer": {bin: "node", pkg: "nodejs node-nodemailer", node: "nodemailer"},
 	"phpmailer": {bin: "php", pkg: "php-cli libphp-phpmailer",
 		files: []string{PHPMailerAutoload}},
@@ -150,7 +151,7 @@ func probeTool(name string, tl tool) (string, error) {
 // CI=true it fails the test instead. Valid names are listed by [Tools]:
 // smtp-sink, smtp-source, postfix, swaks, curl, python3-dkim (meaning
 // /usr/bin/python3 can import dkim), opendkim, opendkim-testkey,
-// redis-server, openssl, haproxy, and the submission clients msmtp,
+// redis-server, openssl, haproxy, and the submission clients msmtp, mutt,
 // nodemailer (node can require Debian's nodemailer from [NodePath]),
 // phpmailer (php and Debian's PHPMailer, [PHPMailerAutoload]) and
 // jakarta-mail (java and Debian's Jakarta Mail jars, [JakartaMailClasspath]). An unknown name is a bug in the test and fails it.
