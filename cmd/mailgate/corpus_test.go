@@ -208,6 +208,7 @@ dkim {
 	}
 	for _, it := range items[:accepted] {
 		t.Run(it.Name, func(t *testing.T) {
+			t.Parallel() // two verifier processes per copy: use both cores
 			copies := arrivals[it]
 			if len(copies) == 0 {
 				t.Fatal("never arrived")
