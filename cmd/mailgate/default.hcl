@@ -1,8 +1,16 @@
 # The embedded default: what `go run ./cmd/mailgate` runs with no config.
-# A self-contained demo on loopback: STARTTLS with a certificate made at
-# start, one demo user whose password is printed, and an outbox that
-# writes every accepted message into ./mailgate-outbox (a Maildir)
-# instead of relaying it.
+# A self-contained demo on loopback that shows relay, policy and signing:
+#   - STARTTLS with a self-signed certificate made at start;
+#   - one user whose random password is printed;
+#   - the demo policy (cmd/mailgate/demo/policy.rego, embedded): MAIL FROM
+#     and every From: address must be the login;
+#   - DKIM signing for the user's domain with an RSA-2048 and an Ed25519
+#     key made at start (their DNS TXT records are printed);
+#   - an outbox that writes every accepted message into ./mailgate-outbox
+#     (a Maildir) instead of relaying it, printing each file's path.
+# Users file, keys and policy live in a private temporary directory that
+# is removed when mailgate stops. A dkim or policy block here would replace
+# the demo's own.
 hostname = "localhost"
 
 listener "submission" {
@@ -12,7 +20,7 @@ listener "submission" {
 }
 
 demo {
-  user = "demo@example.com"
+  user = "demo@example.com" # its domain is the DKIM signing domain
 }
 
 outbox {

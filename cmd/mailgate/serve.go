@@ -122,6 +122,7 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger, stdout io.Writ
 		return err
 	}
 	if w.demo != nil {
+		w.demo.setOutput(stdout)
 		w.demo.announce(stdout, srv.Addrs())
 	}
 	if ready != nil {

@@ -2,17 +2,12 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/tls"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
-	"os"
-	"path/filepath"
-	"sort"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -53,6 +48,7 @@ func wire(cfg *config, logger *slog.Logger) (_ *wiring, err error) {
 			return nil, err
 		}
 		w.demo = d
+		w.closers = append(w.closers, d.close)
 		w.deps.TLS = d.certs.Config()
 	} else if cfg.file.TLS != nil {
 		pol, err := cfg.file.TLS.Policy() // checked by validate
@@ -102,25 +98,35 @@ func wire(cfg *config, logger *slog.Logger) (_ *wiring, err error) {
 		}
 		w.deps.Auth = a
 	}
-	if cfg.file.DKIM != nil {
-		sg, err := dkim.New(*cfg.file.DKIM, dkim.WithLogger(logger))
+	dkimCfg, policyCfg, policyDir := cfg.file.DKIM, cfg.file.Policy, cfg.baseDir
+	if w.demo != nil {
+		// The demo's own keys and policy, unless the file names its own.
+		if dkimCfg == nil {
+			dkimCfg = &w.demo.dkim
+		}
+		if policyCfg == nil {
+			policyCfg, policyDir = &w.demo.policy, w.demo.dir
+		}
+	}
+	if dkimCfg != nil {
+		sg, err := dkim.New(*dkimCfg, dkim.WithLogger(logger))
 		if err != nil {
 			return nil, err
 		}
 		w.deps.Signer = sg
 		w.reloads = append(w.reloads, sg.Reload)
 	}
-	if cfg.file.Policy != nil || cfg.quotas != nil {
+	if policyCfg != nil || cfg.quotas != nil {
 		opts := []policy.Option{policy.WithLogger(logger)}
 		if cfg.quotas != nil {
 			w.quotas = newQuotaStore(cfg, w.rdb)
 			opts = append(opts, policy.WithQuotas(cfg.quotas, w.quotas))
 		}
 		var pc policy.Config
-		if cfg.file.Policy != nil {
-			pc = *cfg.file.Policy
+		if policyCfg != nil {
+			pc = *policyCfg
 		}
-		p, err := policy.New(pc, cfg.baseDir, opts...)
+		p, err := policy.New(pc, policyDir, opts...)
 		if err != nil {
 			return nil, err
 		}
@@ -158,7 +164,11 @@ func wire(cfg *config, logger *slog.Logger) (_ *wiring, err error) {
 			return ok
 		})
 	case cfg.file.Outbox != nil:
-		ob, err := outbox.New(cfg.abs(cfg.file.Outbox.Maildir))
+		var opts []outbox.Option
+		if w.demo != nil {
+			opts = append(opts, outbox.WithSaved(w.demo.saved))
+		}
+		ob, err := outbox.New(cfg.abs(cfg.file.Outbox.Maildir), opts...)
 		if err != nil {
 			return nil, err
 		}
@@ -187,75 +197,6 @@ func (w *wiring) reload(logger *slog.Logger) {
 func (w *wiring) close() {
 	for i := len(w.closers) - 1; i >= 0; i-- {
 		w.closers[i]()
-	}
-}
-
-// demo is the embedded default's generated state.
-type demo struct {
-	user, password string
-	certs          *proxy.CertStore
-	outbox         string
-}
-
-func newDemo(cfg *config, b *demoBlock) (*demo, error) {
-	cert, err := proxy.SelfSigned(cfg.file.Hostname)
-	if err != nil {
-		return nil, fmt.Errorf("demo: %w", err)
-	}
-	user := b.User
-	if user == "" {
-		user = "demo@example.com"
-	}
-	var pw [12]byte
-	if _, err := rand.Read(pw[:]); err != nil {
-		return nil, err
-	}
-	password := base64.RawURLEncoding.EncodeToString(pw[:])
-	return &demo{user: user, password: password, certs: proxy.NewStaticCertStore(cert)}, nil
-}
-
-// authenticator writes the demo user's hash to a private temporary users
-// file and loads it like any other.
-func (d *demo) authenticator(logger *slog.Logger) (*auth.Authenticator, error) {
-	hash, err := auth.Hash(d.password)
-	if err != nil {
-		return nil, err
-	}
-	dir, err := os.MkdirTemp("", "mailgate-demo-")
-	if err != nil {
-		return nil, err
-	}
-	path := filepath.Join(dir, "users")
-	if err := os.WriteFile(path, []byte(d.user+":"+hash+"\n"), 0o600); err != nil {
-		return nil, err
-	}
-	// Loaded once; the file is not needed afterwards.
-	defer os.RemoveAll(dir)
-	return auth.New(auth.Config{UsersFile: path}, auth.WithLogger(logger))
-}
-
-func (d *demo) announce(w io.Writer, addrs map[string]string) {
-	names := make([]string, 0, len(addrs))
-	for n := range addrs {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	for _, n := range names {
-		a := addrs[n]
-		fmt.Fprintf(w, `
-mailgate demo is ready on %[1]s (listener %[2]q, STARTTLS with a self-signed certificate).
-  user:     %[3]s
-  password: %[4]s
-Accepted messages are written to the Maildir %[5]s (nothing is relayed).
-
-Send a test message with curl:
-  printf 'From: %[3]s\r\nTo: you@example.net\r\nSubject: hello from mailgate\r\n\r\nIt works.\r\n' |
-    curl -sS --url smtp://%[1]s --ssl-reqd --insecure --user '%[3]s:%[4]s' \
-      --mail-from %[3]s --mail-rcpt you@example.net --upload-file -
-or with swaks:
-  swaks --server %[1]s --tls --auth PLAIN --auth-user %[3]s --auth-password '%[4]s' \
-      --from %[3]s --to you@example.net
-`, a, n, d.user, d.password, d.outbox)
 	}
 }
 

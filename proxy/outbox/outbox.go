@@ -25,12 +25,21 @@ var _ proxy.Relay = (*Outbox)(nil)
 
 // Outbox writes messages into the Maildir at Dir.
 type Outbox struct {
-	dir string
-	seq atomic.Uint64
+	dir   string
+	seq   atomic.Uint64
+	saved func(path string)
 }
 
+// Option configures an Outbox.
+type Option func(*Outbox)
+
+// WithSaved calls f with the absolute path of every message once it is in
+// new/ (the demo prints it, so a newcomer can open the signed message).
+// f runs on the session's goroutine before the client gets its 250.
+func WithSaved(f func(path string)) Option { return func(o *Outbox) { o.saved = f } }
+
 // New creates the Maildir (tmp, new, cur) if needed.
-func New(dir string) (*Outbox, error) {
+func New(dir string, opts ...Option) (*Outbox, error) {
 	if abs, err := filepath.Abs(dir); err == nil {
 		dir = abs
 	}
@@ -39,7 +48,11 @@ func New(dir string) (*Outbox, error) {
 			return nil, fmt.Errorf("outbox: %w", err)
 		}
 	}
-	return &Outbox{dir: dir}, nil
+	o := &Outbox{dir: dir}
+	for _, opt := range opts {
+		opt(o)
+	}
+	return o, nil
 }
 
 // Dir is the Maildir path.
@@ -95,6 +108,9 @@ func (t *tx) Data(_ context.Context, r io.Reader) (string, error) {
 	if err != nil {
 		os.Remove(tmp)
 		return "", fmt.Errorf("outbox: %w", err)
+	}
+	if t.o.saved != nil {
+		t.o.saved(filepath.Join(t.o.dir, "new", name))
 	}
 	return "saved as " + name, nil
 }

@@ -36,3 +36,26 @@ func TestOutboxWritesMaildir(t *testing.T) {
 		t.Fatal("unknown route accepted")
 	}
 }
+
+// TestOutboxWithSavedNamesTheFileInNew: the callback gets the path of the
+// finished file in new/, never of the partial one in tmp/.
+func TestOutboxWithSavedNamesTheFileInNew(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "box")
+	var saved []string
+	o, err := New(dir, WithSaved(func(p string) { saved = append(saved, p) }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx, err := o.Begin(context.Background(), "", "a@example.com", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx.Rcpt(context.Background(), "b@example.net", nil)
+	if _, err := tx.Data(context.Background(), strings.NewReader("Subject: x\r\n\r\nbody\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	files, _ := filepath.Glob(filepath.Join(dir, "new", "*"))
+	if len(saved) != 1 || len(files) != 1 || saved[0] != files[0] {
+		t.Fatalf("saved %v, new/ holds %v", saved, files)
+	}
+}

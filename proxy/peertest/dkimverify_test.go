@@ -115,3 +115,18 @@ func TestDKIMVerify(t *testing.T) {
 		}
 	})
 }
+
+// TestOpenDKIMVerify: OpenDKIM passes a dkimpy signature with the right
+// record and fails it with another key.
+func TestOpenDKIMVerify(t *testing.T) {
+	Require(t, "opendkim")
+	signed, txt := signWithDkimpy(t, "example.com", "sel", unsignedMsg)
+	ok, res, out := OpenDKIMVerify(t, signed, map[string]string{"sel._domainkey.example.com.": txt})
+	if !ok || res["sel"] != "pass" {
+		t.Fatalf("want pass, got %v:\n%s", res, out)
+	}
+	_, other := signWithDkimpy(t, "example.com", "sel", unsignedMsg)
+	if ok, res, out := OpenDKIMVerify(t, signed, map[string]string{"sel._domainkey.example.com": other}); ok || res["sel"] == "pass" {
+		t.Fatalf("a signature passed with another key: %v:\n%s", res, out)
+	}
+}

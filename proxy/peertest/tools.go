@@ -28,10 +28,23 @@ const pythonPath = "/usr/bin/python3"
 // tool describes how to find one integration peer and which Debian package
 // provides it.
 type tool struct {
-	bin    string // executable name, or an absolute path
-	pkg    string // Debian package
-	python string // if set, a Python module that pythonPath must import
+	bin    string   // executable name, or an absolute path
+	pkg    string   // Debian package
+	python string   // if set, a Python module that pythonPath must import
+	node   string   // if set, a module that node must require (with NodePath)
+	files  []string // files that must exist (a Java library's jars)
 }
+
+// NodePath is where Debian's node-* packages put their modules (NODE_PATH
+// for node scripts that require them).
+const NodePath = "/usr/share/nodejs"
+
+// PHPMailerAutoload is Debian's PHPMailer (libphp-phpmailer) autoloader.
+const PHPMailerAutoload = "/usr/share/php/libphp-phpmailer/autoload.php"
+
+// JakartaMailClasspath is the classpath of Debian's Jakarta Mail (Java
+// Mail) and its activation framework.
+const JakartaMailClasspath = "/usr/share/java/jakarta-mail.jar:/usr/share/java/jakarta-activation.jar"
 
 var tools = map[string]tool{
 	"smtp-sink":        {bin: "smtp-sink", pkg: "postfix"},
@@ -45,6 +58,14 @@ var tools = map[string]tool{
 	"redis-server":     {bin: "redis-server", pkg: "redis-server"},
 	"openssl":          {bin: "openssl", pkg: "openssl"},
 	"haproxy":          {bin: "haproxy", pkg: "haproxy"},
+	// Submission clients of the client matrix.
+	"msmtp":      {bin: "msmtp", pkg: "msmtp"},
+	"mutt":       {bin: "mutt", pkg: "mutt"},
+	"nodemailer": {bin: "node", pkg: "nodejs node-nodemailer", node: "nodemailer"},
+	"phpmailer": {bin: "php", pkg: "php-cli libphp-phpmailer",
+		files: []string{PHPMailerAutoload}},
+	"jakarta-mail": {bin: "java", pkg: "openjdk-17-jre-headless libjakarta-mail-java",
+		files: []string{"/usr/share/java/jakarta-mail.jar", "/usr/share/java/jakarta-activation.jar"}},
 }
 
 // Tools lists the names Require accepts.
@@ -91,8 +112,16 @@ func probe(name string) (string, error) { return probeTool(name, tools[name]) }
 
 func probeTool(name string, tl tool) (string, error) {
 	p, err := lookPath(tl.bin)
-	if err != nil || tl.python == "" {
+	if err != nil {
 		return p, err
+	}
+	for _, f := range tl.files {
+		if _, err := os.Stat(f); err != nil {
+			return p, fmt.Errorf("peertest: %s: %w", name, err)
+		}
+	}
+	if tl.python == "" && tl.node == "" {
+		return p, nil
 	}
 	probeMu.Lock()
 	defer probeMu.Unlock()
@@ -101,9 +130,18 @@ func probeTool(name string, tl tool) (string, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, p, "-c", "import "+tl.python).CombinedOutput()
+	var cmd *exec.Cmd
+	what := "import " + tl.python
+	if tl.python != "" {
+		cmd = exec.CommandContext(ctx, p, "-c", "import "+tl.python)
+	} else {
+		what = "load " + tl.node
+		cmd = exec.CommandContext(ctx, p, "-e", "require("+strconv.Quote(tl.node)+")")
+		cmd.Env = append(os.Environ(), "NODE_PATH="+NodePath)
+	}
+	out, err := cmd.CombinedOutput()
 	if err != nil {
-		err = fmt.Errorf("peertest: %s cannot import %s: %w: %s", p, tl.python, err, bytes.TrimSpace(out))
+		err = fmt.Errorf("peertest: %s cannot %s: %w: %s", p, what, err, bytes.TrimSpace(out))
 	}
 	probeCache[name] = err
 	return p, err
@@ -113,7 +151,10 @@ func probeTool(name string, tl tool) (string, error) {
 // CI=true it fails the test instead. Valid names are listed by [Tools]:
 // smtp-sink, smtp-source, postfix, swaks, curl, python3-dkim (meaning
 // /usr/bin/python3 can import dkim), opendkim, opendkim-testkey,
-// redis-server and openssl. An unknown name is a bug in the test and fails it.
+// redis-server, openssl, haproxy, and the submission clients msmtp, mutt,
+// nodemailer (node can require Debian's nodemailer from [NodePath]),
+// phpmailer (php and Debian's PHPMailer, [PHPMailerAutoload]) and
+// jakarta-mail (java and Debian's Jakarta Mail jars, [JakartaMailClasspath]). An unknown name is a bug in the test and fails it.
 func Require(t testing.TB, names ...string) {
 	t.Helper()
 	require(t, tools, names...)

@@ -43,6 +43,7 @@ func TestRequire(t *testing.T) {
 		"present":        {bin: "sh", pkg: "dash"},
 		"absent":         {bin: "/nonexistent/peertest-absent", pkg: "peertest-absent-pkg"},
 		"python-missing": {bin: pythonPath, pkg: "python3-nosuchmodule", python: "peertest_no_such_module"},
+		"file-missing":   {bin: "sh", pkg: "libpeertest-java", files: []string{"/nonexistent/peertest.jar"}},
 	}
 	tests := []struct {
 		name, tool, ci     string
@@ -59,6 +60,10 @@ func TestRequire(t *testing.T) {
 			wantMsg: "apt-get install python3-nosuchmodule"},
 		{name: "missing python module fails in CI", tool: "python-missing", ci: "true", wantFail: true,
 			wantMsg: "cannot import peertest_no_such_module"},
+		{name: "missing library file skips", tool: "file-missing", wantSkip: true,
+			wantMsg: "apt-get install libpeertest-java"},
+		{name: "missing library file fails in CI", tool: "file-missing", ci: "true", wantFail: true,
+			wantMsg: "/nonexistent/peertest.jar"},
 		{name: "unknown name is a test bug", tool: "no-such-tool", wantFail: true, wantMsg: "unknown tool"},
 	}
 	for _, tc := range tests {
