@@ -59,6 +59,8 @@ type Signer interface {
 type Relay interface {
 	// Begin checks out an upstream connection and sends MAIL FROM. route
 	// names an upstream chosen by policy, "" means the default order.
+	// opts.UTF8 asks for SMTPUTF8, which Begin may drop when from is
+	// ASCII and the upstream lacks it (see RelayTx.SMTPUTF8).
 	Begin(ctx context.Context, route, from string, opts *smtp.MailOptions) (RelayTx, error)
 }
 
@@ -72,4 +74,9 @@ type RelayTx interface {
 	Abort()
 	// Upstream names the upstream in use, for logs.
 	Upstream() string
+	// SMTPUTF8 reports whether the transaction may carry non-ASCII
+	// addresses and header fields (RFC 6531): false when the client asked
+	// for SMTPUTF8 but the upstream does not offer it, so Begin sent MAIL
+	// without it (the client's SMTPUTF8 is a request, not a need).
+	SMTPUTF8() bool
 }

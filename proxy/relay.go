@@ -44,3 +44,7 @@ func upstreamReply(err error) *smtp.SMTPError {
 	}
 	return nil
 }
+
+// isSMTPUTF8Refusal reports whether err is the upstream package's refusal
+// of an address that needs SMTPUTF8 the upstream does not offer.
+func isSMTPUTF8Refusal(err error) bool { return errors.Is(err, upstream.ErrSMTPUTF8) }

@@ -23,6 +23,17 @@ var (
 		Message: "This server does not sign mail for the From domain"}
 )
 
+// needsSMTPUTF8 is the reply for a message part that needs SMTPUTF8 when
+// the upstream does not offer it (RFC 6531 section 3.4: never downgrade).
+// A client's SMTPUTF8 alone is a request, not a need (like Postfix's
+// smtputf8_autodetect_classes): all-ASCII mail is relayed without it, so
+// only what names a non-ASCII part is refused — an address at its own
+// command (550), a header field at the end of DATA (554).
+func needsSMTPUTF8(code int, what string) *smtp.SMTPError {
+	return &smtp.SMTPError{Code: code, EnhancedCode: smtp.EnhancedCode{5, 6, 7},
+		Message: sanitize(what) + " needs SMTPUTF8, which the upstream does not support"}
+}
+
 // reply turns err into the reply the client gets.
 func (s *session) reply(err error) error {
 	if err == nil {

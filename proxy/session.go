@@ -238,6 +238,9 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 	up, err := ss.s.deps.Relay.Begin(ss.ctx, tx.actions.Upstream, mb.String(), &upOpts)
 	if err != nil {
 		r := ss.reply(err)
+		if isSMTPUTF8Refusal(err) {
+			r = needsSMTPUTF8(550, "Sender <"+mb.String()+">")
+		}
 		ss.logTx(tx, "upstream-refused", "stage", "mail", "reply", replyText(r))
 		return r
 	}
@@ -280,6 +283,9 @@ func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	tx.actions.Merge(d.Actions)
 	if opts == nil {
 		opts = &smtp.RcptOptions{}
+	}
+	if !tx.up.SMTPUTF8() && !isASCII(mb.String()) {
+		return needsSMTPUTF8(550, "Recipient <"+mb.String()+">")
 	}
 	if err := tx.up.Rcpt(ss.ctx, mb.String(), opts); err != nil {
 		return ss.reply(err)
@@ -379,6 +385,13 @@ func (ss *session) data(tx *transaction, r io.Reader) (string, error) {
 	if rcv := ss.received(tx, now); rcv != "" {
 		h.prepend("Received", rcv)
 	}
+	if tx.opts.UTF8 && !tx.up.SMTPUTF8() {
+		// The client asked for SMTPUTF8, the upstream MAIL went without
+		// it: only an all-ASCII header may go (RFC 6531 section 3.4).
+		if name := h.nonASCIIField(); name != "" {
+			return "", needsSMTPUTF8(554, "Non-ASCII header ("+name+")")
+		}
+	}
 	hb := h.bytes()
 	var sigs []string
 	if ss.s.deps.Signer != nil {
@@ -461,6 +474,15 @@ func (ss *session) logTx(tx *transaction, outcome string, kv ...any) {
 	}
 	if tx.up != nil {
 		attrs = append(attrs, "upstream", tx.up.Upstream())
+		if tx.opts.UTF8 {
+			// The client asked for SMTPUTF8: say whether the upstream
+			// transaction carries it or went without (all-ASCII mail).
+			v := "passed"
+			if !tx.up.SMTPUTF8() {
+				v = "dropped"
+			}
+			attrs = append(attrs, "smtputf8", v)
+		}
 	}
 	if len(tx.rules) > 0 {
 		attrs = append(attrs, "rules", strings.Join(tx.rules, ","))
