@@ -88,6 +88,8 @@ type clientConn struct {
 	pending  error // delivered on the next Read, after the good prefix
 	sticky   error // every later Read returns it
 	lineHead []byte
+	// chunk follows BDAT payloads in the command stream (see bdat.go).
+	chunk bdatState
 	// readDeadline is the read deadline last set by Read.
 	readDeadline time.Time
 	// held are bytes read from the connection and not yet handed on (nor
@@ -96,6 +98,10 @@ type clientConn struct {
 	// dataPending is set when go-smtp writes 354: its next Session.Data
 	// is for a DATA body (not BDAT), which the session reads via body.
 	dataPending atomic.Bool
+
+	// refused is set once a protocol violation has been answered (see
+	// refuse): nothing more is written.
+	refused atomic.Bool
 
 	writeMu         sync.Mutex
 	dropGreeting    bool // STARTTLS hand-over: go-smtp's 220 was already sent
@@ -112,7 +118,8 @@ func newClientConn(c net.Conn, remote netip.Addr, maxLine int, cmdTimeout, dataT
 		cmdTimeout:  cmdTimeout,
 		dataTimeout: dataTimeout,
 		prev:        '\n',
-		lineHead:    make([]byte, 0, 32),
+		lineHead:    make([]byte, 0, lineHeadSize),
+		chunk:       bdatState{prev: '\n'},
 	}
 }
 
@@ -146,7 +153,9 @@ func (c *clientConn) Read(b []byte) (int, error) {
 	} else {
 		n, err = c.readConn(b, timeout)
 	}
-	bad, cut, why := c.scanUntil(b[:n], mode, mode == modeCommand)
+	// What Read hands on is the command stream, BDAT payloads included:
+	// a DATA body is read by bodyReader, never through Read.
+	bad, cut, why := c.scanUntil(b[:n], modeCommand, mode == modeCommand)
 	hand := n
 	if cut >= 0 {
 		// Nothing past a DATA line goes to go-smtp (see body.go).
@@ -224,19 +233,30 @@ func (c *clientConn) bodyReadError(err error) error {
 	return err
 }
 
-// fail turns a pending protocol violation into the error the reader sees.
-// In a body, the session replies with it; between commands, nobody would,
-// so the reply is written here before the connection closes.
+// fail turns a pending protocol violation found by Read into the error the
+// reader sees. Read carries commands and BDAT chunks (a DATA body is read
+// by bodyReader), so the reply is written here, whatever the mode, and the
+// connection closes: go-smtp gets net.ErrClosed, which it answers with
+// nothing. (Handing it the *smtp.SMTPError would make it answer a broken
+// command line with "421 4.4.0 Connection error".)
 func (c *clientConn) fail(err error) error {
 	c.sticky = net.ErrClosed
-	if readMode(c.mode.Load()) == modeCommand {
-		var se *smtp.SMTPError
-		if errors.As(err, &se) {
-			c.replyAndClose(formatReply(se))
-		}
-		return net.ErrClosed
+	var se *smtp.SMTPError
+	if errors.As(err, &se) {
+		c.refuse(se)
 	}
-	return err
+	return net.ErrClosed
+}
+
+// refuse answers a protocol violation with se and closes the connection,
+// once: whichever sees the violation first — Read, or a session method
+// that finds failed set (go-smtp hands it the line before the bad byte)
+// — writes the reply, and nothing is written after it. It returns se.
+func (c *clientConn) refuse(se *smtp.SMTPError) *smtp.SMTPError {
+	if c.refused.CompareAndSwap(false, true) {
+		c.replyAndClose(formatReply(se))
+	}
+	return se
 }
 
 // scan checks b for bare CR, bare LF, NUL and lines longer than maxLine
@@ -261,6 +281,14 @@ func (c *clientConn) scan(b []byte, mode readMode) (int, error) {
 func (c *clientConn) scanUntil(b []byte, mode readMode, stopAtData bool) (bad, cut int, why error) {
 	i := 0
 	for i < len(b) {
+		if mode == modeCommand && c.chunk.left > 0 {
+			n, bad, why := c.scanChunk(b[i:])
+			if bad >= 0 {
+				return i + bad, -1, why
+			}
+			i += n
+			continue
+		}
 		if c.prev == '\r' && b[i] != '\n' {
 			return i, -1, errBareLineEnding
 		}
@@ -301,6 +329,12 @@ func (c *clientConn) scanUntil(b []byte, mode readMode, stopAtData bool) (bad, c
 			return end, -1, errBareLineEnding
 		}
 		isData := stopAtData && len(c.lineHead) >= 4 && equalFoldASCII(c.lineHead[:4], "DATA")
+		if mode == modeCommand {
+			if why := c.commandDone(); why != nil {
+				// The LF is withheld: the line never completes.
+				return end, -1, why
+			}
+		}
 		c.prev, c.lineLen, c.lineHead = '\n', 0, c.lineHead[:0]
 		i = end + 1
 		if isData && i < len(b) {
@@ -354,6 +388,9 @@ func equalFoldASCII(b []byte, s string) bool {
 // Write implements net.Conn. It drops go-smtp's greeting after a STARTTLS
 // hand-over and closes the connection after a reply that ends it.
 func (c *clientConn) Write(b []byte) (int, error) {
+	if c.refused.Load() {
+		return len(b), nil // the refusal was the last reply
+	}
 	c.writeMu.Lock()
 	if c.dropGreeting {
 		c.dropGreeting = false

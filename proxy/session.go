@@ -108,7 +108,7 @@ func (ss *session) authAllowed() bool {
 // after failed AUTH; mailgate does after max_failures.
 func (ss *session) Auth(mech string) (sasl.Server, error) {
 	if ss.conn.failed.Load() {
-		return nil, errBareLineEnding
+		return nil, ss.conn.refuse(errBareLineEnding)
 	}
 	if ss.s.deps.Auth == nil {
 		return nil, smtp.ErrAuthUnsupported
@@ -205,7 +205,7 @@ func (ss *session) decide(tx *transaction, input func() policy.Input) (policy.De
 // Mail implements smtp.Session: policy stage mail, then upstream MAIL.
 func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 	if ss.conn.failed.Load() {
-		return errBareLineEnding
+		return ss.conn.refuse(errBareLineEnding)
 	}
 	if ss.l.AuthRequired() && ss.user == "" {
 		return errAuthRequired
@@ -256,7 +256,7 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 // upstream's reply for this recipient goes back as is (cleaned).
 func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	if ss.conn.failed.Load() {
-		return errBareLineEnding
+		return ss.conn.refuse(errBareLineEnding)
 	}
 	ss.mu.Lock()
 	tx := ss.tx
@@ -302,7 +302,7 @@ func (ss *session) Data(r io.Reader) error {
 	isDATA := ss.conn.dataPending.Swap(false)
 	if ss.conn.failed.Load() {
 		// Reset (always called after Data) aborts the upstream side.
-		return errBareLineEnding
+		return ss.conn.refuse(errBareLineEnding)
 	}
 	ss.mu.Lock()
 	tx := ss.tx
@@ -359,6 +359,12 @@ func (ss *session) data(tx *transaction, r io.Reader) (string, error) {
 	defer sp.Close()
 	if _, err := br.WriteTo(sp); err != nil {
 		return "", err
+	}
+	if ss.conn.failed.Load() {
+		// The stream broke on a line that still reached go-smtp (a
+		// partial "BDAT 0 LAST" after a chunk ending in a bare CR):
+		// the body is not a message.
+		return "", ss.conn.refuse(errBareLineEnding)
 	}
 	tx.size = int64(h.size) + sp.Size()
 
