@@ -104,7 +104,8 @@ type clientConn struct {
 	refused atomic.Bool
 
 	writeMu         sync.Mutex
-	dropGreeting    bool // STARTTLS hand-over: go-smtp's 220 was already sent
+	replyLines      []byte // "NNN-" lines of a reply not yet written (see Write)
+	dropGreeting    bool   // STARTTLS hand-over: go-smtp's 220 was already sent
 	closeAfterWrite atomic.Bool
 	closeOnce       sync.Once
 	onClose         func()
@@ -385,8 +386,13 @@ func equalFoldASCII(b []byte, s string) bool {
 	return true
 }
 
-// Write implements net.Conn. It drops go-smtp's greeting after a STARTTLS
-// hand-over and closes the connection after a reply that ends it.
+// Write implements net.Conn; only go-smtp writes through it, one reply
+// line per call. It drops go-smtp's greeting after a STARTTLS hand-over,
+// replaces go-smtp's playful texts (rewriteReply, reply.go), holds the
+// "NNN-" lines of a multi-line reply until its last line so the whole
+// reply leaves in one write (one TLS record, one syscall: an EHLO reply
+// is a dozen lines), and closes the connection after a reply that ends
+// it.
 func (c *clientConn) Write(b []byte) (int, error) {
 	if c.refused.Load() {
 		return len(b), nil // the refusal was the last reply
@@ -399,15 +405,28 @@ func (c *clientConn) Write(b []byte) (int, error) {
 			return len(b), nil
 		}
 	}
-	if bytes.HasPrefix(b, []byte("354 ")) || bytes.Contains(b, []byte("\n354 ")) {
+	if len(b) >= 4 && b[3] == '-' && bytes.HasSuffix(b, []byte("\r\n")) {
+		c.replyLines = append(c.replyLines, b...)
+		c.writeMu.Unlock()
+		return len(b), nil
+	}
+	out := rewriteReply(b)
+	if len(c.replyLines) > 0 {
+		out = append(c.replyLines, out...)
+		c.replyLines = c.replyLines[:0]
+	}
+	if bytes.HasPrefix(out, []byte("354 ")) || bytes.Contains(out, []byte("\n354 ")) {
 		c.dataPending.Store(true)
 	}
-	n, err := c.Conn.Write(b)
+	_, err := c.Conn.Write(out)
 	c.writeMu.Unlock()
 	if c.closeAfterWrite.Load() {
 		c.Close()
 	}
-	return n, err
+	if err != nil {
+		return 0, err
+	}
+	return len(b), nil
 }
 
 // replyAndClose writes one reply line directly and closes the connection.
