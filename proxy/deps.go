@@ -68,7 +68,8 @@ type Relay interface {
 type RelayTx interface {
 	// Rcpt sends RCPT TO; an upstream refusal is an *smtp.SMTPError.
 	Rcpt(ctx context.Context, to string, opts *smtp.RcptOptions) error
-	// Data sends the message and returns the upstream's final 250 text.
+	// Data sends the message and returns the upstream's final reply as
+	// one line for the log ("250 2.0.0 Ok: queued as 4Xyz").
 	Data(ctx context.Context, r io.Reader) (string, error)
 	// Abort ends the transaction without a message (RSET).
 	Abort()

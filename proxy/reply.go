@@ -24,6 +24,17 @@ var (
 		Message: "This server does not sign mail for the From domain"}
 )
 
+// errAborted answers a message whose client went away mid-transfer (or
+// sent RSET between BDAT chunks); nobody is left to read it.
+var errAborted = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2},
+	Message: "Message transfer aborted"}
+
+// queuedReply is the client's reply for a message the upstream accepted
+// (after its 250): the transaction id, which the log line carries too.
+func queuedReply(txID string) *smtp.SMTPError {
+	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK: queued as " + txID}
+}
+
 // needsSMTPUTF8 is the reply for a message part that needs SMTPUTF8 when
 // the upstream does not offer it (RFC 6531 section 3.4: never downgrade).
 // A client's SMTPUTF8 alone is a request, not a need (like Postfix's

@@ -323,19 +323,52 @@ func (ss *session) Data(r io.Reader) error {
 		defer br.finish()
 		body = br
 	}
-	text, err := ss.data(tx, body)
+	in := &countingReader{r: body}
+	text, err := ss.data(tx, in)
 	ss.mu.Lock()
 	tx.inData = false
 	tx.done = true
 	ss.mu.Unlock()
 	if err != nil {
+		if in.clientGone() {
+			// Not an error of ours: the client hung up (or RSET between
+			// BDAT chunks). Nobody reads a reply.
+			ss.logTx(tx, "aborted", "stage", "data", "reason", in.err.Error(), "received", in.n)
+			return errAborted
+		}
 		rerr := ss.reply(err)
 		ss.logTx(tx, "failed", "reply", replyText(rerr))
 		return rerr
 	}
-	ok := &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK: queued as " + tx.id}
-	ss.logTx(tx, "relayed", "reply", "250 "+sanitize(text))
+	ok := queuedReply(tx.id)
+	ss.logTx(tx, "relayed", "reply", formatReply(ok), "upstream_reply", sanitize(text))
 	return ok
+}
+
+// countingReader counts the message bytes read from the client and keeps
+// the first read error.
+type countingReader struct {
+	r   io.Reader
+	n   int64
+	err error
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	if err != nil && err != io.EOF && c.err == nil {
+		c.err = err
+	}
+	return n, err
+}
+
+// clientGone reports whether reading stopped because the client went away
+// (EOF or a broken connection mid-message, or go-smtp's ErrDataReset) rather
+// than on a refusal of ours (an *smtp.SMTPError: bare line ending, size,
+// timeout).
+func (c *countingReader) clientGone() bool {
+	var se *smtp.SMTPError
+	return c.err != nil && !errors.As(c.err, &se)
 }
 
 // data does the work of Data. Until the upstream DATA has been attempted,
