@@ -64,6 +64,16 @@ type Relay interface {
 	Begin(ctx context.Context, route, from string, opts *smtp.MailOptions) (RelayTx, error)
 }
 
+// ExtensionProber is implemented by a Relay that can tell whether its
+// upstreams offer an ESMTP extension. The proxy asks once, when Serve
+// starts, to decide what it advertises itself (DSN): a Relay that does not
+// implement it gets no DSN advertised.
+type ExtensionProber interface {
+	// Offers reports whether every upstream a transaction may use offers
+	// the EHLO keyword ext; an unreachable upstream counts as not.
+	Offers(ctx context.Context, ext string) bool
+}
+
 // RelayTx is one upstream transaction, mirroring the client's.
 type RelayTx interface {
 	// Rcpt sends RCPT TO; an upstream refusal is an *smtp.SMTPError.

@@ -23,6 +23,9 @@ func (rr routerRelay) Begin(ctx context.Context, route, from string, opts *smtp.
 	return routerTx{tx}, nil
 }
 
+// Offers implements ExtensionProber: true when every upstream offers ext.
+func (rr routerRelay) Offers(ctx context.Context, ext string) bool { return rr.r.Offer(ctx, ext) }
+
 type routerTx struct{ *upstream.Tx }
 
 func (t routerTx) Data(ctx context.Context, r io.Reader) (string, error) {

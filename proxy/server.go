@@ -32,6 +32,7 @@ type Server struct {
 	total     int
 	listeners []*listener
 	closed    bool
+	dsn       bool           // advertise DSN: every upstream offered it at start
 	wg        sync.WaitGroup // accept loops and hand-overs
 }
 
@@ -106,6 +107,7 @@ func (s *Server) Serve(ctx context.Context) error {
 			return err
 		}
 	}
+	s.dsn = s.probeDSN()
 	errc := make(chan error, 2*len(s.listeners))
 	for _, l := range s.listeners {
 		l.ch = newChanListener(l.ln.Addr())
@@ -139,6 +141,8 @@ func (s *Server) newSMTPServer(l *listener) *smtp.Server {
 	// go-smtp cannot see TLS through the strict connection wrapper.
 	srv.AllowInsecureAuth = true
 	srv.EnableSMTPUTF8 = true
+	// DSN (RFC 3461) only when the upstreams offer it (see probeDSN).
+	srv.EnableDSN = s.dsn
 	// Read deadlines are set per read by clientConn; go-smtp's ReadTimeout
 	// would cover a whole body.
 	srv.ReadTimeout = 0
@@ -146,6 +150,28 @@ func (s *Server) newSMTPServer(l *listener) *smtp.Server {
 	srv.ErrorLog = log.New(slogWriter{s.log}, "", 0)
 	return srv
 }
+
+// probeDSN decides once, at start, whether mailgate advertises DSN
+// (RFC 3461): only when every upstream offers it, so that the NOTIFY,
+// ORCPT, RET and ENVID a client sends reach an upstream that honours them
+// (go-smtp's client would silently drop them otherwise, and mailgate,
+// which never queues, cannot send the "relayed" DSN RFC 3461 section 4.2
+// asks of a relay in that case). An upstream that is down at start means
+// no DSN until the next start.
+func (s *Server) probeDSN() bool {
+	p, ok := s.deps.Relay.(ExtensionProber)
+	if !ok {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), dsnProbeTimeout)
+	defer cancel()
+	dsn := p.Offers(ctx, "DSN")
+	s.log.Info("upstream DSN support probed", "dsn", dsn)
+	return dsn
+}
+
+// dsnProbeTimeout bounds the start-up probe of the upstreams.
+const dsnProbeTimeout = 10 * time.Second
 
 // acceptLoop accepts raw connections, applies connection limits and the
 // listener's TLS mode, and hands ready connections to go-smtp.

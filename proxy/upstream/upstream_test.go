@@ -412,7 +412,7 @@ func TestRelay(t *testing.T) {
 		r := newTestRouter(t, []Config{cfgFor("primary", f.addr)}, f)
 		_, err := r.Begin(ctx, "", "a@example.com", nil)
 		wantReply(t, err, 451, smtp.EnhancedCode{4, 7, 1})
-		if st := r.Stats(); st.Idle != 1 {
+		if st := r.Stats(); st.Idle != 2 {
 			t.Errorf("connection after a refused MAIL should be pooled: %+v", st)
 		}
 	})
@@ -464,7 +464,7 @@ func TestRelay(t *testing.T) {
 		if want := []string{"EHLO", "MAIL", "RCPT", "DATA", "RSET"}; len(cmds) != 1 || !slices.Equal(cmds[0], want) {
 			t.Errorf("upstream commands = %v, want %v", cmds, want)
 		}
-		if st := r.Stats(); st.Idle != 1 {
+		if st := r.Stats(); st.Idle != 2 {
 			t.Errorf("Stats = %+v, want the connection pooled after RSET", st)
 		}
 	})
@@ -662,6 +662,26 @@ func TestRelay(t *testing.T) {
 		txs := plain.transactions()
 		if len(txs) != 1 || txs[0].opts.UTF8 {
 			t.Errorf("upstream transactions %+v, want one without SMTPUTF8", txs)
+		}
+	})
+
+	// Offer asks every upstream for an EHLO keyword at start-up and keeps
+	// the connection for the first transaction.
+	t.Run("offer", func(t *testing.T) {
+		f := startFake(t, fakeOpts{})
+		r := newTestRouter(t, []Config{cfgFor("primary", f.addr)}, f)
+		if r.Offer(ctx, "DSN") {
+			t.Error("Offer(DSN) = true, the upstream does not offer DSN")
+		}
+		if !r.Offer(ctx, "8BITMIME") {
+			t.Error("Offer(8BITMIME) = false")
+		}
+		if st := r.Stats(); st.Idle != 2 {
+			t.Errorf("Stats = %+v, want both probe connections pooled (2 idle)", st)
+		}
+		down := newTestRouter(t, []Config{cfgFor("primary", f.addr), cfgFor("down", "127.0.0.1:1")})
+		if down.Offer(ctx, "8BITMIME") {
+			t.Error("Offer = true with an upstream down")
 		}
 	})
 
