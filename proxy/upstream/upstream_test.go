@@ -412,7 +412,7 @@ func TestRelay(t *testing.T) {
 		r := newTestRouter(t, []Config{cfgFor("primary", f.addr)}, f)
 		_, err := r.Begin(ctx, "", "a@example.com", nil)
 		wantReply(t, err, 451, smtp.EnhancedCode{4, 7, 1})
-		if st := r.Stats(); st.Idle != 2 {
+		if st := r.Stats(); st.Idle != 1 {
 			t.Errorf("connection after a refused MAIL should be pooled: %+v", st)
 		}
 	})
@@ -464,7 +464,7 @@ func TestRelay(t *testing.T) {
 		if want := []string{"EHLO", "MAIL", "RCPT", "DATA", "RSET"}; len(cmds) != 1 || !slices.Equal(cmds[0], want) {
 			t.Errorf("upstream commands = %v, want %v", cmds, want)
 		}
-		if st := r.Stats(); st.Idle != 2 {
+		if st := r.Stats(); st.Idle != 1 {
 			t.Errorf("Stats = %+v, want the connection pooled after RSET", st)
 		}
 	})
