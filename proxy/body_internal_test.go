@@ -186,12 +186,12 @@ func (c *streamConn) SetWriteDeadline(t time.Time) error { return nil }
 func (c *streamConn) SetReadDeadline(t time.Time) error  { return nil }
 
 // bdatStream cuts msg into BDAT chunks of the sizes in sizes (each byte
-// mod 8; 0 is an empty chunk), the rest in the LAST chunk, followed by
+// mod 32; 0 is an empty chunk), the rest in the LAST chunk, followed by
 // QUIT. end is the index just past the LAST chunk (the message's end).
 func bdatStream(msg, sizes []byte) (stream []byte, end int) {
 	p := 0
 	for _, s := range sizes {
-		n := min(int(s%8), len(msg)-p)
+		n := min(int(s%32), len(msg)-p)
 		stream = fmt.Appendf(stream, "BDAT %d\r\n", n)
 		stream = append(stream, msg[p:p+n]...)
 		p += n
