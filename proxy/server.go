@@ -171,7 +171,7 @@ func (s *Server) probeDSN() bool {
 }
 
 // dsnProbeTimeout bounds the start-up probe of the upstreams.
-const dsnProbeTimeout = 10 * time.Second
+const dsnProbeTimeout = 5 * time.Second
 
 // acceptLoop accepts raw connections, applies connection limits and the
 // listener's TLS mode, and hands ready connections to go-smtp.
