@@ -107,8 +107,16 @@ func (s *Server) Serve(ctx context.Context) error {
 			return err
 		}
 	}
-	s.dsn = s.probeDSN()
+	dsn := s.probeDSN()
 	errc := make(chan error, 2*len(s.listeners))
+	// Under s.mu: Shutdown may run while Serve starts (the probe takes a
+	// moment) and reads what is set here.
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.dsn = dsn
 	for _, l := range s.listeners {
 		l.ch = newChanListener(l.ln.Addr())
 		l.smtp = s.newSMTPServer(l)
@@ -121,6 +129,7 @@ func (s *Server) Serve(ctx context.Context) error {
 			errc <- s.acceptLoop(l)
 		}()
 	}
+	s.mu.Unlock()
 	select {
 	case <-ctx.Done():
 		return nil
@@ -376,7 +385,15 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 		break
 	}
+	// Copied under s.mu (Serve sets them); closed outside it, since
+	// closing connections calls back into s.
+	s.mu.Lock()
+	started := make([]listener, 0, len(s.listeners))
 	for _, l := range s.listeners {
+		started = append(started, listener{ch: l.ch, smtp: l.smtp})
+	}
+	s.mu.Unlock()
+	for _, l := range started {
 		if l.ch != nil {
 			l.ch.Close()
 		}
