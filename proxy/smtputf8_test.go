@@ -1,14 +1,32 @@
 package proxy_test
 
 import (
+	"context"
 	netsmtp "net/smtp"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/mailgate/mailgate/policy"
+	"github.com/mailgate/mailgate/proxy"
 	"github.com/mailgate/mailgate/proxy/peertest"
 )
+
+// smtputf8Seen is a policy that accepts everything and records the
+// envelope.smtputf8 of every input it is given.
+type smtputf8Seen struct {
+	mu   sync.Mutex
+	seen []bool
+}
+
+func (p *smtputf8Seen) Evaluate(_ context.Context, in policy.Input) (policy.Decision, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.seen = append(p.seen, in.Envelope.SMTPUTF8)
+	return policy.Decision{Outcome: policy.Accept}, nil
+}
 
 // noSMTPUTF8 configures a recording upstream that does not offer SMTPUTF8.
 func noSMTPUTF8(s *smtp.Server) { s.EnableSMTPUTF8 = false }
@@ -23,7 +41,8 @@ const asciiMessage = "From: app@example.com\r\nTo: bob@example.net\r\nSubject: p
 func TestGoNetSMTPWithoutUpstreamSMTPUTF8(t *testing.T) {
 	peertest.Require(t, "smtp-sink")
 	sink := peertest.StartSink(t, peertest.SinkOptions{})
-	e := newEnv(t, withUpstream(t, sink.Addr()))
+	pol := &smtputf8Seen{}
+	e := newEnv(t, withUpstream(t, sink.Addr()), func(_ *proxy.Config, d *proxy.Deps) { d.Policy = pol })
 	err := netsmtp.SendMail(e.addr["relay"], nil, "app@example.com", []string{"bob@example.net"}, []byte(asciiMessage))
 	if err != nil {
 		t.Fatalf("net/smtp SendMail: %v", err)
@@ -34,6 +53,13 @@ func TestGoNetSMTPWithoutUpstreamSMTPUTF8(t *testing.T) {
 	}
 	if strings.Contains(strings.ToUpper(msgs[0].MailArgs), "SMTPUTF8") {
 		t.Errorf("upstream MAIL %q carries SMTPUTF8 it does not offer", msgs[0].MailArgs)
+	}
+	// envelope.smtputf8 stays what the client asked, at every stage.
+	pol.mu.Lock()
+	seen := append([]bool(nil), pol.seen...)
+	pol.mu.Unlock()
+	if len(seen) != 3 || !seen[0] || !seen[1] || !seen[2] {
+		t.Errorf("policy saw envelope.smtputf8 = %v at mail, rcpt, data; want true each time", seen)
 	}
 	if !strings.Contains(e.logs.String(), `"smtputf8":"dropped"`) {
 		t.Errorf("transaction log does not say the client asked for SMTPUTF8:\n%s", e.logs.String())
