@@ -25,6 +25,12 @@ import (
 // when the message ends there (BDAT … LAST) or when anything but a BDAT
 // with payload comes next. The parse of a BDAT line mirrors go-smtp's
 // handleBdat, so both agree on where the payload is.
+//
+// One line go-smtp does not read as a command is an AUTH continuation; a
+// client that answers a 334 with "BDAT 5" makes the scanner take the next
+// 5 bytes for payload. Those are still scanned strictly, and a CR they
+// leave pending fails the next line, so the disagreement can only end the
+// connection (550), never let a bare CR or LF through.
 
 // lineHeadSize is how many bytes of a command line clientConn keeps: enough
 // for every BDAT line go-smtp accepts ("BDAT 4294967295 LAST").
