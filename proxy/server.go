@@ -70,8 +70,10 @@ func New(cfg Config, deps Deps) (*Server, error) {
 }
 
 // Listen opens every listener's socket, so that a caller knows the ports
-// are bound before Serve. Addresses with port 0 get a free port; Addrs
-// reports them.
+// are bound before Serve, and asks the upstreams whether they offer DSN
+// (probeDSN), so that the probe's connection is ready in the pool when
+// Listen returns. Addresses with port 0 get a free port; Addrs reports
+// them.
 func (s *Server) Listen() error {
 	for i := range s.cfg.Listeners {
 		lc := &s.cfg.Listeners[i]
@@ -88,6 +90,10 @@ func (s *Server) Listen() error {
 		}
 		s.listeners = append(s.listeners, &listener{cfg: lc, ln: ln})
 	}
+	dsn := s.probeDSN()
+	s.mu.Lock()
+	s.dsn = dsn
+	s.mu.Unlock()
 	return nil
 }
 
@@ -107,16 +113,14 @@ func (s *Server) Serve(ctx context.Context) error {
 			return err
 		}
 	}
-	dsn := s.probeDSN()
 	errc := make(chan error, 2*len(s.listeners))
-	// Under s.mu: Shutdown may run while Serve starts (the probe takes a
-	// moment) and reads what is set here.
+	// Under s.mu: Shutdown may run while Serve starts and reads what is
+	// set here.
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		return nil
 	}
-	s.dsn = dsn
 	for _, l := range s.listeners {
 		l.ch = newChanListener(l.ln.Addr())
 		l.smtp = s.newSMTPServer(l)
