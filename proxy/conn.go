@@ -246,16 +246,24 @@ func (c *clientConn) fail(err error) error {
 	if errors.As(err, &se) {
 		c.refuse(se)
 	}
+	c.Close()
 	return net.ErrClosed
 }
 
-// refuse answers a protocol violation with se and closes the connection,
-// once: whichever sees the violation first — Read, or a session method
-// that finds failed set (go-smtp hands it the line before the bad byte)
-// — writes the reply, and nothing is written after it. It returns se.
+// refuse answers a protocol violation with se, once: whichever sees the
+// violation first — Read, or a session method that finds failed set
+// (go-smtp hands it the line before the bad byte) — writes the reply, and
+// nothing is written after it. It returns se. The connection is closed by
+// the reading goroutine (fail), on go-smtp's next read, which always comes
+// since the violation is pending there: closing it from a session method
+// would let go-smtp's own Close (on shutdown) race with a BDAT it is still
+// handling.
 func (c *clientConn) refuse(se *smtp.SMTPError) *smtp.SMTPError {
 	if c.refused.CompareAndSwap(false, true) {
-		c.replyAndClose(formatReply(se))
+		c.writeMu.Lock()
+		_ = c.Conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		_, _ = c.Conn.Write([]byte(formatReply(se) + "\r\n"))
+		c.writeMu.Unlock()
 	}
 	return se
 }
