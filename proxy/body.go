@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"net"
 	"sync"
@@ -182,4 +183,30 @@ func (r *bodyReader) finish() {
 		bodyBufs.Put(r.buf)
 		r.buf = nil
 	}
+}
+
+// countingReader counts the message bytes read from the client and keeps
+// the first read error.
+type countingReader struct {
+	r   io.Reader
+	n   int64
+	err error
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	if err != nil && err != io.EOF && c.err == nil {
+		c.err = err
+	}
+	return n, err
+}
+
+// clientGone reports whether reading stopped because the client went away
+// (EOF or a broken connection mid-message, or go-smtp's ErrDataReset) rather
+// than on a refusal of ours (an *smtp.SMTPError: bare line ending, size,
+// timeout).
+func (c *countingReader) clientGone() bool {
+	var se *smtp.SMTPError
+	return c.err != nil && !errors.As(c.err, &se)
 }

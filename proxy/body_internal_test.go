@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"net/textproto"
 	"testing"
+	"time"
 )
 
 // chunkConn hands out data at most k bytes per Read, then io.EOF.
@@ -168,4 +169,86 @@ func BenchmarkDotReader(b *testing.B) {
 			}
 		})
 	}
+}
+
+// streamConn is a chunkConn that also takes writes (a refusal) and Close.
+type streamConn struct {
+	*chunkConn
+	wrote []byte
+}
+
+func (c *streamConn) Write(b []byte) (int, error) {
+	c.wrote = append(c.wrote, b...)
+	return len(b), nil
+}
+func (c *streamConn) Close() error                       { return nil }
+func (c *streamConn) SetWriteDeadline(t time.Time) error { return nil }
+func (c *streamConn) SetReadDeadline(t time.Time) error  { return nil }
+
+// bdatStream cuts msg into BDAT chunks of the sizes in sizes (each byte
+// mod 32; 0 is an empty chunk), the rest in the LAST chunk, followed by
+// QUIT. end is the index just past the LAST chunk (the message's end).
+func bdatStream(msg, sizes []byte) (stream []byte, end int) {
+	p := 0
+	for _, s := range sizes {
+		n := min(int(s%32), len(msg)-p)
+		stream = fmt.Appendf(stream, "BDAT %d\r\n", n)
+		stream = append(stream, msg[p:p+n]...)
+		p += n
+	}
+	stream = fmt.Appendf(stream, "BDAT %d LAST\r\n", len(msg)-p)
+	stream = append(stream, msg[p:]...)
+	end = len(stream)
+	return append(stream, "QUIT\r\n"...), end
+}
+
+// FuzzBDATScan is FuzzBodyReader's sibling for BDAT: a message cut into
+// chunks at any points (a CRLF split between two chunks included), read
+// in pieces of any size, is handed on in full when the message is strict,
+// and otherwise refused before its LAST chunk is complete, so go-smtp
+// never finishes it.
+func FuzzBDATScan(f *testing.F) {
+	for _, s := range []struct{ msg, sizes string }{
+		{"From: <a@src.test>\r\n\r\nhello\r\n", "\x1c"}, // the issue 10 split: CR | LF
+		{"a\r\nb\r\n", "\x02\x00\x01"},
+		{"a\r\nb\r", ""},     // the message ends in a bare CR
+		{"a\r", "\x02"},      // CR, then BDAT 0 LAST
+		{"a\rb\r\n", "\x02"}, // bare CR across a boundary
+		{"a\nb\r\n", "\x01"}, // bare LF at the start of a chunk
+		{"x\r\n.\r\nMAIL FROM:<@a:b@c>\r\nBDAT 3 LAST\r\n", "\x03\x05"},
+		{"\r\n", "\x01"},
+		{"\x00", ""},
+	} {
+		f.Add([]byte(s.msg), []byte(s.sizes), uint8(1))
+		f.Add([]byte(s.msg), []byte(s.sizes), uint8(7))
+	}
+	f.Fuzz(func(t *testing.T, msg, sizes []byte, k uint8) {
+		const maxLine = 80
+		if len(sizes) > 64 {
+			sizes = sizes[:64]
+		}
+		stream, end := bdatStream(msg, sizes)
+		sc := &streamConn{chunkConn: &chunkConn{data: append([]byte(nil), stream...), k: int(k%64) + 1}}
+		c := newClientConn(sc, netip.Addr{}, maxLine, 0, 0)
+		var handed []byte
+		buf := make([]byte, 128)
+		var err error
+		for err == nil {
+			var n int
+			n, err = c.Read(buf)
+			handed = append(handed, buf[:n]...)
+		}
+		if strict(msg, maxLine) {
+			if !errors.Is(err, io.EOF) || !bytes.Equal(handed, stream) {
+				t.Fatalf("strict %q in chunks %v: handed %q, err %v", msg, sizes, handed, err)
+			}
+			return
+		}
+		if len(handed) >= end {
+			t.Fatalf("%q in chunks %v: handed %d bytes, the message ends at %d: %q", msg, sizes, len(handed), end, handed)
+		}
+		if !bytes.HasPrefix(sc.wrote, []byte("5")) {
+			t.Fatalf("%q in chunks %v: reply %q, want a 5xx", msg, sizes, sc.wrote)
+		}
+	})
 }

@@ -107,6 +107,8 @@ type clientConn struct {
 	pending  error // delivered on the next Read, after the good prefix
 	sticky   error // every later Read returns it
 	lineHead []byte
+	// chunk follows BDAT payloads in the command stream (see bdat.go).
+	chunk bdatState
 	// readDeadline is the read deadline last set by Read.
 	readDeadline time.Time
 	// lineDeadline is when the command line being read must be complete;
@@ -124,8 +126,13 @@ type clientConn struct {
 	// is for a DATA body (not BDAT), which the session reads via body.
 	dataPending atomic.Bool
 
+	// refused is set once a protocol violation has been answered (see
+	// refuse): nothing more is written.
+	refused atomic.Bool
+
 	writeMu         sync.Mutex
-	dropGreeting    bool // STARTTLS hand-over: go-smtp's 220 was already sent
+	replyLines      []byte // "NNN-" lines of a reply not yet written (see Write)
+	dropGreeting    bool   // STARTTLS hand-over: go-smtp's 220 was already sent
 	closeAfterWrite atomic.Bool
 	closeOnce       sync.Once
 	onClose         func()
@@ -139,7 +146,8 @@ func newClientConn(c net.Conn, remote netip.Addr, maxLine int, cmdTimeout, dataT
 		cmdTimeout:  cmdTimeout,
 		dataTimeout: dataTimeout,
 		prev:        '\n',
-		lineHead:    make([]byte, 0, 32),
+		lineHead:    make([]byte, 0, lineHeadSize),
+		chunk:       bdatState{prev: '\n'},
 	}
 }
 
@@ -169,7 +177,9 @@ func (c *clientConn) Read(b []byte) (int, error) {
 	} else {
 		n, err = c.readConn(b, mode)
 	}
-	bad, cut, why := c.scanUntil(b[:n], mode, mode == modeCommand)
+	// What Read hands on is the command stream, BDAT payloads included:
+	// a DATA body is read by bodyReader, never through Read.
+	bad, cut, why := c.scanUntil(b[:n], modeCommand, mode == modeCommand)
 	if mode == modeCommand {
 		c.followLines(b[:n])
 	}
@@ -365,19 +375,38 @@ func (c *clientConn) bodyReadError(err error) error {
 	return err
 }
 
-// fail turns a pending protocol violation into the error the reader sees.
-// In a body, the session replies with it; between commands, nobody would,
-// so the reply is written here before the connection closes.
+// fail turns a pending protocol violation found by Read into the error the
+// reader sees. Read carries commands and BDAT chunks (a DATA body is read
+// by bodyReader), so the reply is written here, whatever the mode, and the
+// connection closes: go-smtp gets net.ErrClosed, which it answers with
+// nothing. (Handing it the *smtp.SMTPError would make it answer a broken
+// command line with "421 4.4.0 Connection error".)
 func (c *clientConn) fail(err error) error {
 	c.sticky = net.ErrClosed
-	if readMode(c.mode.Load()) == modeCommand {
-		var se *smtp.SMTPError
-		if errors.As(err, &se) {
-			c.replyAndClose(formatReply(se))
-		}
-		return net.ErrClosed
+	var se *smtp.SMTPError
+	if errors.As(err, &se) {
+		c.refuse(se)
 	}
-	return err
+	c.Close()
+	return net.ErrClosed
+}
+
+// refuse answers a protocol violation with se, once: whichever sees the
+// violation first — Read, or a session method that finds failed set
+// (go-smtp hands it the line before the bad byte) — writes the reply, and
+// nothing is written after it. It returns se. The connection is closed by
+// the reading goroutine (fail), on go-smtp's next read, which always comes
+// since the violation is pending there: closing it from a session method
+// would let go-smtp's own Close (on shutdown) race with a BDAT it is still
+// handling.
+func (c *clientConn) refuse(se *smtp.SMTPError) *smtp.SMTPError {
+	if c.refused.CompareAndSwap(false, true) {
+		c.writeMu.Lock()
+		_ = c.Conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		_, _ = c.Conn.Write([]byte(formatReply(se) + "\r\n"))
+		c.writeMu.Unlock()
+	}
+	return se
 }
 
 // scan checks b for bare CR, bare LF, NUL and lines longer than maxLine
@@ -402,6 +431,14 @@ func (c *clientConn) scan(b []byte, mode readMode) (int, error) {
 func (c *clientConn) scanUntil(b []byte, mode readMode, stopAtData bool) (bad, cut int, why error) {
 	i := 0
 	for i < len(b) {
+		if mode == modeCommand && c.chunk.left > 0 {
+			n, bad, why := c.scanChunk(b[i:])
+			if bad >= 0 {
+				return i + bad, -1, why
+			}
+			i += n
+			continue
+		}
 		if c.prev == '\r' && b[i] != '\n' {
 			return i, -1, errBareLineEnding
 		}
@@ -442,6 +479,12 @@ func (c *clientConn) scanUntil(b []byte, mode readMode, stopAtData bool) (bad, c
 			return end, -1, errBareLineEnding
 		}
 		isData := stopAtData && len(c.lineHead) >= 4 && equalFoldASCII(c.lineHead[:4], "DATA")
+		if mode == modeCommand {
+			if why := c.commandDone(); why != nil {
+				// The LF is withheld: the line never completes.
+				return end, -1, why
+			}
+		}
 		c.prev, c.lineLen, c.lineHead = '\n', 0, c.lineHead[:0]
 		i = end + 1
 		if isData && i < len(b) {
@@ -492,9 +535,17 @@ func equalFoldASCII(b []byte, s string) bool {
 	return true
 }
 
-// Write implements net.Conn. It drops go-smtp's greeting after a STARTTLS
-// hand-over and closes the connection after a reply that ends it.
+// Write implements net.Conn; only go-smtp writes through it, one reply
+// line per call. It drops go-smtp's greeting after a STARTTLS hand-over,
+// replaces go-smtp's playful texts (rewriteReply, reply.go), holds the
+// "NNN-" lines of a multi-line reply until its last line so the whole
+// reply leaves in one write (one TLS record, one syscall: an EHLO reply
+// is a dozen lines), and closes the connection after a reply that ends
+// it.
 func (c *clientConn) Write(b []byte) (int, error) {
+	if c.refused.Load() {
+		return len(b), nil // the refusal was the last reply
+	}
 	c.writeMu.Lock()
 	if c.dropGreeting {
 		c.dropGreeting = false
@@ -503,15 +554,28 @@ func (c *clientConn) Write(b []byte) (int, error) {
 			return len(b), nil
 		}
 	}
-	if bytes.HasPrefix(b, []byte("354 ")) || bytes.Contains(b, []byte("\n354 ")) {
+	if len(b) >= 4 && b[3] == '-' && bytes.HasSuffix(b, []byte("\r\n")) {
+		c.replyLines = append(c.replyLines, b...)
+		c.writeMu.Unlock()
+		return len(b), nil
+	}
+	out := rewriteReply(b)
+	if len(c.replyLines) > 0 {
+		out = append(c.replyLines, out...)
+		c.replyLines = c.replyLines[:0]
+	}
+	if bytes.HasPrefix(out, []byte("354 ")) || bytes.Contains(out, []byte("\n354 ")) {
 		c.dataPending.Store(true)
 	}
-	n, err := c.Conn.Write(b)
+	_, err := c.Conn.Write(out)
 	c.writeMu.Unlock()
 	if c.closeAfterWrite.Load() {
 		c.Close()
 	}
-	return n, err
+	if err != nil {
+		return 0, err
+	}
+	return len(b), nil
 }
 
 // replyAndClose writes one reply line directly and closes the connection.

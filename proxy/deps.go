@@ -59,17 +59,35 @@ type Signer interface {
 type Relay interface {
 	// Begin checks out an upstream connection and sends MAIL FROM. route
 	// names an upstream chosen by policy, "" means the default order.
+	// opts.UTF8 asks for SMTPUTF8, which Begin may drop when from is
+	// ASCII and the upstream lacks it (see RelayTx.SMTPUTF8).
 	Begin(ctx context.Context, route, from string, opts *smtp.MailOptions) (RelayTx, error)
+}
+
+// ExtensionProber is implemented by a Relay that can tell whether its
+// upstreams offer an ESMTP extension. The proxy asks once, when Serve
+// starts, to decide what it advertises itself (DSN): a Relay that does not
+// implement it gets no DSN advertised.
+type ExtensionProber interface {
+	// Offers reports whether every upstream a transaction may use offers
+	// the EHLO keyword ext; an unreachable upstream counts as not.
+	Offers(ctx context.Context, ext string) bool
 }
 
 // RelayTx is one upstream transaction, mirroring the client's.
 type RelayTx interface {
 	// Rcpt sends RCPT TO; an upstream refusal is an *smtp.SMTPError.
 	Rcpt(ctx context.Context, to string, opts *smtp.RcptOptions) error
-	// Data sends the message and returns the upstream's final 250 text.
+	// Data sends the message and returns the upstream's final reply as
+	// one line for the log ("250 2.0.0 Ok: queued as 4Xyz").
 	Data(ctx context.Context, r io.Reader) (string, error)
 	// Abort ends the transaction without a message (RSET).
 	Abort()
 	// Upstream names the upstream in use, for logs.
 	Upstream() string
+	// SMTPUTF8 reports whether the transaction may carry non-ASCII
+	// addresses and header fields (RFC 6531): false when the client asked
+	// for SMTPUTF8 but the upstream does not offer it, so Begin sent MAIL
+	// without it (the client's SMTPUTF8 is a request, not a need).
+	SMTPUTF8() bool
 }

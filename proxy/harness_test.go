@@ -45,12 +45,23 @@ type recUpstream struct {
 }
 
 type upMessage struct {
-	from  string
-	rcpts []string
-	data  []byte
+	from     string
+	opts     smtp.MailOptions
+	rcpts    []string
+	rcptOpts []smtp.RcptOptions
+	data     []byte
 }
 
-func startUpstream(t *testing.T) *recUpstream {
+// String shows a recorded message in failure output.
+func (m upMessage) String() string {
+	return fmt.Sprintf("from=%s rcpts=%v data=%q", m.from, m.rcpts, m.data)
+}
+
+func startUpstream(t *testing.T) *recUpstream { return startUpstreamWith(t, nil) }
+
+// startUpstreamWith starts a recording upstream; configure, if not nil,
+// changes its go-smtp server before it serves (e.g. no SMTPUTF8, DSN).
+func startUpstreamWith(t *testing.T, configure func(*smtp.Server)) *recUpstream {
 	t.Helper()
 	u := &recUpstream{t: t}
 	u.srv = smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
@@ -64,6 +75,9 @@ func startUpstream(t *testing.T) *recUpstream {
 	u.srv.EnableSMTPUTF8 = true
 	u.srv.MaxLineLength = 0
 	u.srv.ErrorLog = testLogger{t}
+	if configure != nil {
+		configure(u.srv)
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -87,21 +101,27 @@ func (u *recUpstream) snapshot() (mails []string, msgs []upMessage, conns int) {
 }
 
 type recSession struct {
-	u     *recUpstream
-	c     *smtp.Conn
-	from  string
-	rcpts []string
+	u        *recUpstream
+	c        *smtp.Conn
+	from     string
+	opts     smtp.MailOptions
+	rcpts    []string
+	rcptOpts []smtp.RcptOptions
 }
 
-func (s *recSession) Mail(from string, _ *smtp.MailOptions) error {
+func (s *recSession) Mail(from string, opts *smtp.MailOptions) error {
 	s.u.mu.Lock()
 	defer s.u.mu.Unlock()
 	s.u.mails = append(s.u.mails, from)
 	s.from = from
+	s.opts = smtp.MailOptions{}
+	if opts != nil {
+		s.opts = *opts
+	}
 	return s.u.mailErr
 }
 
-func (s *recSession) Rcpt(to string, _ *smtp.RcptOptions) error {
+func (s *recSession) Rcpt(to string, opts *smtp.RcptOptions) error {
 	s.u.mu.Lock()
 	f := s.u.rcptErr
 	s.u.mu.Unlock()
@@ -111,6 +131,11 @@ func (s *recSession) Rcpt(to string, _ *smtp.RcptOptions) error {
 		}
 	}
 	s.rcpts = append(s.rcpts, to)
+	ro := smtp.RcptOptions{}
+	if opts != nil {
+		ro = *opts
+	}
+	s.rcptOpts = append(s.rcptOpts, ro)
 	return nil
 }
 
@@ -130,7 +155,7 @@ func (s *recSession) Data(r io.Reader) error {
 		return derr
 	}
 	s.u.mu.Lock()
-	s.u.messages = append(s.u.messages, upMessage{from: s.from, rcpts: s.rcpts, data: b})
+	s.u.messages = append(s.u.messages, upMessage{from: s.from, opts: s.opts, rcpts: s.rcpts, rcptOpts: s.rcptOpts, data: b})
 	s.u.mu.Unlock()
 	return nil
 }
@@ -139,7 +164,7 @@ func (s *recSession) Reset() {
 	s.u.mu.Lock()
 	s.u.rsets++
 	s.u.mu.Unlock()
-	s.from, s.rcpts = "", nil
+	s.from, s.rcpts, s.rcptOpts, s.opts = "", nil, nil, smtp.MailOptions{}
 }
 
 func (s *recSession) Logout() error { return nil }
@@ -170,7 +195,12 @@ type envOption func(*proxy.Config, *proxy.Deps)
 
 func newEnv(t *testing.T, opts ...envOption) *env {
 	t.Helper()
-	up := startUpstream(t)
+	return newEnvUp(t, startUpstream(t), opts...)
+}
+
+// newEnvUp is newEnv in front of the recording upstream up.
+func newEnvUp(t *testing.T, up *recUpstream, opts ...envOption) *env {
+	t.Helper()
 	dir := t.TempDir()
 	hash, err := auth.Hash(testPassword)
 	if err != nil {
@@ -186,12 +216,7 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	router, err := upstream.NewRouter([]upstream.Config{{Name: "up", Address: up.addr, TLS: "none"}},
-		upstream.WithLogger(logger), upstream.WithHostname("mailgate.test"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { router.Close() })
+	router := newTestRouter(t, up.addr, logger)
 	cert, err := proxy.SelfSigned("mailgate.test")
 	if err != nil {
 		t.Fatal(err)
@@ -217,6 +242,24 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 	}
 	srv := serveProxy(t, cfg, deps)
 	return &env{t: t, srv: srv, up: up, addr: srv.Addrs(), logs: logs, cfg: cfg}
+}
+
+// newTestRouter is an upstream router to one plaintext upstream at addr.
+func newTestRouter(t *testing.T, addr string, logger *slog.Logger) *upstream.Router {
+	t.Helper()
+	router, err := upstream.NewRouter([]upstream.Config{{Name: "up", Address: addr, TLS: "none"}},
+		upstream.WithLogger(logger), upstream.WithHostname("mailgate.test"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { router.Close() })
+	return router
+}
+
+// withUpstream relays to the upstream at addr (an smtp-sink, say) instead
+// of the recording one.
+func withUpstream(t *testing.T, addr string) envOption {
+	return func(_ *proxy.Config, d *proxy.Deps) { d.Relay = proxy.UpstreamRelay(newTestRouter(t, addr, d.Logger)) }
 }
 
 type testWriter struct{ t *testing.T }

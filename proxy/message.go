@@ -138,6 +138,27 @@ func (h *header) prepend(name, value string) {
 	h.fields = append([]field{{name: name, raw: []byte(name + ": " + value + "\r\n")}}, h.fields...)
 }
 
+// nonASCIIField returns the name of the first field with a byte outside
+// US-ASCII, or "" when the header is all ASCII.
+func (h *header) nonASCIIField() string {
+	for _, f := range h.fields {
+		if !isASCII(string(f.raw)) {
+			return sanitize(f.name)
+		}
+	}
+	return ""
+}
+
+// isASCII reports whether s is all US-ASCII.
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
 // bytes serializes the header section including the empty line.
 func (h *header) bytes() []byte {
 	var b bytes.Buffer

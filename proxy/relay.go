@@ -23,6 +23,9 @@ func (rr routerRelay) Begin(ctx context.Context, route, from string, opts *smtp.
 	return routerTx{tx}, nil
 }
 
+// Offers implements ExtensionProber: true when every upstream offers ext.
+func (rr routerRelay) Offers(ctx context.Context, ext string) bool { return rr.r.Offer(ctx, ext) }
+
 type routerTx struct{ *upstream.Tx }
 
 func (t routerTx) Data(ctx context.Context, r io.Reader) (string, error) {
@@ -44,3 +47,7 @@ func upstreamReply(err error) *smtp.SMTPError {
 	}
 	return nil
 }
+
+// isSMTPUTF8Refusal reports whether err is the upstream package's refusal
+// of an address that needs SMTPUTF8 the upstream does not offer.
+func isSMTPUTF8Refusal(err error) bool { return errors.Is(err, upstream.ErrSMTPUTF8) }

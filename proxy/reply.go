@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"strings"
@@ -22,6 +23,28 @@ var (
 	errSignNoKey = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
 		Message: "This server does not sign mail for the From domain"}
 )
+
+// errAborted answers a message whose client went away mid-transfer (or
+// sent RSET between BDAT chunks); nobody is left to read it.
+var errAborted = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2},
+	Message: "Message transfer aborted"}
+
+// queuedReply is the client's reply for a message the upstream accepted
+// (after its 250): the transaction id, which the log line carries too.
+func queuedReply(txID string) *smtp.SMTPError {
+	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK: queued as " + txID}
+}
+
+// needsSMTPUTF8 is the reply for a message part that needs SMTPUTF8 when
+// the upstream does not offer it (RFC 6531 section 3.4: never downgrade).
+// A client's SMTPUTF8 alone is a request, not a need (like Postfix's
+// smtputf8_autodetect_classes): all-ASCII mail is relayed without it, so
+// only what names a non-ASCII part is refused — an address at its own
+// command (550), a header field at the end of DATA (554).
+func needsSMTPUTF8(code int, what string) *smtp.SMTPError {
+	return &smtp.SMTPError{Code: code, EnhancedCode: smtp.EnhancedCode{5, 6, 7},
+		Message: sanitize(what) + " needs SMTPUTF8, which the upstream does not support"}
+}
 
 // reply turns err into the reply the client gets.
 func (s *session) reply(err error) error {
@@ -112,4 +135,65 @@ func decisionReply(d policy.Decision) *smtp.SMTPError {
 
 func formatReply(r *smtp.SMTPError) string {
 	return fmt.Sprintf("%d %d.%d.%d %s", r.Code, r.EnhancedCode[0], r.EnhancedCode[1], r.EnhancedCode[2], r.Message)
+}
+
+// go-smtp writes some replies itself, after a Session method returned nil
+// or on its own, with playful texts ("Roger, accepting mail from <…>",
+// "I'll make sure <…> gets this", "Go ahead", "bye bye"). It has no hook
+// for them, and returning a 250 *smtp.SMTPError from Mail or Rcpt would
+// make it forget the sender or recipient. So clientConn.Write replaces
+// them with the conventional texts below (RFC 5321 section 4.2, RFC 3463
+// codes, Postfix's wording). The match is exact and on whole replies only:
+// a Write from go-smtp is one reply line, and one whose bytes are exactly
+// go-smtp's text (including the address it echoes) is rewritten; nothing
+// a client or an upstream controls can produce one (a HELO echo starts
+// "250 2.0.0 Hello", an EHLO line has no enhanced code). Client bytes
+// never pass through Write. TestReplyTexts pins every pair, so a go-smtp
+// upgrade that changes a text fails it.
+var goSMTPReplies = []struct {
+	prefix, suffix string // go-smtp's line, around the echoed address
+	format         string // ours; %s is the address when there is one
+}{
+	{"250 2.0.0 Roger, accepting mail from <", ">", replySenderOK},
+	{"250 2.0.0 I'll make sure <", "> gets this", replyRecipientOK},
+	{"354 Go ahead. End your data with <CR><LF>.<CR><LF>", "", replyStartData},
+	{"250 2.0.0 I have successfully done nothing", "", replyNoop},
+	{"421 4.4.2 Idle timeout, bye bye", "", replyIdleTimeout},
+	{"421 4.4.0 Connection error, sorry", "", replyConnectionError},
+	{"500 5.5.1 Too many errors. Quiting now", "", replyTooManyErrors},
+}
+
+// The replies clientConn.Write puts in place of go-smtp's.
+const (
+	replySenderOK        = "250 2.1.0 Sender <%s> OK"
+	replyRecipientOK     = "250 2.1.5 Recipient <%s> OK"
+	replyStartData       = "354 End data with <CR><LF>.<CR><LF>"
+	replyNoop            = "250 2.0.0 OK"
+	replyIdleTimeout     = "421 4.4.2 Idle timeout, closing connection"
+	replyConnectionError = "421 4.4.0 Connection error, closing connection"
+	replyTooManyErrors   = "500 5.5.1 Too many errors, closing connection"
+)
+
+// rewriteReply returns the conventional text for one of go-smtp's own
+// reply lines (see goSMTPReplies), or line itself. line is one whole
+// reply line with its CRLF.
+func rewriteReply(line []byte) []byte {
+	body, ok := bytes.CutSuffix(line, []byte("\r\n"))
+	if !ok || bytes.IndexByte(body, '\n') >= 0 || len(body) < 4 {
+		return line
+	}
+	for _, r := range goSMTPReplies {
+		if !bytes.HasPrefix(body, []byte(r.prefix)) || !bytes.HasSuffix(body[len(r.prefix):], []byte(r.suffix)) {
+			continue
+		}
+		if r.suffix == "" && len(body) != len(r.prefix) {
+			continue
+		}
+		if !strings.Contains(r.format, "%s") {
+			return []byte(r.format + "\r\n")
+		}
+		addr := body[len(r.prefix) : len(body)-len(r.suffix)]
+		return fmt.Appendf(nil, r.format+"\r\n", addr)
+	}
+	return line
 }

@@ -32,6 +32,7 @@ type Server struct {
 	total     int
 	listeners []*listener
 	closed    bool
+	dsn       bool           // advertise DSN: every upstream offered it at start
 	wg        sync.WaitGroup // accept loops and hand-overs
 }
 
@@ -69,8 +70,10 @@ func New(cfg Config, deps Deps) (*Server, error) {
 }
 
 // Listen opens every listener's socket, so that a caller knows the ports
-// are bound before Serve. Addresses with port 0 get a free port; Addrs
-// reports them.
+// are bound before Serve, and asks the upstreams whether they offer DSN
+// (probeDSN), so that the probe's connection is ready in the pool when
+// Listen returns. Addresses with port 0 get a free port; Addrs reports
+// them.
 func (s *Server) Listen() error {
 	for i := range s.cfg.Listeners {
 		lc := &s.cfg.Listeners[i]
@@ -87,6 +90,10 @@ func (s *Server) Listen() error {
 		}
 		s.listeners = append(s.listeners, &listener{cfg: lc, ln: ln})
 	}
+	dsn := s.probeDSN()
+	s.mu.Lock()
+	s.dsn = dsn
+	s.mu.Unlock()
 	return nil
 }
 
@@ -107,6 +114,13 @@ func (s *Server) Serve(ctx context.Context) error {
 		}
 	}
 	errc := make(chan error, 2*len(s.listeners))
+	// Under s.mu: Shutdown may run while Serve starts and reads what is
+	// set here.
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
 	for _, l := range s.listeners {
 		l.ch = newChanListener(l.ln.Addr())
 		l.smtp = s.newSMTPServer(l)
@@ -119,6 +133,7 @@ func (s *Server) Serve(ctx context.Context) error {
 			errc <- s.acceptLoop(l)
 		}()
 	}
+	s.mu.Unlock()
 	select {
 	case <-ctx.Done():
 		return nil
@@ -139,6 +154,8 @@ func (s *Server) newSMTPServer(l *listener) *smtp.Server {
 	// go-smtp cannot see TLS through the strict connection wrapper.
 	srv.AllowInsecureAuth = true
 	srv.EnableSMTPUTF8 = true
+	// DSN (RFC 3461) only when the upstreams offer it (see probeDSN).
+	srv.EnableDSN = s.dsn
 	// Read deadlines are set per read by clientConn; go-smtp's ReadTimeout
 	// would cover a whole body.
 	srv.ReadTimeout = 0
@@ -146,6 +163,28 @@ func (s *Server) newSMTPServer(l *listener) *smtp.Server {
 	srv.ErrorLog = log.New(slogWriter{s.log}, "", 0)
 	return srv
 }
+
+// probeDSN decides once, at start, whether mailgate advertises DSN
+// (RFC 3461): only when every upstream offers it, so that the NOTIFY,
+// ORCPT, RET and ENVID a client sends reach an upstream that honours them
+// (go-smtp's client would silently drop them otherwise, and mailgate,
+// which never queues, cannot send the "relayed" DSN RFC 3461 section 4.2
+// asks of a relay in that case). An upstream that is down at start means
+// no DSN until the next start.
+func (s *Server) probeDSN() bool {
+	p, ok := s.deps.Relay.(ExtensionProber)
+	if !ok {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), dsnProbeTimeout)
+	defer cancel()
+	dsn := p.Offers(ctx, "DSN")
+	s.log.Info("upstream DSN support probed", "dsn", dsn)
+	return dsn
+}
+
+// dsnProbeTimeout bounds the start-up probe of the upstreams.
+const dsnProbeTimeout = 5 * time.Second
 
 // acceptLoop accepts raw connections, applies connection limits and the
 // listener's TLS mode, and hands ready connections to go-smtp.
@@ -367,7 +406,15 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 		break
 	}
+	// Copied under s.mu (Serve sets them); closed outside it, since
+	// closing connections calls back into s.
+	s.mu.Lock()
+	started := make([]listener, 0, len(s.listeners))
 	for _, l := range s.listeners {
+		started = append(started, listener{ch: l.ch, smtp: l.smtp})
+	}
+	s.mu.Unlock()
+	for _, l := range started {
 		if l.ch != nil {
 			l.ch.Close()
 		}

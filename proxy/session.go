@@ -112,7 +112,7 @@ func (ss *session) authAllowed() bool {
 // after failed AUTH; mailgate does after max_failures.
 func (ss *session) Auth(mech string) (sasl.Server, error) {
 	if ss.conn.failed.Load() {
-		return nil, errBareLineEnding
+		return nil, ss.conn.refuse(errBareLineEnding)
 	}
 	if ss.s.deps.Auth == nil {
 		return nil, smtp.ErrAuthUnsupported
@@ -251,7 +251,7 @@ const quotaEndTimeout = 5 * time.Second
 // Mail implements smtp.Session: policy stage mail, then upstream MAIL.
 func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 	if ss.conn.failed.Load() {
-		return errBareLineEnding
+		return ss.conn.refuse(errBareLineEnding)
 	}
 	if ss.l.AuthRequired() && ss.user == "" {
 		return errAuthRequired
@@ -286,6 +286,9 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 	if err != nil {
 		ss.endQuota(tx.quota, false)
 		r := ss.reply(err)
+		if isSMTPUTF8Refusal(err) {
+			r = needsSMTPUTF8(550, "Sender <"+mb.String()+">")
+		}
 		ss.logTx(tx, "upstream-refused", "stage", "mail", "reply", replyText(r))
 		return r
 	}
@@ -301,7 +304,7 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 // upstream's reply for this recipient goes back as is (cleaned).
 func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	if ss.conn.failed.Load() {
-		return errBareLineEnding
+		return ss.conn.refuse(errBareLineEnding)
 	}
 	ss.mu.Lock()
 	tx := ss.tx
@@ -329,6 +332,9 @@ func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	if opts == nil {
 		opts = &smtp.RcptOptions{}
 	}
+	if !tx.up.SMTPUTF8() && !isASCII(mb.String()) {
+		return needsSMTPUTF8(550, "Recipient <"+mb.String()+">")
+	}
 	if err := tx.up.Rcpt(ss.ctx, mb.String(), opts); err != nil {
 		// A recipient the upstream refused costs no quota.
 		ss.endQuota(d.Reservation, false)
@@ -347,7 +353,7 @@ func (ss *session) Data(r io.Reader) error {
 	isDATA := ss.conn.dataPending.Swap(false)
 	if ss.conn.failed.Load() {
 		// Reset (always called after Data) aborts the upstream side.
-		return errBareLineEnding
+		return ss.conn.refuse(errBareLineEnding)
 	}
 	ss.mu.Lock()
 	tx := ss.tx
@@ -368,19 +374,26 @@ func (ss *session) Data(r io.Reader) error {
 		defer br.finish()
 		body = br
 	}
-	text, err := ss.data(tx, body)
+	in := &countingReader{r: body}
+	text, err := ss.data(tx, in)
 	ss.mu.Lock()
 	tx.inData = false
 	tx.done = true
 	ss.mu.Unlock()
 	ss.endQuota(tx.quota, err == nil)
 	if err != nil {
+		if in.clientGone() {
+			// Not an error of ours: the client hung up (or RSET between
+			// BDAT chunks). Nobody reads a reply.
+			ss.logTx(tx, "aborted", "stage", "data", "reason", in.err.Error(), "received", in.n)
+			return errAborted
+		}
 		rerr := ss.reply(err)
 		ss.logTx(tx, "failed", "reply", replyText(rerr))
 		return rerr
 	}
-	ok := &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK: queued as " + tx.id}
-	ss.logTx(tx, "relayed", "reply", "250 "+sanitize(text))
+	ok := queuedReply(tx.id)
+	ss.logTx(tx, "relayed", "reply", formatReply(ok), "upstream_reply", sanitize(text))
 	return ok
 }
 
@@ -405,6 +418,12 @@ func (ss *session) data(tx *transaction, r io.Reader) (string, error) {
 	defer sp.Close()
 	if _, err := br.WriteTo(sp); err != nil {
 		return "", err
+	}
+	if ss.conn.failed.Load() {
+		// The stream broke on a line that still reached go-smtp (a
+		// partial "BDAT 0 LAST" after a chunk ending in a bare CR):
+		// the body is not a message.
+		return "", ss.conn.refuse(errBareLineEnding)
 	}
 	tx.size = int64(h.size) + sp.Size()
 
@@ -431,6 +450,13 @@ func (ss *session) data(tx *transaction, r io.Reader) (string, error) {
 	}
 	if rcv := ss.received(tx, now); rcv != "" {
 		h.prepend("Received", rcv)
+	}
+	if tx.opts.UTF8 && !tx.up.SMTPUTF8() {
+		// The client asked for SMTPUTF8, the upstream MAIL went without
+		// it: only an all-ASCII header may go (RFC 6531 section 3.4).
+		if name := h.nonASCIIField(); name != "" {
+			return "", needsSMTPUTF8(554, "Non-ASCII header ("+name+")")
+		}
 	}
 	hb := h.bytes()
 	var sigs []string
@@ -515,6 +541,15 @@ func (ss *session) logTx(tx *transaction, outcome string, kv ...any) {
 	}
 	if tx.up != nil {
 		attrs = append(attrs, "upstream", tx.up.Upstream())
+		if tx.opts.UTF8 {
+			// The client asked for SMTPUTF8: say whether the upstream
+			// transaction carries it or went without (all-ASCII mail).
+			v := "passed"
+			if !tx.up.SMTPUTF8() {
+				v = "dropped"
+			}
+			attrs = append(attrs, "smtputf8", v)
+		}
 	}
 	if len(tx.rules) > 0 {
 		attrs = append(attrs, "rules", strings.Join(tx.rules, ","))

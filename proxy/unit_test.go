@@ -277,3 +277,40 @@ func TestReadDeadlineGranularity(t *testing.T) {
 		t.Errorf("after drain: %d deadlines set, want the drain's and a fresh one", len(dc.set)-n)
 	}
 }
+
+// TestRewriteReply pins go-smtp v0.25.1's own reply texts and what the
+// client sees instead; lines that only resemble them pass unchanged.
+func TestRewriteReply(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"250 2.0.0 Roger, accepting mail from <a@b.test>", "250 2.1.0 Sender <a@b.test> OK"},
+		{"250 2.0.0 Roger, accepting mail from <>", "250 2.1.0 Sender <> OK"},
+		{"250 2.0.0 I'll make sure <jörg@b.test> gets this", "250 2.1.5 Recipient <jörg@b.test> OK"},
+		{"354 Go ahead. End your data with <CR><LF>.<CR><LF>", "354 End data with <CR><LF>.<CR><LF>"},
+		{"250 2.0.0 I have successfully done nothing", "250 2.0.0 OK"},
+		{"421 4.4.2 Idle timeout, bye bye", "421 4.4.2 Idle timeout, closing connection"},
+		{"421 4.4.0 Connection error, sorry", "421 4.4.0 Connection error, closing connection"},
+		{"500 5.5.1 Too many errors. Quiting now", "500 5.5.1 Too many errors, closing connection"},
+		// Look-alikes stay as they are.
+		{"250 2.0.0 Hello Roger, accepting mail from <a@b.test>", ""},
+		{"250-Roger, accepting mail from <a@b.test>", ""},
+		{"250 Roger, accepting mail from <a@b.test>", ""},
+		{"250 2.0.0 I have successfully done nothing at all", ""},
+		{"250 2.0.0 I'll make sure <a@b.test> gets this!", ""},
+		{"250 2.0.0 OK: queued as x", ""},
+	} {
+		want := tc.want
+		if want == "" {
+			want = tc.in
+		}
+		if got := string(rewriteReply([]byte(tc.in + "\r\n"))); got != want+"\r\n" {
+			t.Errorf("%q: got %q, want %q", tc.in, got, want)
+		}
+	}
+	// Not one whole line: never touched.
+	for _, in := range []string{"354 Go ahead. End your data with <CR><LF>.<CR><LF>",
+		"250 2.0.0 I have successfully done nothing\r\n250 2.0.0 I have successfully done nothing\r\n"} {
+		if got := string(rewriteReply([]byte(in))); got != in {
+			t.Errorf("%q rewritten to %q", in, got)
+		}
+	}
+}

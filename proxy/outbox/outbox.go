@@ -80,6 +80,9 @@ func (t *tx) Rcpt(_ context.Context, to string, _ *smtp.RcptOptions) error {
 func (t *tx) Abort()           {}
 func (t *tx) Upstream() string { return "outbox" }
 
+// SMTPUTF8 is true: a Maildir stores any message as is.
+func (t *tx) SMTPUTF8() bool { return true }
+
 // Data writes the message to tmp/ and renames it into new/, so a reader
 // never sees a partial file.
 func (t *tx) Data(_ context.Context, r io.Reader) (string, error) {

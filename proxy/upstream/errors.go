@@ -24,9 +24,9 @@ var (
 	// ErrInvalidParameter: a MAIL/RCPT parameter go-smtp refuses to send
 	// (BINARYMIME over DATA, malformed ENVID/RET...). Client reply: 501 5.5.4.
 	ErrInvalidParameter = errors.New("upstream: invalid parameter")
-	// ErrSMTPUTF8: the client asked for SMTPUTF8 but the upstream does not
-	// advertise it (RFC 6531 section 3.4: the message must not be sent
-	// downgraded). Client reply: 550 5.6.7.
+	// ErrSMTPUTF8: an address needs SMTPUTF8 (it is not ASCII) but the
+	// upstream does not advertise it (RFC 6531 section 3.4: the message
+	// must not be sent downgraded). Client reply: 550 5.6.7.
 	ErrSMTPUTF8 = errors.New("upstream: SMTPUTF8 not supported by upstream")
 	// ErrRequireTLS: the client asked for REQUIRETLS but the upstream does
 	// not advertise it (RFC 8689 section 5). Client reply: 550 5.7.30.

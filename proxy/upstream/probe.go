@@ -3,6 +3,7 @@ package upstream
 import (
 	"context"
 	"crypto/tls"
+	"log/slog"
 	"sort"
 	"time"
 )
@@ -50,4 +51,27 @@ func (r *Router) Probe(ctx context.Context) []ProbeResult {
 		res = append(res, p)
 	}
 	return res
+}
+
+// Offer reports whether every configured upstream offers the EHLO keyword
+// ext (e.g. "DSN") right now. It connects to each upstream once (dial,
+// EHLO, TLS, AUTH) and puts the connection into the pool for the first
+// transaction to use, so asking costs no extra connection. An upstream
+// that cannot be reached makes it false. For decisions taken once at
+// start-up, such as which extensions the proxy itself advertises.
+func (r *Router) Offer(ctx context.Context, ext string) bool {
+	for _, u := range r.ups {
+		pc, err := u.dial(ctx)
+		if err != nil {
+			r.log.LogAttrs(ctx, slog.LevelWarn, "upstream probe failed",
+				slog.String("upstream", u.name), slog.String("extension", ext), slog.Any("error", err))
+			return false
+		}
+		ok, _ := pc.c.Extension(ext)
+		r.release(pc)
+		if !ok {
+			return false
+		}
+	}
+	return len(r.ups) > 0
 }

@@ -41,6 +41,9 @@ type Tx struct {
 	pc   *pconn // nil once the transaction is over
 	name string
 	err  error // sticky transport error
+	// utf8 is true when MAIL carried SMTPUTF8: only then may a recipient
+	// (or the message's header) be non-ASCII.
+	utf8 bool
 }
 
 // Begin starts an upstream transaction: it checks out a pooled connection
@@ -56,9 +59,13 @@ type Tx struct {
 //
 // opts: SIZE, SMTPUTF8, DSN (RET, ENVID) and AUTH= are passed when the
 // upstream advertises them (go-smtp adds BODY=8BITMIME whenever the upstream
-// advertises 8BITMIME). SMTPUTF8 or REQUIRETLS requested but not offered by
-// the upstream fail with ErrSMTPUTF8 / ErrRequireTLS; BODY=BINARYMIME fails
-// with ErrInvalidParameter (DATA cannot carry it).
+// advertises 8BITMIME). SMTPUTF8 is a request, not a need (RFC 6531
+// section 3.2; Postfix's smtputf8_autodetect_classes): when the upstream
+// does not offer it, MAIL is sent without it if from is all ASCII (then
+// Tx.SMTPUTF8 is false and Rcpt refuses non-ASCII recipients), and fails
+// with ErrSMTPUTF8 only when from itself is not ASCII. REQUIRETLS requested
+// but not offered fails with ErrRequireTLS; BODY=BINARYMIME fails with
+// ErrInvalidParameter (DATA cannot carry it).
 //
 // On error no transaction is open and nothing needs to be aborted.
 func (r *Router) Begin(ctx context.Context, route, from string, opts *smtp.MailOptions) (*Tx, error) {
@@ -76,7 +83,7 @@ func (r *Router) Begin(ctx context.Context, route, from string, opts *smtp.MailO
 	if err != nil {
 		return nil, err
 	}
-	err = r.mail(ctx, pc, from, opts)
+	utf8, err := r.mail(ctx, pc, from, opts)
 	if err != nil && pc.reused && deadOnReuse(ctx, pc, err) {
 		r.log.LogAttrs(ctx, slog.LevelDebug, "pooled upstream connection dead, retrying on a fresh one",
 			slog.String("upstream", pc.up.name), slog.Any("error", err))
@@ -84,7 +91,7 @@ func (r *Router) Begin(ctx context.Context, route, from string, opts *smtp.MailO
 		if pc, err = r.connect(ctx, ups, true); err != nil {
 			return nil, err
 		}
-		err = r.mail(ctx, pc, from, opts)
+		utf8, err = r.mail(ctx, pc, from, opts)
 	}
 	if err != nil {
 		if pc.broken {
@@ -95,7 +102,7 @@ func (r *Router) Begin(ctx context.Context, route, from string, opts *smtp.MailO
 		return nil, err
 	}
 	pc.messages++
-	return &Tx{r: r, pc: pc, name: pc.up.name}, nil
+	return &Tx{r: r, pc: pc, name: pc.up.name, utf8: utf8}, nil
 }
 
 // deadOnReuse reports whether err on a reused connection means the
@@ -105,8 +112,9 @@ func deadOnReuse(ctx context.Context, pc *pconn, err error) bool {
 	return pc.broken && ctx.Err() == nil && !errors.Is(err, ErrTimeout)
 }
 
-// mail sends (EHLO again if RSET made go-smtp forget it, then) MAIL.
-func (r *Router) mail(ctx context.Context, pc *pconn, from string, opts *smtp.MailOptions) error {
+// mail sends (EHLO again if RSET made go-smtp forget it, then) MAIL. utf8
+// reports whether MAIL carried SMTPUTF8.
+func (r *Router) mail(ctx context.Context, pc *pconn, from string, opts *smtp.MailOptions) (utf8 bool, _ error) {
 	end := pc.op(ctx, time.Time{})
 	defer end()
 	if pc.rehello {
@@ -114,25 +122,42 @@ func (r *Router) mail(ctx context.Context, pc *pconn, from string, opts *smtp.Ma
 			// A refused EHLO is about our connection, not the client's
 			// request: never pass it on as the client's reply.
 			pc.broken = true
-			return transportError(pc.up.name, "ehlo", classify(ctx, err), err)
+			return false, transportError(pc.up.name, "ehlo", classify(ctx, err), err)
 		}
 		pc.rehello = false
 	}
 	if opts != nil && opts.UTF8 {
 		if ok, _ := pc.c.Extension("SMTPUTF8"); !ok {
-			return fmt.Errorf("upstream %s: %w", pc.up.name, ErrSMTPUTF8)
+			// A request, not a need: an all-ASCII sender goes without it
+			// (RFC 6531 section 3.2); only what really needs it fails.
+			if !isASCII(from) {
+				return false, fmt.Errorf("upstream %s: sender: %w", pc.up.name, ErrSMTPUTF8)
+			}
+			o := *opts
+			o.UTF8 = false
+			opts = &o
 		}
 	}
 	if opts != nil && opts.RequireTLS {
 		if ok, _ := pc.c.Extension("REQUIRETLS"); !ok {
-			return fmt.Errorf("upstream %s: %w", pc.up.name, ErrRequireTLS)
+			return false, fmt.Errorf("upstream %s: %w", pc.up.name, ErrRequireTLS)
 		}
 	}
 	before := pc.raw.written.Load()
 	if err := pc.c.Mail(from, opts); err != nil {
-		return pc.failLocal(ctx, "mail", err, before)
+		return false, pc.failLocal(ctx, "mail", err, before)
 	}
-	return nil
+	return opts != nil && opts.UTF8, nil
+}
+
+// isASCII reports whether s is all US-ASCII.
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
 }
 
 // failLocal is fail, except that an error go-smtp returned before writing
@@ -167,6 +192,11 @@ func checkMailOptions(opts *smtp.MailOptions) error {
 // Upstream returns the name of the upstream this transaction uses.
 func (tx *Tx) Upstream() string { return tx.name }
 
+// SMTPUTF8 reports whether the upstream MAIL carried SMTPUTF8: when false,
+// a non-ASCII recipient or header field cannot be relayed (RFC 6531
+// section 3.4 forbids sending it downgraded).
+func (tx *Tx) SMTPUTF8() bool { return tx.utf8 }
+
 // usable returns the error to give when the transaction cannot be used.
 func (tx *Tx) usable() error {
 	if tx.err != nil {
@@ -189,7 +219,8 @@ func (tx *Tx) broke(err error) error {
 // Rcpt sends RCPT TO:<to> with opts and returns nil when the upstream
 // accepted the recipient. An upstream refusal is a cleaned *smtp.SMTPError
 // (552 becomes 452 4.5.3) and the transaction stays usable for further
-// recipients; a transport error ends the transaction (further calls return
+// recipients; so does ErrSMTPUTF8, for a non-ASCII recipient when MAIL was
+// sent without SMTPUTF8 (nothing is sent); a transport error ends the transaction (further calls return
 // the same error). to is sent exactly as given and must not contain CR, LF,
 // NUL, '<' or '>'.
 func (tx *Tx) Rcpt(ctx context.Context, to string, opts *smtp.RcptOptions) error {
@@ -200,6 +231,9 @@ func (tx *Tx) Rcpt(ctx context.Context, to string, opts *smtp.RcptOptions) error
 	}
 	if err := checkAddress("rcpt", to); err != nil {
 		return err
+	}
+	if !tx.utf8 && !isASCII(to) {
+		return fmt.Errorf("upstream %s: recipient: %w", tx.name, ErrSMTPUTF8)
 	}
 	pc := tx.pc
 	end := pc.op(ctx, time.Time{})

@@ -635,6 +635,56 @@ func TestRelay(t *testing.T) {
 		}
 	})
 
+	// SMTPUTF8 is a request, not a need: an all-ASCII sender goes to an
+	// upstream without SMTPUTF8 without the parameter, and only a
+	// non-ASCII recipient is refused (issue 10, Go's net/smtp lockout).
+	t.Run("smtputf8_requested_not_needed", func(t *testing.T) {
+		plain := startFake(t, fakeOpts{})
+		r := newTestRouter(t, []Config{cfgFor("plain", plain.addr)}, plain)
+		tx, err := r.Begin(ctx, "", "a@example.com", &smtp.MailOptions{UTF8: true})
+		if err != nil {
+			t.Fatalf("ASCII sender with SMTPUTF8 requested: %v", err)
+		}
+		defer tx.Abort()
+		if tx.SMTPUTF8() {
+			t.Error("Tx.SMTPUTF8() = true for an upstream without SMTPUTF8")
+		}
+		err = tx.Rcpt(ctx, "bjørn@example.net", nil)
+		if !errors.Is(err, ErrSMTPUTF8) {
+			t.Errorf("non-ASCII recipient: err = %v, want ErrSMTPUTF8", err)
+		}
+		if err := tx.Rcpt(ctx, "b@example.net", nil); err != nil {
+			t.Fatalf("ASCII recipient after a refused one: %v", err)
+		}
+		if _, err := tx.Data(ctx, bytes.NewReader(msg(100))); err != nil {
+			t.Fatal(err)
+		}
+		txs := plain.transactions()
+		if len(txs) != 1 || txs[0].opts.UTF8 {
+			t.Errorf("upstream transactions %+v, want one without SMTPUTF8", txs)
+		}
+	})
+
+	// Offer asks every upstream for an EHLO keyword at start-up and keeps
+	// the connection for the first transaction.
+	t.Run("offer", func(t *testing.T) {
+		f := startFake(t, fakeOpts{})
+		r := newTestRouter(t, []Config{cfgFor("primary", f.addr)}, f)
+		if r.Offer(ctx, "DSN") {
+			t.Error("Offer(DSN) = true, the upstream does not offer DSN")
+		}
+		if !r.Offer(ctx, "8BITMIME") {
+			t.Error("Offer(8BITMIME) = false")
+		}
+		if st := r.Stats(); st.Idle != 2 {
+			t.Errorf("Stats = %+v, want both probe connections pooled (2 idle)", st)
+		}
+		down := newTestRouter(t, []Config{cfgFor("primary", f.addr), cfgFor("down", "127.0.0.1:1")})
+		if down.Offer(ctx, "8BITMIME") {
+			t.Error("Offer = true with an upstream down")
+		}
+	})
+
 	t.Run("requiretls_and_envid", func(t *testing.T) {
 		f := startFake(t, fakeOpts{})
 		r := newTestRouter(t, []Config{cfgFor("primary", f.addr)}, f)
