@@ -45,6 +45,7 @@ type demo struct {
 	policy         policy.Config
 	records        []dkim.Record
 	outbox         string
+	quotas         []string // "per-login: messages 100/1h", set by wire
 
 	mu  sync.Mutex
 	out io.Writer // where saved paths are printed; set by serve
@@ -161,6 +162,13 @@ mailgate demo
 `, d.user, d.password, d.policyFile(), d.domain)
 	for _, r := range d.records {
 		fmt.Fprintf(&b, "  %s\n", r.ZoneLine())
+	}
+	for i, q := range d.quotas {
+		label := "  quota:    "
+		if i > 0 {
+			label = "            "
+		}
+		fmt.Fprintf(&b, "%s%s\n", label, q)
 	}
 	fmt.Fprintf(&b, `  outbox:   accepted messages are written to the Maildir %s
             instead of being relayed; each file is printed as "delivered: PATH"

@@ -61,8 +61,9 @@ func startDemo(t *testing.T) *runningDemo {
 		t.Fatal("the demo did not start")
 	}
 	// ready runs after the announcement: it is complete now.
-	if text := d.out.String(); !strings.Contains(text, d.addr) || !strings.Contains(text, "swaks") {
-		t.Fatalf("the announcement lacks the address or the commands:\n%s", text)
+	if text := d.out.String(); !strings.Contains(text, d.addr) || !strings.Contains(text, "swaks") ||
+		!strings.Contains(text, "quota:    per-login: messages 100/1h") {
+		t.Fatalf("the announcement lacks the address, the commands or the quota:\n%s", text)
 	}
 	return d
 }

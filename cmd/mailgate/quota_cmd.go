@@ -259,3 +259,20 @@ func splitListen(addr string) (host, port string, err error) {
 	}
 	return host, port, nil
 }
+
+// describeQuotas says each quota's windows in one line:
+// "per-login: messages 100/1h".
+func describeQuotas(qs *policy.Quotas) []string {
+	var out []string
+	for _, n := range qs.Names() {
+		ws, _ := qs.Windows(n)
+		var parts []string
+		for _, k := range []quota.Kind{quota.Messages, quota.Recipients, quota.NewRecipients} {
+			for _, w := range ws[k] {
+				parts = append(parts, string(k)+" "+policy.FormatWindow(w))
+			}
+		}
+		out = append(out, n+": "+strings.Join(parts, ", "))
+	}
+	return out
+}

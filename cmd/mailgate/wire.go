@@ -121,6 +121,9 @@ func wire(cfg *config, logger *slog.Logger) (_ *wiring, err error) {
 		if cfg.quotas != nil {
 			w.quotas = newQuotaStore(cfg, w.rdb)
 			opts = append(opts, policy.WithQuotas(cfg.quotas, w.quotas))
+			if w.demo != nil {
+				w.demo.quotas = describeQuotas(cfg.quotas)
+			}
 		}
 		var pc policy.Config
 		if policyCfg != nil {
