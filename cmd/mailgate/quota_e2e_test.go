@@ -377,6 +377,26 @@ for k, v in sorted(results.items()):
 			t.Fatalf("round %d: sink has %d messages, want %d", round, got, delivered)
 		}
 	}
+	// quota show and reset read Redis directly: no instance is asked.
+	var stdout, stderr bytes.Buffer
+	if rc := run([]string{"quota", "show", "-config", cfg}, nil, &stdout, &stderr); rc != 0 {
+		t.Fatalf("quota show: exit %d\n%s", rc, stderr.String())
+	}
+	for round := 1; round <= 3; round++ {
+		re := regexp.MustCompile(fmt.Sprintf(`(?m)^per-sender round%d@example\.com messages 50/1h used=50 remaining=0 retry_in=\S+$`, round))
+		if !re.MatchString(stdout.String()) {
+			t.Fatalf("quota show lacks round %d:\n%s", round, stdout.String())
+		}
+	}
+	stdout.Reset()
+	if rc := run([]string{"quota", "reset", "-config", cfg, "-quota", "per-sender", "-key", "round1@example.com"}, nil, &stdout, &stderr); rc != 0 {
+		t.Fatalf("quota reset: exit %d\n%s", rc, stderr.String())
+	}
+	stdout.Reset()
+	if rc := run([]string{"quota", "show", "-config", cfg, "-quota", "per-sender", "-key", "round1@example.com"}, nil, &stdout, &stderr); rc != 0 ||
+		strings.TrimSpace(stdout.String()) != "per-sender round1@example.com messages 50/1h used=0 remaining=50" {
+		t.Fatalf("after reset: exit %d\n%s%s", rc, stdout.String(), stderr.String())
+	}
 }
 
 func grepLines(s, sub string) string {
