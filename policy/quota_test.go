@@ -2,7 +2,10 @@ package policy
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -600,4 +603,46 @@ func benchQuotaMessage(b *testing.B, p *Policy) {
 		}
 	}
 	b.ReportMetric(float64(cpuTime()-start)/float64(b.N), "cpu-ns/op")
+}
+
+// TestQuota_DecisionLog: the decision log names the quota that refused and
+// carries the input's quota levels (what policy replay will read).
+func TestQuota_DecisionLog(t *testing.T) {
+	c := newClock()
+	dir := t.TempDir()
+	p, err := New(Config{DecisionLog: "decisions.jsonl"}, dir, WithLogger(quietLogger()), WithClock(c.now),
+		WithQuotas(mustQuotas(t, `quota "hourly" {
+  key      = envelope.from
+  messages = ["1/1h"]
+}`), quota.NewMemory()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := evaluate(t, p, mailInput("", "app@example.com"))
+	_ = d.Reservation.Commit(context.Background())
+	evaluate(t, p, mailInput("", "app@example.com"))
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(filepath.Join(dir, "decisions.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(raw)), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("%d records, want 2", len(lines))
+	}
+	var rec struct {
+		Engine, Rule, Outcome string
+		Code                  int
+		Input                 Input
+	}
+	if err := json.Unmarshal([]byte(lines[1]), &rec); err != nil {
+		t.Fatal(err)
+	}
+	st := rec.Input.Quota["hourly"]
+	if rec.Engine != QuotaEngine || rec.Rule != "hourly" || rec.Outcome != "defer" || rec.Code != 451 ||
+		!st.Exceeded || st.Key != "app@example.com" || len(st.Messages) != 1 || st.Messages[0].Used != 1 || st.Messages[0].RetryAfter < 3600 {
+		t.Fatalf("record = %s", lines[1])
+	}
 }
