@@ -316,6 +316,10 @@ func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	if rerr != nil {
 		return rerr
 	}
+	if !tx.up.SMTPUTF8() && !isASCII(mb.String()) {
+		// Refused before the policy: nothing is reserved for it.
+		return needsSMTPUTF8(550, "Recipient <"+mb.String()+">")
+	}
 	d, err := ss.decide(tx, func() policy.Input {
 		in := ss.input(policy.StageRcpt, tx)
 		in.Rcpt = &policy.Rcpt{Address: mb.String(), Domain: strings.ToLower(mb.Domain)}
@@ -328,18 +332,16 @@ func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 		ss.log.Info("recipient refused by policy", "rcpt", mb.String(), "engine", d.Engine, "rule", d.Rule)
 		return decisionReply(d)
 	}
-	tx.actions.Merge(d.Actions)
 	if opts == nil {
 		opts = &smtp.RcptOptions{}
 	}
-	if !tx.up.SMTPUTF8() && !isASCII(mb.String()) {
-		return needsSMTPUTF8(550, "Recipient <"+mb.String()+">")
-	}
 	if err := tx.up.Rcpt(ss.ctx, mb.String(), opts); err != nil {
-		// A recipient the upstream refused costs no quota.
+		// A recipient the upstream refused costs no quota, and its
+		// decision's actions do not apply.
 		ss.endQuota(d.Reservation, false)
 		return ss.reply(err)
 	}
+	tx.actions.Merge(d.Actions)
 	tx.keepQuota(d)
 	tx.rcpts = append(tx.rcpts, mb.String())
 	return nil
