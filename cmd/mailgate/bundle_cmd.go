@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sort"
 
 	"github.com/mailgate/mailgate/policy"
 )
@@ -70,4 +71,27 @@ func policyBundle(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	}
 	fmt.Fprintf(stdout, "wrote %s (%s, revision %q)\n", *out, signed, o.Revision)
 	return 0
+}
+
+// probeBundles polls every bundle server now and says which revision each
+// bundle engine runs; false when one has no policy (see policy.Ready).
+func probeBundles(p *policy.Policy, out io.Writer) bool {
+	pollErr := p.Reload()
+	revs := p.Revisions()
+	ids := make([]string, 0, len(revs))
+	for id := range revs {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	for _, id := range ids {
+		if revs[id] == "" {
+			fmt.Fprintf(out, "policy %s: NOT ready: no bundle yet\n", id)
+		} else {
+			fmt.Fprintf(out, "policy %s: bundle revision %q\n", id, revs[id])
+		}
+	}
+	if pollErr != nil {
+		fmt.Fprintf(out, "policy bundle poll: %v\n", pollErr)
+	}
+	return p.Ready() == nil && pollErr == nil
 }

@@ -121,6 +121,9 @@ func policyCheck(args []string, stdout, stderr io.Writer, load func(string) (pol
 		return 1
 	}
 	defer p.Close()
+	if p.Revisions() != nil && !probeBundles(p, stdout) {
+		return 1
+	}
 	fmt.Fprintln(stdout, "policy OK")
 	return 0
 }
