@@ -18,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -212,5 +213,61 @@ func TestPolicyBundleCommand(t *testing.T) {
 	entries, _ := os.ReadDir(filepath.Dir(out))
 	if len(entries) != 1 {
 		t.Errorf("temporary files left behind: %v", entries)
+	}
+}
+
+// TestE2EBundleNotReadyThenSIGHUP: with no bundle published and none
+// cached, mailgate serves but defers every message (451 4.3.0); a SIGHUP
+// after publishing polls at once (polling is an hour) and the policy is in
+// force when the reload finishes.
+func TestE2EBundleNotReadyThenSIGHUP(t *testing.T) {
+	peertest.Require(t, "smtp-sink", "swaks")
+	sink := peertest.StartSink(t, peertest.SinkOptions{})
+	keys, pol, pub := t.TempDir(), t.TempDir(), t.TempDir()
+	priv, pubKey := rsaKeyFiles(t, keys)
+	srv := serveBundleDir(t, pub) // nothing published: 404
+	m := startMailgate(t, upstreamBlock(sink.Addr())+fmt.Sprintf(`
+policy {
+  rego {
+    name = "org"
+    bundle {
+      url       = %q
+      polling   = "1h"
+      cache_dir = %q
+      verification {
+        public_key_file = %q
+      }
+    }
+  }
+}
+`, srv.URL+"/mail.tar.gz", filepath.Join(keys, "cache"), pubKey))
+	out, code := peertest.Swaks(t, "--timeout", "20", "--server", m.relay, "--from", e2eUser, "--to", "x@one.example")
+	if code == 0 || !strings.Contains(out, "451 4.3.0") {
+		t.Fatalf("not ready: exit %d, want 451 4.3.0\n%s", code, out)
+	}
+	if sink.Count() != 0 {
+		t.Fatal("a message went through without a policy")
+	}
+
+	writeBundlePolicy(t, pol, "one.example")
+	if code, out := runBundleCmd(t, "-dir", pol, "-revision", "r1", "-signing-key", priv, "-out", filepath.Join(pub, "mail.tar.gz")); code != 0 {
+		t.Fatalf("mailgate policy bundle: exit %d\n%s", code, out)
+	}
+	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(m.logs.String(), "SIGHUP: reload finished") {
+		if time.Now().After(deadline) {
+			t.Fatal("no reload after SIGHUP")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	out, code = peertest.Swaks(t, "--timeout", "20", "--server", m.relay, "--from", e2eUser, "--to", "x@one.example")
+	if code == 0 || !strings.Contains(out, "550 5.7.1 one.example is blocked by policy v-one.example") {
+		t.Fatalf("after SIGHUP: exit %d\n%s", code, out)
+	}
+	if _, err := os.Stat(filepath.Join(keys, "cache", "org.tar.gz")); err != nil {
+		t.Errorf("activated bundle not cached: %v", err)
 	}
 }
