@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -57,8 +58,8 @@ type BundleConfig struct {
 	// start when the server cannot be reached. Relative paths resolve
 	// against the base directory. Default "bundle-cache".
 	CacheDir string `hcl:"cache_dir,optional"`
-	// CAFile is a PEM file of CA certificates trusted for an https URL
-	// (instead of the system roots).
+	// CAFile is a PEM file of CA certificates trusted for an https URL,
+	// instead of the system roots.
 	CAFile string `hcl:"ca_file,optional"`
 	// Verification, when present, requires every bundle to be signed with
 	// the private key matching its public key. Without it, signatures are
@@ -201,8 +202,23 @@ func newBundleEngine(s engineSpec, log *slog.Logger) (*bundleEngine, error) {
 		WithBundleName(s.name).
 		WithBundleParserOpts(ast.ParserOptions{RegoVersion: ast.RegoV1, ProcessAnnotation: true}).
 		WithCallback(e.update)
-	e.loadCache()
+	if etag := e.loadCache(); etag != "" {
+		// The first poll then gets 304 when the server still has it.
+		e.dl.SetCache(etag)
+	}
 	return e, nil
+}
+
+// pollTimeout bounds one download (a SIGHUP waits for it).
+func (e *bundleEngine) pollTimeout() time.Duration {
+	return max(30*time.Second, e.spec.bundle.polling)
+}
+
+// trigger runs one download, bounded by pollTimeout.
+func (e *bundleEngine) trigger(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, e.pollTimeout())
+	defer cancel()
+	return e.dl.Trigger(ctx)
 }
 
 // start runs the poll loop: a poll at once, then one every polling interval
@@ -214,7 +230,7 @@ func (e *bundleEngine) start() {
 		defer close(e.done)
 		t := time.NewTicker(e.spec.bundle.polling)
 		defer t.Stop()
-		_ = e.dl.Trigger(ctx) // failures are logged by update
+		_ = e.trigger(ctx) // failures are logged by update
 		for {
 			var reply chan error
 			select {
@@ -223,7 +239,7 @@ func (e *bundleEngine) start() {
 			case <-t.C:
 			case reply = <-e.polls:
 			}
-			err := e.dl.Trigger(ctx)
+			err := e.trigger(ctx)
 			if reply != nil {
 				reply <- err
 			}
@@ -269,6 +285,9 @@ func (e *bundleEngine) update(ctx context.Context, u download.Update) error {
 	if u.Bundle == nil {
 		return nil // 304 Not Modified
 	}
+	if ctx.Err() != nil {
+		return ctx.Err() // closing
+	}
 	v, err := e.prepare(ctx, u.Bundle)
 	if err != nil {
 		e.log.LogAttrs(ctx, slog.LevelError, "policy bundle does not compile; keeping the running policy",
@@ -280,7 +299,7 @@ func (e *bundleEngine) update(ctx context.Context, u download.Update) error {
 	e.log.LogAttrs(ctx, slog.LevelInfo, "policy bundle activated",
 		slog.String("revision", v.revision), slog.String("previous", prev), slog.String("etag", u.ETag))
 	if u.Raw != nil {
-		if err := e.writeCache(u.Raw); err != nil {
+		if err := e.writeCache(u.Raw, u.ETag); err != nil {
 			e.log.LogAttrs(ctx, slog.LevelWarn, "policy bundle cache not written", slog.Any("error", err))
 		}
 	}
@@ -306,16 +325,17 @@ func (e *bundleEngine) prepare(ctx context.Context, b *bundle.Bundle) (*bundleVe
 }
 
 // loadCache activates the cached bundle, verified again as if downloaded:
-// a cache file someone changed is refused like a tampered download.
-func (e *bundleEngine) loadCache() {
+// a cache file someone changed is refused like a tampered download. It
+// returns the bundle's ETag when it was activated and the ETag is known.
+func (e *bundleEngine) loadCache() string {
 	f, err := os.Open(e.spec.bundle.cacheFile)
 	if errors.Is(err, os.ErrNotExist) {
 		e.log.Info("no cached policy bundle; not ready until the first download", slog.String("cache", e.spec.bundle.cacheFile))
-		return
+		return ""
 	}
 	if err != nil {
 		e.log.Error("policy bundle cache unreadable", slog.Any("error", err))
-		return
+		return ""
 	}
 	defer f.Close()
 	b, err := bundle.NewReader(f).
@@ -326,21 +346,34 @@ func (e *bundleEngine) loadCache() {
 		Read()
 	if err != nil {
 		e.log.Error("cached policy bundle refused", slog.String("cache", e.spec.bundle.cacheFile), slog.Any("error", err))
-		return
+		return ""
 	}
 	v, err := e.prepare(context.Background(), &b)
 	if err != nil {
 		e.log.Error("cached policy bundle does not compile", slog.String("cache", e.spec.bundle.cacheFile), slog.Any("error", err))
-		return
+		return ""
 	}
 	e.cur.Store(v)
 	e.log.Info("policy bundle activated from cache", slog.String("revision", v.revision), slog.String("cache", e.spec.bundle.cacheFile))
+	etag, _ := os.ReadFile(e.etagFile())
+	return string(etag)
 }
 
-// writeCache replaces the cache file atomically (temporary file, rename).
-func (e *bundleEngine) writeCache(raw io.Reader) error {
+// etagFile holds the ETag of the cached bundle. It is removed before the
+// bundle is replaced and written after, so a crash in between leaves no
+// ETag (a full download at start), never the ETag of another bundle.
+func (e *bundleEngine) etagFile() string {
+	return strings.TrimSuffix(e.spec.bundle.cacheFile, ".tar.gz") + ".etag"
+}
+
+// writeCache replaces the cache file atomically (temporary file, rename),
+// then records its ETag.
+func (e *bundleEngine) writeCache(raw io.Reader, etag string) error {
 	dst := e.spec.bundle.cacheFile
 	if err := os.MkdirAll(filepath.Dir(dst), 0o750); err != nil {
+		return err
+	}
+	if err := os.Remove(e.etagFile()); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
 	var buf bytes.Buffer
@@ -366,7 +399,13 @@ func (e *bundleEngine) writeCache(raw io.Reader) error {
 	if err := tmp.Close(); err != nil {
 		return err
 	}
-	return os.Rename(tmp.Name(), dst)
+	if err := os.Rename(tmp.Name(), dst); err != nil {
+		return err
+	}
+	if etag == "" {
+		return nil
+	}
+	return os.WriteFile(e.etagFile(), []byte(etag), 0o640)
 }
 
 func (e *bundleEngine) revision() string {

@@ -530,3 +530,56 @@ func TestBuildBundle_SkipsTestsAndRefusesBrokenPolicies(t *testing.T) {
 }
 
 func slogTo(w io.Writer) *slog.Logger { return slog.New(slog.NewTextHandler(w, nil)) }
+
+func TestBundle_RestartSendsTheCachedETag(t *testing.T) {
+	f := newBundleFixture(t)
+	srv := newBundleServer(t)
+	srv.publish(buildBundle(t, bundlePolicy("v1"), "r1", f.priv))
+	p := openBundlePolicy(t, f.config(srv.url(), true), nil)
+	if err := p.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	_ = p.Close()
+	before := srv.notModified()
+
+	var logs logBuffer
+	p2 := openBundlePolicy(t, f.config(srv.url(), true), &logs)
+	if err := p2.Reload(); err != nil { // after the start poll
+		t.Fatal(err)
+	}
+	// Both the start poll and the Reload poll got 304: the cached bundle's
+	// ETag was sent, nothing was downloaded again.
+	if got := srv.notModified() - before; got != 2 {
+		t.Errorf("%d polls answered 304, want 2", got)
+	}
+	if strings.Contains(logs.String(), `msg="policy bundle activated"`) {
+		t.Errorf("the cached bundle was downloaded and activated again:\n%s", logs.String())
+	}
+	if msg, rev := blockedBy(t, p2); msg != "blocked by v1" || rev != "rego:org=r1" {
+		t.Fatalf("got %q %q", msg, rev)
+	}
+}
+
+func TestBundle_HTTPSWithCAFile(t *testing.T) {
+	f := newBundleFixture(t)
+	body := buildBundle(t, bundlePolicy("v1"), "r1", f.priv)
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write(body) }))
+	t.Cleanup(srv.Close)
+	ca := filepath.Join(f.dir, "ca.pem")
+	writeFiles(t, f.dir, map[string]string{"ca.pem": string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}))})
+
+	cfg := f.config(srv.URL+"/mail.tar.gz", true)
+	p := openBundlePolicy(t, cfg, nil)
+	if err := p.Reload(); err == nil {
+		t.Fatal("an https server with an unknown CA was trusted")
+	}
+	_ = p.Close()
+	cfg.Rego[0].Bundle.CAFile = ca
+	p = openBundlePolicy(t, cfg, nil)
+	if err := p.Reload(); err != nil {
+		t.Fatalf("Reload with ca_file: %v", err)
+	}
+	if msg, _ := blockedBy(t, p); msg != "blocked by v1" {
+		t.Fatalf("got %q", msg)
+	}
+}

@@ -134,6 +134,12 @@ func policyEval(ctx context.Context, args []string, stdout, stderr io.Writer, lo
 		return 2
 	}
 	defer p.Close()
+	if p.Revisions() != nil {
+		// Bundle engines: evaluate with what the server has now.
+		if err := p.Reload(); err != nil {
+			fmt.Fprintln(stderr, err)
+		}
+	}
 	var data []byte
 	var err error
 	if inPath == "-" {
