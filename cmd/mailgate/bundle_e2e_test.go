@@ -271,3 +271,43 @@ policy {
 		t.Errorf("activated bundle not cached: %v", err)
 	}
 }
+
+func TestPolicyCheckAndEvalWithBundle(t *testing.T) {
+	keys, pol, pub := t.TempDir(), t.TempDir(), t.TempDir()
+	priv, pubKey := rsaKeyFiles(t, keys)
+	writeBundlePolicy(t, pol, "one.example")
+	if code, out := runBundleCmd(t, "-dir", pol, "-revision", "r7", "-signing-key", priv, "-out", filepath.Join(pub, "mail.tar.gz")); code != 0 {
+		t.Fatalf("mailgate policy bundle: exit %d\n%s", code, out)
+	}
+	srv := serveBundleDir(t, pub)
+	config := func(url string) string {
+		dir := t.TempDir()
+		path := filepath.Join(dir, "mailgate.hcl")
+		writeFile(t, path, fmt.Sprintf(`policy {
+  rego {
+    name = "org"
+    bundle {
+      url = %q
+      verification { public_key_file = %q }
+    }
+  }
+}
+`, url, pubKey))
+		return path
+	}
+	good := config(srv.URL + "/mail.tar.gz")
+	code, out, errOut := policyRun(t, "check", "-config", good)
+	if code != 0 || !strings.Contains(out, `policy rego:org: bundle revision "r7"`) || !strings.Contains(out, "policy OK") {
+		t.Fatalf("check: exit %d\n%s%s", code, out, errOut)
+	}
+	in := filepath.Join(t.TempDir(), "in.json")
+	writeFile(t, in, `{"stage": "rcpt", "envelope": {"from": "a@example.com"}, "rcpt": {"address": "x@one.example"}}`)
+	code, out, errOut = policyRun(t, "eval", "-config", good, "-input", in)
+	if code != 0 || !strings.Contains(out, `"revision": "rego:org=r7"`) || !strings.Contains(out, "blocked-domain") {
+		t.Fatalf("eval: exit %d\n%s%s", code, out, errOut)
+	}
+	code, out, errOut = policyRun(t, "check", "-config", config(srv.URL+"/missing.tar.gz"))
+	if code != 1 || !strings.Contains(out, "policy rego:org: NOT ready") {
+		t.Fatalf("check without a bundle: exit %d\n%s%s", code, out, errOut)
+	}
+}
