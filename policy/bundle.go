@@ -209,14 +209,13 @@ func newBundleEngine(s engineSpec, log *slog.Logger) (*bundleEngine, error) {
 	return e, nil
 }
 
-// pollTimeout bounds one download (a SIGHUP waits for it).
-func (e *bundleEngine) pollTimeout() time.Duration {
-	return max(30*time.Second, e.spec.bundle.polling)
-}
+// bundlePollTimeout bounds one download, so a server that stops answering
+// mid-body cannot hold the poll loop (and a SIGHUP waiting for it).
+const bundlePollTimeout = 60 * time.Second
 
-// trigger runs one download, bounded by pollTimeout.
+// trigger runs one download, bounded by bundlePollTimeout.
 func (e *bundleEngine) trigger(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, e.pollTimeout())
+	ctx, cancel := context.WithTimeout(ctx, bundlePollTimeout)
 	defer cancel()
 	return e.dl.Trigger(ctx)
 }
