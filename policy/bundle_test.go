@@ -583,3 +583,60 @@ func TestBundle_HTTPSWithCAFile(t *testing.T) {
 		t.Fatalf("got %q", msg)
 	}
 }
+
+// TestBundle_ActivationIsAtomic evaluates while bundles are swapped: every
+// decision's deny message (from the bundle's data) matches the revision it
+// reports (from the bundle's manifest), so no stage sees half of two.
+func TestBundle_ActivationIsAtomic(t *testing.T) {
+	f := newBundleFixture(t)
+	srv := newBundleServer(t)
+	bundles := [][]byte{
+		buildBundle(t, bundlePolicy("r1"), "r1", f.priv),
+		buildBundle(t, bundlePolicy("r2"), "r2", f.priv),
+	}
+	srv.publish(bundles[0])
+	p := openBundlePolicy(t, f.config(srv.url(), true), nil)
+	if err := p.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	errs := make(chan string, 1)
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				d, err := p.Evaluate(context.Background(), mailInput("", "blocked@example.com"))
+				if err != nil || "rego:org="+strings.TrimPrefix(d.Message, "blocked by ") != d.Revision {
+					select {
+					case errs <- d.Message + " / " + d.Revision:
+					default:
+					}
+					return
+				}
+			}
+		}()
+	}
+	for i := range 10 {
+		srv.publish(bundles[(i+1)%2])
+		if err := p.Reload(); err != nil {
+			t.Error(err)
+		}
+	}
+	close(stop)
+	wg.Wait()
+	select {
+	case e := <-errs:
+		t.Fatalf("a decision mixed two bundles: %s", e)
+	default:
+	}
+	if got := p.Revisions()["rego:org"]; got != "r1" {
+		t.Errorf("after 10 swaps: %q, want r1", got)
+	}
+}
