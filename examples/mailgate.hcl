@@ -203,6 +203,22 @@ policy {
     package  = "mailgate" # (default "mailgate")
     allow_io = false      # http.send and other I/O builtins (default false)
   }
+  # Or, for a fleet, the Rego policy from an OPA bundle server instead of path
+  # (build it with "mailgate policy bundle"; see the README, "Policies from a bundle server"):
+  # rego {
+  #   name = "org"
+  #   bundle {
+  #     url       = "https://policy.example.com/bundles/mail.tar.gz" # required
+  #     polling   = "60s"          # at least 1s; SIGHUP polls at once (default "60s")
+  #     cache_dir = "bundle-cache" # last good bundle, used at start (default "bundle-cache")
+  #     ca_file   = ""             # PEM CA for https (default: system roots)
+  #     verification {             # only signed bundles (default: no signature check)
+  #       public_key_file = "/etc/mailgate/bundle-signing.pub"
+  #       algorithm       = "RS256" # (default "RS256")
+  #       scope           = ""      # (default "")
+  #     }
+  #   }
+  # }
   rules {
     name     = "local"
     path     = "policies/rules.hcl"

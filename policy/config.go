@@ -67,7 +67,11 @@ type RegoConfig struct {
 	// Path is a directory of .rego modules and data.json / data.yaml
 	// files, or a single .rego file. Files ending in _test.rego are
 	// ignored at run time (they are run by the policy test tool).
-	Path string `hcl:"path"`
+	// Exactly one of Path and Bundle is set.
+	Path string `hcl:"path,optional"`
+	// Bundle fetches the modules and data from an OPA bundle server
+	// instead of Path.
+	Bundle *BundleConfig `hcl:"bundle,block"`
 	// Mode is "enforce" (default) or "dry-run".
 	Mode Mode `hcl:"mode,optional"`
 	// OnError is "defer" (default, fail closed) or "accept".
@@ -115,6 +119,7 @@ type engineSpec struct {
 	onError OnError
 	pkg     string
 	allowIO bool
+	bundle  *bundleSpec // nil: path
 	decl    hcl.Range
 }
 
@@ -157,7 +162,7 @@ func (cfg Config) specs(baseDir string) ([]engineSpec, error) {
 			return fmt.Errorf("policy: duplicate engine name %q", s.name)
 		}
 		seen[s.name] = true
-		if s.path == "" {
+		if s.path == "" && s.bundle == nil {
 			return fmt.Errorf("policy: %s: path is required", s.id())
 		}
 		var err error
@@ -175,7 +180,18 @@ func (cfg Config) specs(baseDir string) ([]engineSpec, error) {
 		if !packageRe.MatchString(pkg) {
 			return nil, fmt.Errorf("policy: rego:%s: invalid package %q", r.Name, pkg)
 		}
-		if err := add(engineSpec{kind: "rego", name: r.Name, path: resolve(baseDir, r.Path), mode: r.Mode, onError: r.OnError, pkg: pkg, allowIO: r.AllowIO, decl: r.DeclRange}); err != nil {
+		s := engineSpec{kind: "rego", name: r.Name, path: resolve(baseDir, r.Path), mode: r.Mode, onError: r.OnError, pkg: pkg, allowIO: r.AllowIO, decl: r.DeclRange}
+		if r.Bundle != nil {
+			if r.Path != "" {
+				return nil, fmt.Errorf("policy: rego:%s: set path or a bundle block, not both", r.Name)
+			}
+			bs, err := r.Bundle.spec("rego:"+r.Name, baseDir)
+			if err != nil {
+				return nil, err
+			}
+			s.bundle = bs
+		}
+		if err := add(s); err != nil {
 			return nil, err
 		}
 	}

@@ -27,7 +27,12 @@ type Decision struct {
 	// proxy logs the outcome and enforces nothing (it acts as for accept,
 	// Actions included; see Enforced). A decision from an enforcing engine
 	// never has DryRun set.
-	DryRun   bool      `json:"dry_run,omitempty"`
+	DryRun bool `json:"dry_run,omitempty"`
+	// Revision names the bundle revisions this stage was decided with, as
+	// "ENGINE=REVISION" of every evaluated bundle engine, space-separated
+	// ("rego:org=2026-12-05.3"); empty without bundle engines. For the
+	// transaction log line.
+	Revision string    `json:"revision,omitempty"`
 	Warnings []Warning `json:"warnings,omitempty"`
 	Actions  Actions   `json:"actions,omitzero"`
 	// Reservation holds the quota units an accepting decision reserved.

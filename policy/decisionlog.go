@@ -21,6 +21,7 @@ type decisionRecord struct {
 	Code         int            `json:"code,omitempty"`
 	EnhancedCode string         `json:"enhanced_code,omitempty"`
 	DryRun       bool           `json:"dry_run"`
+	Revision     string         `json:"revision,omitempty"`
 	Error        string         `json:"error,omitempty"`
 	Warnings     []Warning      `json:"warnings,omitempty"`
 	Engines      []EngineResult `json:"engines,omitempty"`

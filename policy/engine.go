@@ -48,6 +48,8 @@ type engineResult struct {
 	actions  Actions
 	// rule names the accept rule that ended evaluation (rules engine).
 	acceptRule string
+	// revision is the bundle revision that decided (bundle engines).
+	revision string
 }
 
 // engine is one compiled policy. Implementations are immutable after

@@ -2,9 +2,11 @@ package policy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,6 +32,10 @@ type Policy struct {
 	quotas atomic.Pointer[Quotas]
 	store  quota.Store // nil: no quotas
 	trips  tripLog
+
+	// bundles are the engines fed by a bundle server, by name. Made once
+	// in New and kept by Reload, which forces them to poll.
+	bundles map[string]*bundleEngine
 }
 
 var _ Evaluator = (*Policy)(nil)
@@ -107,6 +113,21 @@ func New(cfg Config, baseDir string, opts ...Option) (*Policy, error) {
 	for _, o := range opts {
 		o(p)
 	}
+	specs, err := cfg.specs(baseDir)
+	if err != nil {
+		return nil, err
+	}
+	for _, s := range specs {
+		if s.bundle == nil {
+			continue
+		}
+		if p.bundles == nil {
+			p.bundles = map[string]*bundleEngine{}
+		}
+		if p.bundles[s.name], err = newBundleEngine(s, p.log); err != nil {
+			return nil, err
+		}
+	}
 	set, err := p.compile(context.Background())
 	if err != nil {
 		return nil, err
@@ -117,7 +138,38 @@ func New(cfg Config, baseDir string, opts ...Option) (*Policy, error) {
 			return nil, err
 		}
 	}
+	for _, e := range p.bundles {
+		e.start()
+	}
 	return p, nil
+}
+
+// Ready returns nil when every engine has a policy to decide with, and an
+// error wrapping ErrNotReady naming a bundle engine that has none yet (no
+// bundle downloaded since start and none cached). Until then that engine
+// fails closed like any engine error: 451 4.3.0 with on_error = "defer".
+func (p *Policy) Ready() error {
+	var errs []error
+	for _, ce := range p.set.Load().engines {
+		if b, ok := ce.eng.(*bundleEngine); ok {
+			errs = append(errs, b.ready())
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Revisions returns the bundle revision in force per bundle engine id
+// ("rego:org"); "" for an engine without a bundle yet. Nil without bundle
+// engines.
+func (p *Policy) Revisions() map[string]string {
+	if len(p.bundles) == 0 {
+		return nil
+	}
+	m := make(map[string]string, len(p.bundles))
+	for _, b := range p.bundles {
+		m[b.spec.id()] = b.revision()
+	}
+	return m
 }
 
 // compile builds a new generation from the configuration.
@@ -129,10 +181,12 @@ func (p *Policy) compile(ctx context.Context) (*compiledSet, error) {
 	set := &compiledSet{fingerprint: fingerprint(specs)}
 	for _, s := range specs {
 		var e engine
-		switch s.kind {
-		case "rego":
+		switch {
+		case s.bundle != nil:
+			e = p.bundles[s.name]
+		case s.kind == "rego":
 			e, err = newRegoEngine(ctx, s)
-		case "rules":
+		case s.kind == "rules":
 			e, err = newRulesEngine(s)
 		}
 		if err != nil {
@@ -143,8 +197,11 @@ func (p *Policy) compile(ctx context.Context) (*compiledSet, error) {
 	return set, nil
 }
 
-// Close closes the decision log.
+// Close stops the bundle downloads and closes the decision log.
 func (p *Policy) Close() error {
+	for _, b := range p.bundles {
+		b.close()
+	}
 	if p.dlog == nil {
 		return nil
 	}
@@ -164,6 +221,9 @@ type EngineResult struct {
 	Warnings     []Warning `json:"warnings,omitempty"`
 	Actions      Actions   `json:"actions,omitzero"`
 	Error        string    `json:"error,omitempty"`
+	// Revision is the bundle revision the engine decided with (bundle
+	// engines only).
+	Revision string `json:"revision,omitempty"`
 	// Skipped is set for engines not evaluated because an earlier enforcing
 	// engine rejected.
 	Skipped bool `json:"skipped,omitempty"`
@@ -212,6 +272,7 @@ func (p *Policy) evaluate(ctx context.Context, in Input, explain bool) (Decision
 		dryDefer      *Decision
 		warnings      []Warning
 		actions       Actions
+		revisions     []string
 		final         *Decision
 		finalErr      error
 		wantResults   = explain || p.dlog != nil
@@ -235,7 +296,10 @@ func (p *Policy) evaluate(ctx context.Context, in Input, explain bool) (Decision
 		name := ce.spec.id()
 		dry := ce.spec.mode == ModeDryRun
 		res, err := ce.eng.eval(ctx, doc)
-		er := EngineResult{Engine: name, Mode: ce.spec.mode, Outcome: Accept}
+		er := EngineResult{Engine: name, Mode: ce.spec.mode, Outcome: Accept, Revision: res.revision}
+		if ce.spec.bundle != nil {
+			revisions = append(revisions, name+"="+res.revision)
+		}
 		if err != nil {
 			er.Error = err.Error()
 			if dry || ce.spec.onError == OnErrorAccept {
@@ -318,6 +382,7 @@ func (p *Policy) evaluate(ctx context.Context, in Input, explain bool) (Decision
 		final.Actions = actions
 	}
 	final.Warnings = warnings
+	final.Revision = strings.Join(revisions, " ")
 	if qc.res != nil {
 		if final.Enforced() == Accept {
 			final.Reservation = qc.res
@@ -369,7 +434,7 @@ func (p *Policy) logDecision(ctx context.Context, in *Input, d *Decision, result
 	}
 	rec := decisionRecord{
 		Time: p.now().UTC(), Session: in.Session.ID, Stage: in.Stage, Engine: d.Engine, Rule: d.Rule,
-		Outcome: d.Outcome, Code: d.Code, EnhancedCode: d.EnhancedCode, DryRun: d.DryRun,
+		Outcome: d.Outcome, Code: d.Code, EnhancedCode: d.EnhancedCode, DryRun: d.DryRun, Revision: d.Revision,
 		Warnings: d.Warnings, Engines: results, Input: in,
 	}
 	if err != nil {
@@ -383,6 +448,10 @@ func (p *Policy) logDecision(ctx context.Context, in *Input, d *Decision, result
 // Reload recompiles the configuration's policies off to the side and swaps
 // them in atomically. On failure the running set stays in place and the
 // error carries the diagnostics.
+//
+// Bundle engines are kept as they are and polled at once: Reload returns
+// after that poll, with its error (server unreachable, bundle refused); a
+// new bundle it brought is in force when Reload returns.
 func (p *Policy) Reload() error {
 	p.reloadMu.Lock()
 	defer p.reloadMu.Unlock()
@@ -392,7 +461,11 @@ func (p *Policy) Reload() error {
 	}
 	p.set.Store(set)
 	p.log.Info("policy reloaded", slog.Int("engines", len(set.engines)))
-	return nil
+	var errs []error
+	for _, b := range p.bundles {
+		errs = append(errs, b.poll())
+	}
+	return errors.Join(errs...)
 }
 
 // Watch polls the policy files every watch interval (file list, sizes and
@@ -428,6 +501,9 @@ func (p *Policy) Watch(ctx context.Context) {
 func fingerprint(specs []engineSpec) string {
 	var b []byte
 	for _, s := range specs {
+		if s.bundle != nil {
+			continue // the downloader watches the server
+		}
 		var files []string
 		if s.kind == "rego" {
 			files = regoFiles(s.path)

@@ -91,13 +91,23 @@ type regoEngine struct {
 // newRegoEngine compiles the modules under s.path and prepares the single
 // query that returns deny, defer, warn and actions of package s.pkg.
 func newRegoEngine(ctx context.Context, s engineSpec) (*regoEngine, error) {
-	caps := capabilities(s.allowIO)
-	mods, store, err := loadRego(s.path, false, caps)
+	mods, store, err := loadRego(s.path, false, capabilities(s.allowIO))
 	if err != nil {
 		return nil, fmt.Errorf("policy: %s: load: %w", s.id(), err)
 	}
+	return prepareRego(ctx, s, mods, store)
+}
+
+// prepareRego compiles mods (keyed by file name) with the data in store
+// and prepares the engine's query. It is shared by path and bundle engines.
+func prepareRego(ctx context.Context, s engineSpec, mods map[string]*ast.Module, store storage.Store) (*regoEngine, error) {
+	caps := capabilities(s.allowIO)
 	if len(mods) == 0 {
-		return nil, fmt.Errorf("policy: %s: no .rego modules under %s", s.id(), s.path)
+		where := s.path
+		if s.bundle != nil {
+			where = "the bundle"
+		}
+		return nil, fmt.Errorf("policy: %s: no .rego modules in %s", s.id(), where)
 	}
 	pkgRef := "data." + s.pkg
 	found := false

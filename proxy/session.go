@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -69,6 +70,9 @@ type transaction struct {
 	up      RelayTx
 	actions policy.Actions // merged from every stage
 	rules   []string       // stage/engine/rule of every decision a rule made
+	// revisions are the distinct bundle revisions its stages were decided
+	// with (policy.Decision.Revision), for the summary line.
+	revisions []string
 	// quota holds the units the stages reserved (ended by endQuota) and
 	// the quota states they saw, handed to the data stage's input.
 	quota       *policy.Reservation
@@ -196,6 +200,9 @@ func (ss *session) decide(tx *transaction, input func() policy.Input) (policy.De
 	}
 	if tx != nil && d.Rule != "" {
 		tx.rules = append(tx.rules, string(in.Stage)+"/"+d.Engine+"/"+d.Rule)
+	}
+	if tx != nil && d.Revision != "" && !slices.Contains(tx.revisions, d.Revision) {
+		tx.revisions = append(tx.revisions, d.Revision)
 	}
 	// A dry-run refusal arrives as a warning (logged above) and is not
 	// enforced.
@@ -555,6 +562,9 @@ func (ss *session) logTx(tx *transaction, outcome string, kv ...any) {
 	}
 	if len(tx.rules) > 0 {
 		attrs = append(attrs, "rules", strings.Join(tx.rules, ","))
+	}
+	if len(tx.revisions) > 0 {
+		attrs = append(attrs, "policy_revision", strings.Join(tx.revisions, ","))
 	}
 	if tx.actions.DKIMDomain != "" {
 		attrs = append(attrs, "dkim_domain", tx.actions.DKIMDomain)

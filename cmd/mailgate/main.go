@@ -7,7 +7,7 @@
 //	mailgate check -config FILE     validate a configuration and probe upstreams
 //	mailgate passwd [-user NAME]    hash a password read from stdin for the users file
 //	mailgate dkim keygen|record|check …
-//	mailgate policy test|eval …
+//	mailgate policy test|eval|check|bundle …
 //	mailgate quota show|reset …
 //
 // main only wires: the work is done in the proxy, policy and dkim packages.
@@ -67,7 +67,7 @@ func usage(w io.Writer) {
   mailgate check -config FILE       validate a configuration and probe its upstreams
   mailgate passwd [-user NAME]      read a password on stdin, print a users-file hash
   mailgate dkim keygen|record|check DKIM key tools
-  mailgate policy test|eval         run policy tests, explain a decision
+  mailgate policy test|eval|bundle  run policy tests, explain a decision, build a bundle
   mailgate quota show|reset         show or reset quota counters
 `)
 }

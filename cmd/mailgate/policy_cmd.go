@@ -24,6 +24,9 @@ const policyUsage = `usage:
       conclusion as JSON. The decision log is not written.
   mailgate policy check -config FILE
       Compile every policy of FILE and report errors.
+  mailgate policy bundle -dir DIR -out FILE [-revision R] [-signing-key KEY]
+      Build a (signed) OPA bundle of the policies in DIR for a bundle
+      server; see "mailgate policy bundle -h".
 `
 
 // policyMain runs "mailgate policy ARGS...". loadPolicyConfig returns the
@@ -42,6 +45,8 @@ func policyMain(args []string, stdout, stderr io.Writer, loadPolicyConfig func(p
 		return policyEval(ctx, args[1:], stdout, stderr, loadPolicyConfig)
 	case "check":
 		return policyCheck(args[1:], stdout, stderr, loadPolicyConfig)
+	case "bundle":
+		return policyBundle(ctx, args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, policyUsage)
 		return 0
@@ -116,6 +121,9 @@ func policyCheck(args []string, stdout, stderr io.Writer, load func(string) (pol
 		return 1
 	}
 	defer p.Close()
+	if p.Revisions() != nil && !probeBundles(p, stdout) {
+		return 1
+	}
 	fmt.Fprintln(stdout, "policy OK")
 	return 0
 }
@@ -126,6 +134,12 @@ func policyEval(ctx context.Context, args []string, stdout, stderr io.Writer, lo
 		return 2
 	}
 	defer p.Close()
+	if p.Revisions() != nil {
+		// Bundle engines: evaluate with what the server has now.
+		if err := p.Reload(); err != nil {
+			fmt.Fprintln(stderr, err)
+		}
+	}
 	var data []byte
 	var err error
 	if inPath == "-" {

@@ -135,7 +135,10 @@ func wire(cfg *config, logger *slog.Logger) (_ *wiring, err error) {
 		}
 		w.deps.Policy = p
 		w.policy = p
-		w.reloads = append(w.reloads, p.Reload)
+		w.reloads = append(w.reloads, p.Reload) // polls bundle servers too
+		if p.Revisions() != nil {
+			w.probes = append(w.probes, func(_ context.Context, out io.Writer) bool { return probeBundles(p, out) })
+		}
 		if cfg.quotas != nil && cfg.path != "" {
 			w.reloads = append(w.reloads, func() error { return reloadQuotas(cfg.path, p) })
 		}
