@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -20,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/mailgate/mailgate/proxy"
+	"github.com/mailgate/mailgate/proxy/health"
 )
 
 //go:embed default.hcl
@@ -93,6 +95,8 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger, stdout io.Writ
 	}
 	defer w.close()
 	metricsAddr := ""
+	var checker *health.Checker // nil without a metrics block
+	var listening atomic.Bool
 	if mb := cfg.file.Metrics; mb != nil {
 		reg := prometheus.NewRegistry()
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -103,6 +107,14 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger, stdout io.Writ
 		}
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		checker = health.New(health.Check{Name: "listeners", Ready: func() error {
+			if !listening.Load() {
+				return errors.New("not bound yet")
+			}
+			return nil
+		}})
+		checker.Add(w.ready...)
+		checker.Register(mux)
 		if w.quotas != nil {
 			qh := quotaHandler(w.policy, w.quotas)
 			mux.Handle("/quota", qh)
@@ -113,6 +125,11 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger, stdout io.Writ
 		defer hs.Close()
 		metricsAddr = ln.Addr().String()
 		logger.Info("metrics", "address", metricsAddr, "path", "/metrics")
+		pctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		for _, p := range w.pollers {
+			go p.Run(pctx)
+		}
 	}
 	srv, err := proxy.New(cfg.proxy, w.deps)
 	if err != nil {
@@ -121,6 +138,7 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger, stdout io.Writ
 	if err := srv.Listen(); err != nil {
 		return err
 	}
+	listening.Store(true)
 	if w.demo != nil {
 		w.demo.setOutput(stdout)
 		w.demo.announce(stdout, srv.Addrs())
@@ -153,6 +171,15 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger, stdout io.Writ
 			return err
 		}
 	case <-ctx.Done():
+	}
+	if checker != nil {
+		// Out of the load balancer's pool first (/readyz 503), then
+		// close the listeners once its health check has noticed.
+		checker.Drain()
+		if d := cfg.file.Metrics.shutdownDelay(); d > 0 {
+			logger.Info("shutting down: not ready, listeners close after shutdown_delay", "shutdown_delay", d.String())
+			time.Sleep(d)
+		}
 	}
 	logger.Info("shutting down: finishing transactions in flight")
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
