@@ -146,7 +146,6 @@ backend mg
 	}
 }
 
-
 // greeting connects to addr and returns the first line that arrives
 // within 5 seconds, or what went wrong.
 func greeting(addr string) string {
