@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -126,9 +127,13 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger, stdout io.Writ
 		metricsAddr = ln.Addr().String()
 		logger.Info("metrics", "address", metricsAddr, "path", "/metrics")
 		pctx, cancel := context.WithCancel(context.Background())
-		defer cancel()
+		var pollers sync.WaitGroup
+		defer func() {
+			cancel()
+			pollers.Wait() // before w.close closes what they probe
+		}()
 		for _, p := range w.pollers {
-			go p.Run(pctx)
+			pollers.Go(func() { p.Run(pctx) })
 		}
 	}
 	srv, err := proxy.New(cfg.proxy, w.deps)
