@@ -18,9 +18,13 @@ import (
 
 // TestMain lets a test run this package's main in a child process (the
 // test binary itself), so signals can be sent to a real mailgate process.
+// The arguments are MAILGATE_TEST_ARGS, or without it the command line
+// (so a script can run the test binary as mailgate).
 func TestMain(m *testing.M) {
 	if os.Getenv("MAILGATE_TEST_RUN_MAIN") == "1" {
-		os.Args = append([]string{"mailgate"}, strings.Fields(os.Getenv("MAILGATE_TEST_ARGS"))...)
+		if args, ok := os.LookupEnv("MAILGATE_TEST_ARGS"); ok {
+			os.Args = append([]string{"mailgate"}, strings.Fields(args)...)
+		}
 		main()
 		return
 	}
