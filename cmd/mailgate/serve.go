@@ -99,42 +99,13 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger, stdout io.Writ
 	var checker *health.Checker // nil without a metrics block
 	var listening atomic.Bool
 	if mb := cfg.file.Metrics; mb != nil {
-		reg := prometheus.NewRegistry()
-		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-		w.deps.Metrics = proxy.NewMetrics(reg)
-		ln, err := net.Listen("tcp", mb.Address)
+		var stop func()
+		metricsAddr, checker, stop, err = serveMetrics(mb, w, &listening)
 		if err != nil {
-			return fmt.Errorf("metrics: %w", err)
+			return err
 		}
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-		checker = health.New(health.Check{Name: "listeners", Ready: func() error {
-			if !listening.Load() {
-				return errors.New("not bound yet")
-			}
-			return nil
-		}})
-		checker.Add(w.ready...)
-		checker.Register(mux)
-		if w.quotas != nil {
-			qh := quotaHandler(w.policy, w.quotas)
-			mux.Handle("/quota", qh)
-			mux.Handle("/quota/reset", qh)
-		}
-		hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-		go hs.Serve(ln)
-		defer hs.Close()
-		metricsAddr = ln.Addr().String()
+		defer stop()
 		logger.Info("metrics", "address", metricsAddr, "path", "/metrics")
-		pctx, cancel := context.WithCancel(context.Background())
-		var pollers sync.WaitGroup
-		defer func() {
-			cancel()
-			pollers.Wait() // before w.close closes what they probe
-		}()
-		for _, p := range w.pollers {
-			pollers.Go(func() { p.Run(pctx) })
-		}
 	}
 	srv, err := proxy.New(cfg.proxy, w.deps)
 	if err != nil {
@@ -194,4 +165,46 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger, stdout io.Writ
 	}
 	logger.Info("stopped")
 	return nil
+}
+
+// serveMetrics opens the metrics listener: /metrics, /healthz, /readyz
+// (listening says whether the SMTP listeners are bound) and, with quotas
+// in memory, /quota. It starts the readiness pollers; stop ends them and
+// closes the listener.
+func serveMetrics(mb *metricsBlock, w *wiring, listening *atomic.Bool) (addr string, _ *health.Checker, stop func(), _ error) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	w.deps.Metrics = proxy.NewMetrics(reg)
+	ln, err := net.Listen("tcp", mb.Address)
+	if err != nil {
+		return "", nil, nil, fmt.Errorf("metrics: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	checker := health.New(health.Check{Name: "listeners", Ready: func() error {
+		if !listening.Load() {
+			return errors.New("not bound yet")
+		}
+		return nil
+	}})
+	checker.Add(w.ready...)
+	checker.Register(mux)
+	if w.quotas != nil {
+		qh := quotaHandler(w.policy, w.quotas)
+		mux.Handle("/quota", qh)
+		mux.Handle("/quota/reset", qh)
+	}
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go hs.Serve(ln)
+	ctx, cancel := context.WithCancel(context.Background())
+	var pollers sync.WaitGroup
+	for _, p := range w.pollers {
+		pollers.Go(func() { p.Run(ctx) })
+	}
+	stop = func() {
+		hs.Close()
+		cancel()
+		pollers.Wait() // before w.close closes what they probe
+	}
+	return ln.Addr().String(), checker, stop, nil
 }
