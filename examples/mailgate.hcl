@@ -257,8 +257,9 @@ quota "first-time-recipients" {
 metrics {
   address        = "127.0.0.1:9151"
   probe_interval = "10s" # how often /readyz probes the upstreams and Redis (default "10s")
-  shutdown_delay = "5s"  # SIGTERM: /readyz is 503 this long before the listeners close;
-                         # keep it above the load balancer's check interval x fall (default "5s")
+  shutdown_delay = "5s"  # SIGTERM: /readyz is 503 this long before the listeners close (a
+                         # second signal cuts it short); keep it above the load balancer's
+                         # check interval x fall (default "5s")
 }
 
 # ---------------------------------------------------------------------------

@@ -120,3 +120,40 @@ metrics {
 		t.Fatalf("sink has %d messages, want 1", got)
 	}
 }
+
+// TestSecondSignalSkipsShutdownDelay: with a long shutdown_delay, a second
+// SIGTERM closes the listeners at once and the process exits.
+func TestSecondSignalSkipsShutdownDelay(t *testing.T) {
+	peertest.Require(t, "smtp-sink")
+	sink := peertest.StartSink(t, peertest.SinkOptions{})
+	cfg := filepath.Join(t.TempDir(), "mailgate.hcl")
+	writeFile(t, cfg, fmt.Sprintf(`hostname = "mailgate.test"
+listener "relay" {
+  address          = "127.0.0.1:0"
+  tls              = "none"
+  auth             = "none"
+  trusted_networks = ["127.0.0.0/8"]
+}
+upstream "sink" {
+  address = %q
+  tls     = "none"
+}
+metrics {
+  address        = "127.0.0.1:0"
+  probe_interval = "200ms"
+  shutdown_delay = "4m"
+}
+`, sink.Addr()))
+	mp := startProcess(t, cfg)
+	maddr := mp.waitLog(t, `msg=metrics address=(\S+)`)
+	pollReadyz(t, maddr, "200", func(r readyz) bool { return r.code == 200 })
+	if err := mp.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	mp.waitLog(t, `msg="shutting down: (not ready)`)
+	if err := mp.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	mp.waitLog(t, `msg="shutting down: (second signal)`)
+	mp.waitExit(t) // within 30 s, not 4 minutes
+}

@@ -153,8 +153,18 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger, stdout io.Writ
 		// close the listeners once its health check has noticed.
 		checker.Drain()
 		if d := cfg.file.Metrics.shutdownDelay(); d > 0 {
+			// A second SIGTERM or SIGINT cuts the delay short.
+			again := make(chan os.Signal, 1)
+			signal.Notify(again, syscall.SIGTERM, syscall.SIGINT)
 			logger.Info("shutting down: not ready, listeners close after shutdown_delay", "shutdown_delay", d.String())
-			time.Sleep(d)
+			t := time.NewTimer(d)
+			select {
+			case <-t.C:
+			case <-again:
+				t.Stop()
+				logger.Info("shutting down: second signal, closing the listeners now")
+			}
+			signal.Stop(again)
 		}
 	}
 	logger.Info("shutting down: finishing transactions in flight")
