@@ -43,6 +43,15 @@ dkim {
   key "example.com" "mg2026r" { file = "/etc/mailgate/dkim/example.com.mg2026r.pem" }
 }
 
+# Metrics, /healthz and /readyz for Prometheus and HAProxy's health check
+# (examples/haproxy/haproxy.cfg: check port 9151). Only the load
+# balancers and Prometheus should reach this port.
+metrics {
+  address        = "0.0.0.0:9151"
+  probe_interval = "10s" # upstreams and Redis, for /readyz
+  shutdown_delay = "5s"  # SIGTERM: /readyz 503 this long before the listeners close
+}
+
 log {
   format = "json"
 }

@@ -260,12 +260,22 @@ quota "first-time-recipients" {
 # ---------------------------------------------------------------------------
 # Prometheus metrics at http://ADDRESS/metrics (default: none): connections by
 # listener and result, open connections, transactions by outcome and their
-# duration, relayed message sizes, AUTH results, policy decisions by stage,
-# quota refusals by quota, plus Go runtime and process metrics. With quotas
+# duration, relayed message sizes, AUTH results and lockouts, policy
+# decisions by stage, policy refusals by rule, quota refusals by quota,
+# upstream errors by upstream, DKIM failures by reason, plus Go runtime and
+# process metrics (README "Operations"; a dashboard in examples/grafana,
+# alerts in examples/prometheus). The same listener serves GET /healthz (200
+# while the process serves) and GET /readyz (200 when the listeners are
+# bound, the policy is loaded, an upstream answered its last probe and Redis
+# answers; else 503 with what is missing) for load balancers. With quotas
 # counted in memory it also serves GET /quota and POST /quota/reset (used by
 # `mailgate quota show|reset`). Bind it to a private address.
 metrics {
-  address = "127.0.0.1:9151"
+  address        = "127.0.0.1:9151"
+  probe_interval = "10s" # how often /readyz probes the upstreams and Redis (default "10s")
+  shutdown_delay = "5s"  # SIGTERM: /readyz is 503 this long before the listeners close (a
+                         # second signal cuts it short); keep it above the load balancer's
+                         # check interval x fall (default "5s")
 }
 
 # ---------------------------------------------------------------------------

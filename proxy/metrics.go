@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -17,7 +18,14 @@ type Metrics struct {
 	auth         *prometheus.CounterVec
 	decisions    *prometheus.CounterVec
 	quota        *prometheus.CounterVec
+	refusals     *prometheus.CounterVec
+	upstreamErrs *prometheus.CounterVec
+	dkim         *prometheus.CounterVec
+	lockouts     prometheus.Counter
 }
+
+// Label values of mailgate_dkim_failures_total{reason}.
+var dkimReasons = []string{"no_key", "from_header", "error"}
 
 // NewMetrics registers the proxy's metrics with reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
@@ -56,8 +64,31 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "mailgate_quota_refusals_total",
 			Help: "Stages refused by a quota, by quota name (never by key: the label set stays bounded).",
 		}, []string{"quota"}),
+		// Every label is bounded by the configuration: stages and engines
+		// are fixed, rule ids are HCL rule names, quota names and Rego
+		// ids (see refusalRule).
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mailgate_policy_refusals_total",
+			Help: "Enforced policy refusals (reject or defer) by stage, engine and rule id.",
+		}, []string{"stage", "engine", "rule"}),
+		upstreamErrs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mailgate_upstream_errors_total",
+			Help: "Upstream transport failures that became a client reply (451), by upstream and kind (timeout, unavailable).",
+		}, []string{"upstream", "kind"}),
+		dkim: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mailgate_dkim_failures_total",
+			Help: "Messages refused because signing failed, by reason (no_key, from_header, error).",
+		}, []string{"reason"}),
+		lockouts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "mailgate_auth_lockouts_total",
+			Help: "AUTH attempts refused by the failure limiter (454 4.7.0) before any password was checked; also counted as failures in mailgate_auth_total.",
+		}),
 	}
-	reg.MustRegister(m.connections, m.open, m.transactions, m.duration, m.size, m.auth, m.decisions, m.quota)
+	for _, r := range dkimReasons {
+		m.dkim.WithLabelValues(r) // exported at 0, so rate() sees the first failure
+	}
+	reg.MustRegister(m.connections, m.open, m.transactions, m.duration, m.size, m.auth, m.decisions, m.quota,
+		m.refusals, m.upstreamErrs, m.dkim, m.lockouts)
 	return m
 }
 
@@ -100,4 +131,42 @@ func (m *Metrics) quotaRefusal(name string) {
 	if m != nil {
 		m.quota.WithLabelValues(name).Inc()
 	}
+}
+
+func (m *Metrics) refusal(stage, engine, rule string) {
+	if m != nil {
+		m.refusals.WithLabelValues(stage, engine, rule).Inc()
+	}
+}
+
+func (m *Metrics) upstreamError(upstream, kind string) {
+	if m != nil {
+		m.upstreamErrs.WithLabelValues(upstream, kind).Inc()
+	}
+}
+
+func (m *Metrics) dkimFailure(reason string) {
+	if m != nil {
+		m.dkim.WithLabelValues(reason).Inc()
+	}
+}
+
+func (m *Metrics) authLockout() {
+	if m != nil {
+		m.lockouts.Inc()
+	}
+}
+
+// refusalRule is the rule label of a refusal. HCL rule names and quota
+// names come from the configuration, and so does a Rego refusal's "id";
+// a Rego refusal without one is named after its message ("deny[…]"),
+// which may carry input (an address), so it is counted under its set
+// name alone ("deny", "defer"): the label set stays bounded.
+func refusalRule(rule string) string {
+	for _, set := range []string{"deny", "defer"} {
+		if strings.HasPrefix(rule, set+"[") && strings.HasSuffix(rule, "]") {
+			return set
+		}
+	}
+	return rule
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/mailgate/mailgate/dkim"
 	"github.com/mailgate/mailgate/policy"
+	"github.com/mailgate/mailgate/proxy/upstream"
 )
 
 // This file is the one place where errors become SMTP replies. Stages
@@ -23,6 +24,10 @@ var (
 	errSignNoKey = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
 		Message: "This server does not sign mail for the From domain"}
 )
+
+// errSign marks an error of the signing stage (wrapped with %w by
+// session.Data), so reply can count it; it is not shown to the client.
+var errSign = errors.New("proxy: dkim")
 
 // errAborted answers a message whose client went away mid-transfer (or
 // sent RSET between BDAT chunks); nobody is left to read it.
@@ -53,6 +58,12 @@ func (s *session) reply(err error) error {
 	}
 	if r := upstreamReply(err); r != nil {
 		s.log.Warn("upstream trouble", "err", err)
+		switch {
+		case errors.Is(err, upstream.ErrTimeout):
+			s.s.deps.Metrics.upstreamError(upstream.FailedUpstream(err), "timeout")
+		case errors.Is(err, upstream.ErrUnavailable):
+			s.s.deps.Metrics.upstreamError(upstream.FailedUpstream(err), "unavailable")
+		}
 		return clean(r)
 	}
 	var se *smtp.SMTPError
@@ -64,9 +75,13 @@ func (s *session) reply(err error) error {
 	}
 	switch {
 	case errors.Is(err, dkim.ErrFromHeader):
+		s.s.deps.Metrics.dkimFailure("from_header")
 		return errSignFrom
 	case errors.Is(err, dkim.ErrNoKey):
+		s.s.deps.Metrics.dkimFailure("no_key")
 		return errSignNoKey
+	case errors.Is(err, errSign):
+		s.s.deps.Metrics.dkimFailure("error")
 	}
 	s.log.Error("internal error", "err", err)
 	return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0},

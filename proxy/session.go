@@ -19,6 +19,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/mailgate/mailgate/policy"
+	"github.com/mailgate/mailgate/proxy/auth"
 )
 
 var (
@@ -132,7 +133,7 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 		return nil, errAuthInTx
 	}
 	mech = strings.ToUpper(mech)
-	return ss.s.deps.Auth.Server(mech, ss.conn.remote,
+	srv, err := ss.s.deps.Auth.Server(mech, ss.conn.remote,
 		func(user string) {
 			ss.s.deps.Metrics.authAttempt(mech, "success")
 			ss.user, ss.mech = user, mech
@@ -148,6 +149,28 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 				ss.conn.closeAfterWrite.Store(true)
 			}
 		})
+	if err != nil {
+		if errors.Is(err, auth.ErrTooManyFailures) {
+			ss.s.deps.Metrics.authLockout()
+		}
+		return nil, err
+	}
+	return lockoutCounter{srv, ss.s.deps.Metrics}, nil
+}
+
+// lockoutCounter counts the attempts the failure limiter refuses once the
+// credentials arrived (auth.ErrTooManyFailures from Next).
+type lockoutCounter struct {
+	sasl.Server
+	m *Metrics
+}
+
+func (c lockoutCounter) Next(response []byte) ([]byte, bool, error) {
+	challenge, done, err := c.Server.Next(response)
+	if errors.Is(err, auth.ErrTooManyFailures) {
+		c.m.authLockout()
+	}
+	return challenge, done, err
 }
 
 // input builds the policy document for a stage.
@@ -211,8 +234,11 @@ func (ss *session) decide(tx *transaction, input func() policy.Input) (policy.De
 		d.Outcome = policy.Accept
 	}
 	ss.s.deps.Metrics.decision(string(in.Stage), string(d.Outcome))
-	if d.Engine == policy.QuotaEngine && d.Outcome != policy.Accept {
-		ss.s.deps.Metrics.quotaRefusal(d.Rule)
+	if d.Outcome != policy.Accept {
+		ss.s.deps.Metrics.refusal(string(in.Stage), d.Engine, refusalRule(d.Rule))
+		if d.Engine == policy.QuotaEngine {
+			ss.s.deps.Metrics.quotaRefusal(d.Rule)
+		}
 	}
 	return d, nil
 }
@@ -472,7 +498,7 @@ func (ss *session) data(tx *transaction, r io.Reader) (string, error) {
 	if ss.s.deps.Signer != nil {
 		sigs, err = ss.s.deps.Signer.Sign(ss.ctx, tx.actions.DKIMDomain, io.MultiReader(bytes.NewReader(hb), sp.Reader()))
 		if err != nil {
-			return "", fmt.Errorf("proxy: dkim: %w", err)
+			return "", fmt.Errorf("%w: %w", errSign, err)
 		}
 	}
 	msg := io.MultiReader(strings.NewReader(strings.Join(sigs, "")), bytes.NewReader(hb), sp.Reader())

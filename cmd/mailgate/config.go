@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/gohcl"
@@ -64,9 +65,47 @@ type redisBlock struct {
 	KeyPrefix string `hcl:"key_prefix,optional"` // default "mailgate:"
 }
 
-// metricsBlock serves Prometheus metrics over HTTP at /metrics.
+// metricsBlock serves Prometheus metrics over HTTP at /metrics, and the
+// health endpoints /healthz and /readyz (package proxy/health).
 type metricsBlock struct {
 	Address string `hcl:"address"` // e.g. "127.0.0.1:9151"
+	// ProbeInterval is how often the upstreams and Redis are probed for
+	// /readyz (default "10s").
+	ProbeInterval string `hcl:"probe_interval,optional"`
+	// ShutdownDelay is how long SIGTERM keeps the listeners open with
+	// /readyz at 503 before they close, so the load balancer's health
+	// check takes the instance out first (default "5s"; "0s" closes at
+	// once).
+	ShutdownDelay string `hcl:"shutdown_delay,optional"`
+}
+
+// Defaults of the metrics block.
+const (
+	defaultProbeInterval = 10 * time.Second
+	defaultShutdownDelay = 5 * time.Second
+	// probeTimeout bounds one readiness probe run (all upstreams, or Redis).
+	probeTimeout = 10 * time.Second
+)
+
+// probeInterval and shutdownDelay return the options with their defaults
+// applied (validate checked them).
+func (b *metricsBlock) probeInterval() time.Duration {
+	return durationOr(b.ProbeInterval, defaultProbeInterval)
+}
+
+func (b *metricsBlock) shutdownDelay() time.Duration {
+	return durationOr(b.ShutdownDelay, defaultShutdownDelay)
+}
+
+func durationOr(s string, def time.Duration) time.Duration {
+	if s == "" {
+		return def
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return def
+	}
+	return d
 }
 
 type logBlock struct {
@@ -232,6 +271,16 @@ func (c *config) validate() error {
 	if mb := c.file.Metrics; mb != nil {
 		if _, _, err := net.SplitHostPort(mb.Address); err != nil {
 			errs = append(errs, fmt.Errorf("metrics: address %q: %w", mb.Address, err))
+		}
+		if mb.ProbeInterval != "" {
+			if d, err := time.ParseDuration(mb.ProbeInterval); err != nil || d < 100*time.Millisecond {
+				errs = append(errs, fmt.Errorf("metrics: probe_interval %q: want a duration of at least 100ms", mb.ProbeInterval))
+			}
+		}
+		if mb.ShutdownDelay != "" {
+			if d, err := time.ParseDuration(mb.ShutdownDelay); err != nil || d < 0 || d > shutdownGrace {
+				errs = append(errs, fmt.Errorf("metrics: shutdown_delay %q: want a duration from 0s to %s", mb.ShutdownDelay, shutdownGrace))
+			}
 		}
 	}
 	if c.file.Log != nil {

@@ -277,3 +277,30 @@ upstream "up" {
 		})
 	}
 }
+
+// TestMetricsBlockDefaults: the example states the defaults, and bad
+// durations are refused.
+func TestMetricsBlockDefaults(t *testing.T) {
+	t.Setenv("MAILGATE_UPSTREAM_USER", "relay-user")
+	t.Setenv("MAILGATE_UPSTREAM_PASS", "relay-pass")
+	t.Setenv("MAILGATE_REDIS_PASS", "redis-pass")
+	var diag bytes.Buffer
+	c, err := loadConfigFile("../../examples/mailgate.hcl", &diag)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, diag.String())
+	}
+	mb := c.file.Metrics
+	if mb.probeInterval() != defaultProbeInterval || mb.shutdownDelay() != defaultShutdownDelay {
+		t.Errorf("example: probe_interval %s, shutdown_delay %s; defaults %s, %s",
+			mb.probeInterval(), mb.shutdownDelay(), defaultProbeInterval, defaultShutdownDelay)
+	}
+	if d := (&metricsBlock{}); d.probeInterval() != defaultProbeInterval || d.shutdownDelay() != defaultShutdownDelay {
+		t.Errorf("unset: %s, %s", d.probeInterval(), d.shutdownDelay())
+	}
+	for _, bad := range []string{`probe_interval = "0s"`, `probe_interval = "soon"`, `shutdown_delay = "-1s"`, `shutdown_delay = "1h"`} {
+		src := "hostname = \"x\"\noutbox { maildir = \"out\" }\nlistener \"relay\" {\n  address = \"127.0.0.1:0\"\n  tls = \"none\"\n  auth = \"none\"\n  trusted_networks = [\"127.0.0.0/8\"]\n}\nmetrics {\n  address = \"127.0.0.1:0\"\n  " + bad + "\n}\n"
+		if _, err := loadConfig("bad.hcl", []byte(src), &diag); err == nil || !strings.Contains(err.Error(), "metrics: ") {
+			t.Errorf("%s: %v, want a metrics error", bad, err)
+		}
+	}
+}

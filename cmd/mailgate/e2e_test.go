@@ -559,7 +559,7 @@ redis {
 func TestE2EMetrics(t *testing.T) {
 	peertest.Require(t, "smtp-sink", "swaks", "curl")
 	sink := peertest.StartSink(t, peertest.SinkOptions{})
-	m := startMailgate(t, upstreamBlock(sink.Addr())+"metrics {\n  address = \"127.0.0.1:0\"\n}\n")
+	m := startMailgate(t, upstreamBlock(sink.Addr())+"metrics {\n  address = \"127.0.0.1:0\"\n  shutdown_delay = \"0s\"\n}\n")
 	maddr := m.extra["metrics"]
 	if out, code := swaks(t, m, "--server", m.relay); code != 0 {
 		t.Fatalf("swaks: exit %d\n%s", code, out)

@@ -45,7 +45,8 @@ func TestE2EQuotaPerLogin(t *testing.T) {
 	sink := peertest.StartSink(t, peertest.SinkOptions{})
 	m := startMailgate(t, upstreamBlock(sink.Addr())+`
 metrics {
-  address = "127.0.0.1:0"
+  address        = "127.0.0.1:0"
+  shutdown_delay = "0s"
 }
 quota "per-login" {
   key      = auth.user
@@ -94,8 +95,8 @@ s.quit()
 	if err != nil {
 		t.Fatal(err)
 	}
-	writeFile(t, cli, strings.Replace(string(cfgText), "metrics {\n  address = \"127.0.0.1:0\"",
-		"metrics {\n  address = \""+m.extra["metrics"]+"\"", 1))
+	writeFile(t, cli, strings.Replace(string(cfgText), "metrics {\n  address        = \"127.0.0.1:0\"",
+		"metrics {\n  address        = \""+m.extra["metrics"]+"\"", 1))
 	var stdout, stderr bytes.Buffer
 	if rc := run([]string{"quota", "show", "-config", cli}, nil, &stdout, &stderr); rc != 0 {
 		t.Fatalf("quota show: exit %d\n%s", rc, stderr.String())

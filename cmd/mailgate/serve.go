@@ -12,6 +12,8 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -20,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/mailgate/mailgate/proxy"
+	"github.com/mailgate/mailgate/proxy/health"
 )
 
 //go:embed default.hcl
@@ -93,25 +96,15 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger, stdout io.Writ
 	}
 	defer w.close()
 	metricsAddr := ""
+	var checker *health.Checker // nil without a metrics block
+	var listening atomic.Bool
 	if mb := cfg.file.Metrics; mb != nil {
-		reg := prometheus.NewRegistry()
-		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-		w.deps.Metrics = proxy.NewMetrics(reg)
-		ln, err := net.Listen("tcp", mb.Address)
+		var stop func()
+		metricsAddr, checker, stop, err = serveMetrics(mb, w, &listening)
 		if err != nil {
-			return fmt.Errorf("metrics: %w", err)
+			return err
 		}
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-		if w.quotas != nil {
-			qh := quotaHandler(w.policy, w.quotas)
-			mux.Handle("/quota", qh)
-			mux.Handle("/quota/reset", qh)
-		}
-		hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-		go hs.Serve(ln)
-		defer hs.Close()
-		metricsAddr = ln.Addr().String()
+		defer stop()
 		logger.Info("metrics", "address", metricsAddr, "path", "/metrics")
 	}
 	srv, err := proxy.New(cfg.proxy, w.deps)
@@ -121,6 +114,7 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger, stdout io.Writ
 	if err := srv.Listen(); err != nil {
 		return err
 	}
+	listening.Store(true)
 	if w.demo != nil {
 		w.demo.setOutput(stdout)
 		w.demo.announce(stdout, srv.Addrs())
@@ -154,6 +148,25 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger, stdout io.Writ
 		}
 	case <-ctx.Done():
 	}
+	if checker != nil {
+		// Out of the load balancer's pool first (/readyz 503), then
+		// close the listeners once its health check has noticed.
+		checker.Drain()
+		if d := cfg.file.Metrics.shutdownDelay(); d > 0 {
+			// A second SIGTERM or SIGINT cuts the delay short.
+			again := make(chan os.Signal, 1)
+			signal.Notify(again, syscall.SIGTERM, syscall.SIGINT)
+			logger.Info("shutting down: not ready, listeners close after shutdown_delay", "shutdown_delay", d.String())
+			t := time.NewTimer(d)
+			select {
+			case <-t.C:
+			case <-again:
+				t.Stop()
+				logger.Info("shutting down: second signal, closing the listeners now")
+			}
+			signal.Stop(again)
+		}
+	}
 	logger.Info("shutting down: finishing transactions in flight")
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()
@@ -162,4 +175,46 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger, stdout io.Writ
 	}
 	logger.Info("stopped")
 	return nil
+}
+
+// serveMetrics opens the metrics listener: /metrics, /healthz, /readyz
+// (listening says whether the SMTP listeners are bound) and, with quotas
+// in memory, /quota. It starts the readiness pollers; stop ends them and
+// closes the listener.
+func serveMetrics(mb *metricsBlock, w *wiring, listening *atomic.Bool) (addr string, _ *health.Checker, stop func(), _ error) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	w.deps.Metrics = proxy.NewMetrics(reg)
+	ln, err := net.Listen("tcp", mb.Address)
+	if err != nil {
+		return "", nil, nil, fmt.Errorf("metrics: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	checker := health.New(health.Check{Name: "listeners", Ready: func() error {
+		if !listening.Load() {
+			return errors.New("not bound yet")
+		}
+		return nil
+	}})
+	checker.Add(w.ready...)
+	checker.Register(mux)
+	if w.quotas != nil {
+		qh := quotaHandler(w.policy, w.quotas)
+		mux.Handle("/quota", qh)
+		mux.Handle("/quota/reset", qh)
+	}
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go hs.Serve(ln)
+	ctx, cancel := context.WithCancel(context.Background())
+	var pollers sync.WaitGroup
+	for _, p := range w.pollers {
+		pollers.Go(func() { p.Run(ctx) })
+	}
+	stop = func() {
+		hs.Close()
+		cancel()
+		pollers.Wait() // before w.close closes what they probe
+	}
+	return ln.Addr().String(), checker, stop, nil
 }

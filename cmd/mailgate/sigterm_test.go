@@ -18,9 +18,13 @@ import (
 
 // TestMain lets a test run this package's main in a child process (the
 // test binary itself), so signals can be sent to a real mailgate process.
+// The arguments are MAILGATE_TEST_ARGS, or without it the command line
+// (so a script can run the test binary as mailgate).
 func TestMain(m *testing.M) {
 	if os.Getenv("MAILGATE_TEST_RUN_MAIN") == "1" {
-		os.Args = append([]string{"mailgate"}, strings.Fields(os.Getenv("MAILGATE_TEST_ARGS"))...)
+		if args, ok := os.LookupEnv("MAILGATE_TEST_ARGS"); ok {
+			os.Args = append([]string{"mailgate"}, strings.Fields(args)...)
+		}
 		main()
 		return
 	}
@@ -47,47 +51,11 @@ upstream "sink" {
   tls     = "none"
 }
 `, sink.Addr()))
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), "MAILGATE_TEST_RUN_MAIN=1", "MAILGATE_TEST_ARGS=serve -config "+cfg)
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	logs := make(chan string, 100)
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			logs <- sc.Text()
-		}
-		close(logs)
-	}()
-	addrRe := regexp.MustCompile(`msg=listening listener=relay address=(\S+)`)
-	var addr string
-	deadline := time.After(30 * time.Second)
-	for addr == "" {
-		select {
-		case l, ok := <-logs:
-			if !ok {
-				t.Fatal("mailgate exited before listening")
-			}
-			if m := addrRe.FindStringSubmatch(l); m != nil {
-				addr = m[1]
-			}
-		case <-deadline:
-			t.Fatal("mailgate did not start")
-		}
-	}
+	mp := startProcess(t, cfg)
+	addr := mp.waitLog(t, `msg=listening listener=relay address=(\S+)`)
+	cmd := mp.cmd
 	dial := func() *rawConn {
-		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		rc := &rawConn{t: t, c: c, r: bufio.NewReader(c)}
-		rc.expect("", 220)
+		rc := dialRaw(t, addr)
 		rc.expect("EHLO test.example", 250)
 		return rc
 	}
@@ -108,8 +76,80 @@ upstream "sink" {
 	if code, line := busy.read(); code != 250 {
 		t.Fatalf("message in flight: %d %s, want 250", code, line)
 	}
+	mp.waitExit(t)
+	if got := sink.Count(); got != 1 {
+		t.Fatalf("sink has %d messages, want 1", got)
+	}
+}
+
+// childProcess is a real mailgate process (this test binary running
+// main) and the lines it logs.
+type childProcess struct {
+	cmd  *exec.Cmd
+	logs chan string
+	all  peertest.Buffer // every line, for failures
+}
+
+// startProcess runs "mailgate serve -config cfg" in a child process.
+func startProcess(t *testing.T, cfg string) *childProcess {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "MAILGATE_TEST_RUN_MAIN=1", "MAILGATE_TEST_ARGS=serve -config "+cfg)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	mp := &childProcess{cmd: cmd, logs: make(chan string, 1000)}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		if t.Failed() {
+			t.Logf("mailgate log:\n%s", mp.all.String())
+		}
+	})
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			fmt.Fprintln(&mp.all, sc.Text())
+			mp.logs <- sc.Text()
+		}
+		close(mp.logs)
+	}()
+	return mp
+}
+
+// waitLog waits for a log line matching re and returns its first group.
+func (mp *childProcess) waitLog(t *testing.T, re string) string {
+	t.Helper()
+	rx := regexp.MustCompile(re)
+	deadline := time.After(30 * time.Second)
+	for {
+		select {
+		case l, ok := <-mp.logs:
+			if !ok {
+				t.Fatalf("mailgate exited before logging %s", re)
+			}
+			if m := rx.FindStringSubmatch(l); m != nil {
+				return m[1]
+			}
+		case <-deadline:
+			t.Fatalf("mailgate did not log %s", re)
+		}
+	}
+}
+
+// waitExit waits for the process to exit with status 0.
+func (mp *childProcess) waitExit(t *testing.T) {
+	t.Helper()
 	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
+	go func() {
+		for range mp.logs { // keep the pipe drained
+		}
+		done <- mp.cmd.Wait()
+	}()
 	select {
 	case err := <-done:
 		if err != nil {
@@ -118,9 +158,19 @@ upstream "sink" {
 	case <-time.After(30 * time.Second):
 		t.Fatal("mailgate did not exit after draining")
 	}
-	if got := sink.Count(); got != 1 {
-		t.Fatalf("sink has %d messages, want 1", got)
+}
+
+// dialRaw connects to an SMTP listener and reads its 220 greeting.
+func dialRaw(t *testing.T, addr string) *rawConn {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
 	}
+	t.Cleanup(func() { c.Close() })
+	rc := &rawConn{t: t, c: c, r: bufio.NewReader(c)}
+	rc.expect("", 220)
+	return rc
 }
 
 type rawConn struct {

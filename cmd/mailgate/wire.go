@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -17,6 +18,7 @@ import (
 	"github.com/mailgate/mailgate/policy/quota"
 	"github.com/mailgate/mailgate/proxy"
 	"github.com/mailgate/mailgate/proxy/auth"
+	"github.com/mailgate/mailgate/proxy/health"
 	"github.com/mailgate/mailgate/proxy/outbox"
 	"github.com/mailgate/mailgate/proxy/upstream"
 )
@@ -31,6 +33,11 @@ type wiring struct {
 	policy  *policy.Policy // watched for changes while serving
 	quotas  quota.Store    // nil without quota blocks
 	rdb     *redis.Client  // nil without a redis block
+	// ready are the readiness checks of /readyz beside the listeners'
+	// (see serve); pollers feed those that need the network. Both are
+	// empty without a metrics block.
+	ready   []health.Check
+	pollers []*health.Poller
 }
 
 // wire builds every collaborator the configuration asks for. On error,
@@ -73,6 +80,12 @@ func wire(cfg *config, logger *slog.Logger) (_ *wiring, err error) {
 			}
 			fmt.Fprintf(out, "redis (%s): answers\n", rb.Address)
 			return true
+		})
+		w.poll(cfg, "redis", func(ctx context.Context) error {
+			if err := rdb.Ping(ctx).Err(); err != nil {
+				return fmt.Errorf("%s does not answer: %w", rb.Address, err)
+			}
+			return nil
 		})
 	}
 	switch {
@@ -143,6 +156,12 @@ func wire(cfg *config, logger *slog.Logger) (_ *wiring, err error) {
 			w.reloads = append(w.reloads, func() error { return reloadQuotas(cfg.path, p) })
 		}
 		w.closers = append(w.closers, func() { p.Close() })
+		if cfg.file.Metrics != nil {
+			// policy.New compiled every engine, so the policy is loaded. A
+			// policy that arrives after start (a bundle) plugs its own
+			// readiness in here.
+			w.ready = append(w.ready, health.Check{Name: "policy", Ready: func() error { return nil }})
+		}
 	}
 	switch {
 	case len(cfg.file.Upstreams) > 0:
@@ -169,6 +188,7 @@ func wire(cfg *config, logger *slog.Logger) (_ *wiring, err error) {
 			}
 			return ok
 		})
+		w.poll(cfg, "upstreams", upstreamsAnswer(r))
 	case cfg.file.Outbox != nil:
 		var opts []outbox.Option
 		if w.demo != nil {
@@ -186,6 +206,34 @@ func wire(cfg *config, logger *slog.Logger) (_ *wiring, err error) {
 		return nil, errors.New("no upstream: configure upstream blocks or an outbox")
 	}
 	return w, nil
+}
+
+// poll adds a readiness check fed by probe every probe_interval, when
+// there is a metrics block to serve /readyz.
+func (w *wiring) poll(cfg *config, name string, probe func(context.Context) error) {
+	mb := cfg.file.Metrics
+	if mb == nil {
+		return
+	}
+	p := health.NewPoller(probe, mb.probeInterval(), probeTimeout)
+	w.pollers = append(w.pollers, p)
+	w.ready = append(w.ready, health.Check{Name: name, Ready: p.Ready})
+}
+
+// upstreamsAnswer is the upstreams' readiness probe: nil when at least one
+// upstream answered (connect, EHLO, TLS, AUTH: Router.Probe), else every
+// upstream's failure.
+func upstreamsAnswer(r *upstream.Router) func(context.Context) error {
+	return func(ctx context.Context) error {
+		var down []string
+		for _, p := range r.Probe(ctx) {
+			if p.OK {
+				return nil
+			}
+			down = append(down, p.Err.Error())
+		}
+		return fmt.Errorf("none answers: %s", strings.Join(down, "; "))
+	}
 }
 
 func (w *wiring) reload(logger *slog.Logger) {

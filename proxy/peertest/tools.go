@@ -58,6 +58,7 @@ var tools = map[string]tool{
 	"redis-server":     {bin: "redis-server", pkg: "redis-server"},
 	"openssl":          {bin: "openssl", pkg: "openssl"},
 	"haproxy":          {bin: "haproxy", pkg: "haproxy"},
+	"promtool":         {bin: "promtool", pkg: "prometheus"},
 	// Submission clients of the client matrix.
 	"msmtp":      {bin: "msmtp", pkg: "msmtp"},
 	"mutt":       {bin: "mutt", pkg: "mutt"},

@@ -108,9 +108,31 @@ func checkAddress(stage, addr string) error {
 func transportError(name, stage string, sentinel, cause error) error {
 	var se *smtp.SMTPError
 	if errors.As(cause, &se) {
-		return fmt.Errorf("upstream %s: %s: %w: %s", name, stage, sentinel, cleanText(se.Error()))
+		return &namedError{name, fmt.Errorf("upstream %s: %s: %w: %s", name, stage, sentinel, cleanText(se.Error()))}
 	}
-	return fmt.Errorf("upstream %s: %s: %w: %w", name, stage, sentinel, cause)
+	return &namedError{name, fmt.Errorf("upstream %s: %s: %w: %w", name, stage, sentinel, cause)}
+}
+
+// namedError carries the name of the upstream a transport error is
+// about, for FailedUpstream.
+type namedError struct {
+	name string
+	err  error
+}
+
+func (e *namedError) Error() string { return e.err.Error() }
+func (e *namedError) Unwrap() error { return e.err }
+
+// FailedUpstream names the upstream a transport error (ErrUnavailable,
+// ErrTimeout) is about, "" for any other error. When every upstream of a
+// route failed, it is the first one tried. The name is a configured
+// upstream's, so it is fit for a metric label.
+func FailedUpstream(err error) string {
+	var ne *namedError
+	if errors.As(err, &ne) {
+		return ne.name
+	}
+	return ""
 }
 
 // cleanReply turns a raw upstream reply into what the client may see: one

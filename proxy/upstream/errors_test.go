@@ -111,6 +111,23 @@ func TestAsSMTPError(t *testing.T) {
 			t.Error("errors.As finds the upstream's reply to our AUTH: a caller could send it to the client as a 5xx")
 		}
 	})
+	t.Run("failed_upstream_names_the_first_tried", func(t *testing.T) {
+		for _, tc := range []struct {
+			err  error
+			want string
+		}{
+			{transportError("a", "rcpt", ErrTimeout, context.DeadlineExceeded), "a"},
+			{fmt.Errorf("proxy: %w", transportError("b", "data", ErrUnavailable, io.EOF)), "b"},
+			{errors.Join(transportError("a", "connect", ErrUnavailable, io.EOF),
+				transportError("b", "connect", ErrTimeout, context.DeadlineExceeded)), "a"},
+			{upstream550, ""},
+			{ErrUnknownRoute, ""},
+		} {
+			if got := FailedUpstream(tc.err); got != tc.want {
+				t.Errorf("FailedUpstream(%v) = %q, want %q", tc.err, got, tc.want)
+			}
+		}
+	})
 }
 
 func FuzzCleanText(f *testing.F) {

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"log/slog"
 	"sort"
+	"sync"
 	"time"
 )
 
@@ -20,37 +21,45 @@ type ProbeResult struct {
 	Duration   time.Duration // connect through AUTH
 }
 
-// Probe connects to every upstream in config order (dial, greeting, EHLO,
-// STARTTLS or implicit TLS, AUTH), records the result and QUITs. It uses
-// fresh connections and leaves the pools alone. For `mailgate check`.
+// Probe connects to every upstream at once (dial, greeting, EHLO,
+// STARTTLS or implicit TLS, AUTH), records the result and QUITs; results
+// are in config order. It uses fresh connections and leaves the pools
+// alone. The upstreams are probed concurrently so that one that never
+// answers cannot use up ctx for the others. For `mailgate check` and the
+// readiness probe.
 func (r *Router) Probe(ctx context.Context) []ProbeResult {
-	res := make([]ProbeResult, 0, len(r.ups))
-	for _, u := range r.ups {
-		p := ProbeResult{Upstream: u.name, Address: u.cfg.Address}
-		start := time.Now()
-		pc, err := u.dial(ctx)
-		p.Duration = time.Since(start)
-		if err != nil {
-			p.Err = err
-			res = append(res, p)
-			continue
-		}
-		p.OK = true
-		if pc.tls != nil {
-			p.TLSVersion = tls.VersionName(pc.tls.Version)
-		}
-		p.Auth = u.cfg.Username != ""
-		for _, ext := range []string{"8BITMIME", "AUTH", "CHUNKING", "DSN", "ENHANCEDSTATUSCODES",
-			"PIPELINING", "REQUIRETLS", "SIZE", "SMTPUTF8", "STARTTLS"} {
-			if ok, _ := pc.c.Extension(ext); ok {
-				p.Extensions = append(p.Extensions, ext)
-			}
-		}
-		sort.Strings(p.Extensions)
-		pc.close(true)
-		res = append(res, p)
+	res := make([]ProbeResult, len(r.ups))
+	var wg sync.WaitGroup
+	for i, u := range r.ups {
+		wg.Go(func() { res[i] = u.probe(ctx) })
 	}
+	wg.Wait()
 	return res
+}
+
+func (u *upstream) probe(ctx context.Context) ProbeResult {
+	p := ProbeResult{Upstream: u.name, Address: u.cfg.Address}
+	start := time.Now()
+	pc, err := u.dial(ctx)
+	p.Duration = time.Since(start)
+	if err != nil {
+		p.Err = err
+		return p
+	}
+	p.OK = true
+	if pc.tls != nil {
+		p.TLSVersion = tls.VersionName(pc.tls.Version)
+	}
+	p.Auth = u.cfg.Username != ""
+	for _, ext := range []string{"8BITMIME", "AUTH", "CHUNKING", "DSN", "ENHANCEDSTATUSCODES",
+		"PIPELINING", "REQUIRETLS", "SIZE", "SMTPUTF8", "STARTTLS"} {
+		if ok, _ := pc.c.Extension(ext); ok {
+			p.Extensions = append(p.Extensions, ext)
+		}
+	}
+	sort.Strings(p.Extensions)
+	pc.close(true)
+	return p
 }
 
 // Offer reports whether every configured upstream offers the EHLO keyword

@@ -874,3 +874,43 @@ func TestTLSAndAuth(t *testing.T) {
 		}
 	})
 }
+
+// TestProbeConcurrent: an upstream that accepts and never greets does not
+// use up the probe's deadline for the next one (the readiness probe asks
+// whether any upstream answers).
+func TestProbeConcurrent(t *testing.T) {
+	silent, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	defer func() { silent.Close(); <-done }()
+	go func() {
+		defer close(done)
+		var held []net.Conn // never greeted
+		for {
+			c, err := silent.Accept()
+			if err != nil {
+				for _, c := range held {
+					c.Close()
+				}
+				return
+			}
+			held = append(held, c)
+		}
+	}()
+	f := startFake(t, fakeOpts{})
+	r := newTestRouter(t, []Config{cfgFor("silent", silent.Addr().String()), cfgFor("secondary", f.addr)}, f)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	res := r.Probe(ctx)
+	if len(res) != 2 || res[0].Upstream != "silent" || res[1].Upstream != "secondary" {
+		t.Fatalf("Probe = %+v, want both in config order", res)
+	}
+	if res[0].OK || !errors.Is(res[0].Err, ErrTimeout) {
+		t.Errorf("silent upstream: %+v, want a timeout", res[0])
+	}
+	if !res[1].OK {
+		t.Errorf("secondary: %+v, want OK", res[1])
+	}
+}

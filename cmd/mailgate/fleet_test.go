@@ -1,0 +1,229 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/mailgate/mailgate/proxy/peertest"
+)
+
+const fleetPassword = "fleet test password"
+
+// fleet is examples/fleet/run.sh running with this test binary as
+// mailgate.
+type fleet struct {
+	dir, front string
+	cmd        *exec.Cmd
+	out        *peertest.Buffer
+}
+
+// startFleet runs examples/fleet/run.sh on free loopback ports with sink
+// as the upstream, and waits until HAProxy sees all three instances UP.
+func startFleet(t *testing.T, sink string) *fleet {
+	t.Helper()
+	ports := func(n int) string {
+		var p []string
+		for range n {
+			p = append(p, strconv.Itoa(peertest.FreePort(t)))
+		}
+		return strings.Join(p, " ")
+	}
+	f := &fleet{dir: t.TempDir(), out: &peertest.Buffer{}}
+	frontPort := ports(1)
+	f.front = "127.0.0.1:" + frontPort
+	f.cmd = exec.Command("../../examples/fleet/run.sh")
+	f.cmd.Env = append(os.Environ(),
+		"MAILGATE="+os.Args[0], "MAILGATE_TEST_RUN_MAIN=1",
+		"FLEET_DIR="+f.dir, "FLEET_FRONT_PORT="+frontPort, "FLEET_REDIS_PORT="+ports(1),
+		"FLEET_UPSTREAM="+sink, "FLEET_SMTP_PORTS="+ports(3), "FLEET_METRICS_PORTS="+ports(3),
+		"FLEET_PASSWORD="+fleetPassword)
+	f.cmd.Stdout, f.cmd.Stderr = f.out, f.out
+	// Its own process group, so a failed test can stop what it started.
+	f.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := f.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		f.cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { f.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			syscall.Kill(-f.cmd.Process.Pid, syscall.SIGKILL)
+			<-done
+		}
+		if t.Failed() {
+			t.Logf("run.sh:\n%s", f.out.String())
+			for _, l := range []string{"mg1.log", "mg2.log", "mg3.log", "haproxy.log"} {
+				b, _ := os.ReadFile(filepath.Join(f.dir, l))
+				t.Logf("%s:\n%s", l, b)
+			}
+		}
+	})
+	sock := filepath.Join(f.dir, "haproxy.sock")
+	for _, s := range []string{"mg1", "mg2", "mg3"} {
+		waitServer(t, sock, "mailgate", s, "UP")
+	}
+	return f
+}
+
+func waitServer(t *testing.T, sock, backend, server, want string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	last := ""
+	for time.Now().Before(deadline) {
+		if last = haproxyStatus(sock, backend, server); last == want {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("HAProxy server %s/%s is %q, want %q", backend, server, last, want)
+}
+
+// submit sends one message through the fleet as user and returns swaks'
+// output and exit code (0: the message got 250).
+func (f *fleet) submit(t *testing.T, user, password, subject string) (string, int) {
+	t.Helper()
+	return peertest.Swaks(t, "--server", f.front, "--auth", "PLAIN", "--auth-user", user,
+		"--auth-password", password, "--from", user, "--to", "bob@example.net",
+		"--header", "From: "+user, "--header", "Subject: "+subject, "--timeout", "20")
+}
+
+// TestFleetExample runs examples/fleet: three instances behind HAProxy
+// with a shared Redis. While clients submit, one instance gets SIGTERM:
+// HAProxy takes it out through /readyz, no message that got 250 is lost
+// or doubled, and every message is delivered once (clients retry a 4xx or
+// a dropped connection, as mail clients do). AUTH lockouts and quotas hold
+// across instances.
+func TestFleetExample(t *testing.T) {
+	peertest.Require(t, "haproxy", "redis-server", "smtp-sink", "swaks")
+	sink := peertest.StartSink(t, peertest.SinkOptions{})
+	f := startFleet(t, sink.Addr())
+
+	const clients, perClient = 3, 8
+	var (
+		mu       sync.Mutex
+		accepted = map[string]int{} // subject -> 250s received
+		wg       sync.WaitGroup
+		sent     = make(chan struct{}, clients*perClient)
+	)
+	for c := range clients {
+		wg.Go(func() {
+			for i := range perClient {
+				subject := fmt.Sprintf("fleet %d-%d", c, i)
+				for try := 0; ; try++ {
+					out, code := f.submit(t, "alice@example.com", fleetPassword, subject)
+					if code == 0 {
+						mu.Lock()
+						accepted[subject]++
+						mu.Unlock()
+						break
+					}
+					if try == 20 {
+						t.Errorf("%s: never accepted:\n%s", subject, out)
+						return
+					}
+					time.Sleep(100 * time.Millisecond)
+				}
+				sent <- struct{}{}
+			}
+		})
+	}
+	// A third of the way in, stop instance 2.
+	for range clients * perClient / 3 {
+		<-sent
+	}
+	pid, err := os.ReadFile(filepath.Join(f.dir, "mg2.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, _ := strconv.Atoi(strings.TrimSpace(string(pid)))
+	if err := syscall.Kill(n, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	waitServer(t, filepath.Join(f.dir, "haproxy.sock"), "mailgate", "mg2", "DOWN")
+	wg.Wait()
+
+	delivered := map[string]int{}
+	for _, m := range sink.Messages() {
+		for _, l := range strings.Split(string(m.Data), "\r\n") {
+			if s, ok := strings.CutPrefix(l, "Subject: "); ok {
+				delivered[s]++
+			}
+		}
+	}
+	if len(accepted) != clients*perClient {
+		t.Errorf("%d messages accepted, want %d", len(accepted), clients*perClient)
+	}
+	for s, n := range accepted {
+		if n != 1 || delivered[s] != 1 {
+			t.Errorf("%s: accepted %d times, delivered %d times", s, n, delivered[s])
+		}
+	}
+	if len(delivered) != len(accepted) {
+		t.Errorf("delivered %d distinct messages, accepted %d", len(delivered), len(accepted))
+	}
+
+	// Every instance took part; instance 2 went not-ready before closing,
+	// then finished.
+	mg2log := filepath.Join(f.dir, "mg2.log")
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if b, _ := os.ReadFile(mg2log); bytes.Contains(b, []byte(`"msg":"stopped"`)) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("mg2 did not stop after SIGTERM")
+		}
+	}
+	for _, l := range []string{"mg1.log", "mg2.log", "mg3.log"} {
+		b, err := os.ReadFile(filepath.Join(f.dir, l))
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := bytes.Count(b, []byte(`"outcome":"relayed"`))
+		t.Logf("%s relayed %d", l, n)
+		if n == 0 {
+			t.Errorf("%s relayed nothing", l)
+		}
+		if l == "mg2.log" && (!bytes.Contains(b, []byte("shutting down: not ready")) || !bytes.Contains(b, []byte(`"msg":"stopped"`))) {
+			t.Errorf("mg2 did not drain through readiness:\n%s", b)
+		}
+	}
+
+	// Quotas in Redis: trial@ may send 2 an hour, whichever instance
+	// (round robin over the two left) takes the message.
+	for i := range 2 {
+		if out, code := f.submit(t, "trial@example.com", fleetPassword, fmt.Sprintf("trial %d", i)); code != 0 {
+			t.Fatalf("trial message %d: exit %d\n%s", i, code, out)
+		}
+	}
+	if out, _ := f.submit(t, "trial@example.com", fleetPassword, "trial 2"); !strings.Contains(out, "451 4.7.1") {
+		t.Errorf("third trial message, want 451 4.7.1 (quota):\n%s", out)
+	}
+
+	// AUTH lockout in Redis: three failures for bob@ (user_failures = 3),
+	// spread over the instances, lock bob out on every instance.
+	for range 3 {
+		if out, _ := f.submit(t, "bob@example.com", "wrong", "x"); !strings.Contains(out, "535 5.7.8") {
+			t.Fatalf("wrong password: want 535\n%s", out)
+		}
+	}
+	for range 2 { // both instances still up
+		if out, _ := f.submit(t, "bob@example.com", fleetPassword, "locked"); !strings.Contains(out, "454 4.7.0") {
+			t.Errorf("bob after 3 failures, right password: want 454 4.7.0\n%s", out)
+		}
+	}
+	if bytes.Contains([]byte(f.out.String()), []byte(fleetPassword)) {
+		t.Error("the password appears in run.sh's output")
+	}
+}
