@@ -157,10 +157,9 @@ func wire(cfg *config, logger *slog.Logger) (_ *wiring, err error) {
 		}
 		w.closers = append(w.closers, func() { p.Close() })
 		if cfg.file.Metrics != nil {
-			// policy.New compiled every engine, so the policy is loaded. A
-			// policy that arrives after start (a bundle) plugs its own
-			// readiness in here.
-			w.ready = append(w.ready, health.Check{Name: "policy", Ready: func() error { return nil }})
+			// Path engines are compiled by policy.New; a bundle engine is
+			// ready once its first bundle (or the cached one) is active.
+			w.ready = append(w.ready, health.Check{Name: "policy", Ready: p.Ready})
 		}
 	}
 	switch {
