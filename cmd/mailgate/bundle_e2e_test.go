@@ -13,6 +13,7 @@ import (
 	"encoding/hex"
 	"encoding/pem"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -227,6 +228,11 @@ func TestE2EBundleNotReadyThenSIGHUP(t *testing.T) {
 	priv, pubKey := rsaKeyFiles(t, keys)
 	srv := serveBundleDir(t, pub) // nothing published: 404
 	m := startMailgate(t, upstreamBlock(sink.Addr())+fmt.Sprintf(`
+metrics {
+  address        = "127.0.0.1:0"
+  probe_interval = "100ms"
+  shutdown_delay = "0s"
+}
 policy {
   rego {
     name = "org"
@@ -247,6 +253,19 @@ policy {
 	}
 	if sink.Count() != 0 {
 		t.Fatal("a message went through without a policy")
+	}
+	// The load balancer is told too: /readyz names the policy.
+	readyz := func() (int, string) {
+		resp, err := http.Get("http://" + m.extra["metrics"] + "/readyz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := readyz(); code != http.StatusServiceUnavailable || !strings.Contains(body, "policy") {
+		t.Fatalf("/readyz before the first bundle: %d %s", code, body)
 	}
 
 	writeBundlePolicy(t, pol, "one.example")
@@ -269,6 +288,15 @@ policy {
 	}
 	if _, err := os.Stat(filepath.Join(keys, "cache", "org.tar.gz")); err != nil {
 		t.Errorf("activated bundle not cached: %v", err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		code, body := readyz()
+		if code == http.StatusOK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz after the bundle arrived: %d %s", code, body)
+		}
 	}
 }
 
