@@ -330,3 +330,85 @@ func BenchmarkRedisReserveCommit(b *testing.B) {
 	_, newStore := redisServer(b)
 	benchReserveCommit(b, newStore(b))
 }
+
+// BenchmarkRedisMessage runs what mailgate does per one-recipient message
+// with the load benchmark's quotas (examples/bench, scenario quota): a
+// Reserve at MAIL (per sender in two windows, per client address), a
+// Reserve at RCPT (per destination), then the Commit of both, from 20
+// concurrent sessions on one sender, one address and one destination. The
+// hot windows start full of buckets (one unit in each of the last 60), as
+// after an hour of steady traffic. It reports the client's CPU per message
+// (cpu-ns/op) and redis-server's (redis-cpu-ns/op, from INFO cpu).
+func BenchmarkRedisMessage(b *testing.B) {
+	srv, _ := redisServer(b)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr(), PoolSize: 32})
+	b.Cleanup(func() { rdb.Close() })
+	s := NewRedis(rdb, "bench:")
+	mail := []Request{
+		{Counter: Counter{Quota: "per-sender", Key: "app@example.com", Kind: Messages}, Windows: []Window{perHour(1 << 40), {Limit: 1 << 40, Period: 24 * time.Hour}}, Amount: 1, Enforce: true},
+		{Counter: Counter{Quota: "per-ip", Key: "127.0.0.1", Kind: Messages}, Windows: []Window{perHour(1 << 40)}, Amount: 1, Enforce: true},
+	}
+	rcpt := []Request{
+		{Counter: Counter{Quota: "per-destination", Key: "example.com", Kind: Recipients}, Windows: []Window{perMinute(1 << 40)}, Amount: 1, Enforce: true},
+	}
+	now := time.Now()
+	for _, reqs := range [][]Request{mail, rcpt} {
+		for _, r := range reqs {
+			for _, w := range r.Windows {
+				for k := range int64(Buckets) {
+					at := now.Add(-time.Duration(k) * w.BucketWidth())
+					p := Part{Counter: r.Counter, Windows: []Window{w}, Amount: 1}
+					if err := s.Commit(ctx, "fill", at, []Part{p}); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+		}
+	}
+	redisCPU := func() time.Duration {
+		info, err := rdb.Info(ctx, "cpu").Result()
+		if err != nil {
+			b.Fatal(err)
+		}
+		var total float64
+		for _, line := range strings.Split(info, "\r\n") {
+			for _, f := range []string{"used_cpu_sys:", "used_cpu_user:"} {
+				if v, ok := strings.CutPrefix(line, f); ok {
+					var x float64
+					fmt.Sscan(v, &x)
+					total += x
+				}
+			}
+		}
+		return time.Duration(total * float64(time.Second))
+	}
+	var n atomic.Int64
+	b.SetParallelism(10) // 20 sessions on 2 CPUs
+	b.ReportAllocs()
+	b.ResetTimer()
+	cpu0, rcpu0 := processCPU(), redisCPU()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			id := fmt.Sprint("m", n.Add(1))
+			now := time.Now()
+			mres, ok, err := s.Reserve(ctx, id+"a", now, time.Minute, mail)
+			if err != nil || !ok {
+				b.Fatalf("Reserve mail: %v %v", ok, err)
+			}
+			rres, ok, err := s.Reserve(ctx, id+"b", now, time.Minute, rcpt)
+			if err != nil || !ok {
+				b.Fatalf("Reserve rcpt: %v %v", ok, err)
+			}
+			if err := s.Commit(ctx, id+"a", now, partsOf(mail, mres)); err != nil {
+				b.Fatal(err)
+			}
+			if err := s.Commit(ctx, id+"b", now, partsOf(rcpt, rres)); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.StopTimer()
+	cpu, rcpu := processCPU()-cpu0, redisCPU()-rcpu0
+	b.ReportMetric(float64(cpu)/float64(b.N), "cpu-ns/op")
+	b.ReportMetric(float64(rcpu)/float64(b.N), "redis-cpu-ns/op")
+}
