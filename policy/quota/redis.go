@@ -140,27 +140,47 @@ func (k *keyArgs) add(name string) int {
 	return len(k.names)
 }
 
-// reserveScript checks and reserves (or, dry, only checks) a list of
-// requests. It mirrors Memory.check and Memory.Reserve exactly.
+// quotaScript is the one Lua script behind Reserve, Commit, Release and
+// Levels: it first ends reservations (commits and releases, in order),
+// then, when asked, checks and reserves (or, dry, only checks) a list of
+// requests. It mirrors Memory exactly (TestStoresAgree).
 //
-// Layout of a window hash: field "<bucket index>" = committed count,
-// field "r:<id>" = "<amount> <expiry ms>" for a reservation.
+// A window hash keeps running totals beside its buckets and reservations
+// (see the package doc), so a call costs O(1) redis commands per window
+// whatever the number of buckets and reservations it holds: an HMGET of
+// the totals, one HMGET of the bucket indexes that left the window since
+// the last call (usually none or one), and an HSET and PEXPIRE when it
+// writes. It reads the whole hash (HGETALL) only when
+//   - the hash has no totals (new, or written by an older version),
+//   - a reservation may have expired (now >= nx, the earliest expiry; a
+//     reservation's Commit or Release leaves nx early, so this happens
+//     about once per reservation ttl on a busy key, or when an instance
+//     died with reservations open),
+//   - more than span+1 bucket indexes left at once (a clock far ahead),
+//   - a request does not fit, to compute RetryAfter.
 //
-// ARGV: now ms, ttl ms, id, dry (0/1), number of requests, then per
-// request: enforce (0/1), amount, number of windows, index in KEYS of the
-// seen set (0: none), recipient hash, remember ms, then per window: index
-// in KEYS of its hash, limit, bucket width ms, span (buckets in the
-// period, see spanOf).
+// ARGV: number of ends, max remembered, then per end: kind ("c" commit,
+// "r" release), id, now ms, number of parts, then per part: amount,
+// number of windows, index in KEYS of the seen set (0: none), recipient
+// hash, remember ms, then per window: index in KEYS of its hash, bucket
+// width ms, span (buckets in the period, see spanOf).
+// Then 1 to check requests (0: none), and if so: now ms, ttl ms, id, dry
+// (0/1), number of requests, then per request: enforce (0/1), amount,
+// number of windows, index in KEYS of the seen set (0: none), recipient
+// hash, remember ms, then per window: index in KEYS of its hash, limit,
+// bucket width ms, span.
 //
-// Reply: reserved (0/1), then per request: fits (0/1), charged, then per
-// window: used, retry-after ms.
-var reserveScript = redis.NewScript(`
-local now = tonumber(ARGV[1])
-local ttl = tonumber(ARGV[2])
-local field = 'r:' .. ARGV[3]
-local dry = ARGV[4] == '1'
-local nreq = tonumber(ARGV[5])
-local states = {}
+// Reply, when requests were checked: reserved (0/1), then per request:
+// fits (0/1), charged, then per window: used, retry-after ms. Otherwise 0.
+var quotaScript = redis.NewScript(`
+local pos = 1
+local function arg() pos = pos + 1; return ARGV[pos - 1] end
+local function num() return tonumber(arg()) end
+
+local META = {lo = true, c = true, r = true, hi = true, nx = true, mx = true}
+
+-- d writes an integer in full (Lua's own conversions may use exponents)
+local function d(n) return string.format('%d', n) end
 
 local function hdel(k, fields)
 	for i = 1, #fields, 1000 do
@@ -168,41 +188,203 @@ local function hdel(k, fields)
 	end
 end
 
-local function load(k, width, span)
-	local s = states[k]
-	if s then return s end
-	s = {k = k, width = width, span = span, used = 0, tent = 0, b = {}, dead = {}, mine = 0}
-	local low = math.floor(now / width) - span
-	local all = redis.call('HGETALL', k)
+-- a reservation field's value: "<amount> <expiry ms>"
+local function parseres(v)
+	local sp = string.find(v, ' ', 1, true)
+	return tonumber(string.sub(v, 1, sp - 1)), tonumber(string.sub(v, sp + 1))
+end
+
+-- rebuild recomputes the totals of s from every field of its hash and
+-- lists the fields that no longer count in s.del.
+local function rebuild(s, now, low, field)
+	local all = redis.call('HGETALL', s.k)
+	s.lo, s.c, s.r, s.hi, s.nx, s.mx, s.mine = low, 0, 0, low - 1, 0, 0, 0
+	s.del = {}
 	for i = 1, #all, 2 do
 		local f, v = all[i], all[i + 1]
-		if string.sub(f, 1, 2) == 'r:' then
-			local sp = string.find(v, ' ', 1, true)
-			local a, e = tonumber(string.sub(v, 1, sp - 1)), tonumber(string.sub(v, sp + 1))
+		if META[f] then
+		elseif string.sub(f, 1, 2) == 'r:' then
+			local a, e = parseres(v)
 			if e > now then
-				s.used = s.used + a
+				s.r = s.r + a
+				if s.nx == 0 or e < s.nx then s.nx = e end
+				if e > s.mx then s.mx = e end
 				if f == field then s.mine = a end
-				if not s.maxexp or e > s.maxexp then s.maxexp = e end
 			else
-				s.dead[#s.dead + 1] = f
+				s.del[#s.del + 1] = f
 			end
 		else
-			local idx, n = tonumber(f), tonumber(v)
+			local idx = tonumber(f)
 			if idx >= low then
-				s.used = s.used + n
-				s.b[#s.b + 1] = {idx, n}
-				if not s.maxidx or idx > s.maxidx then s.maxidx = idx end
+				s.c = s.c + tonumber(v)
+				if idx > s.hi then s.hi = idx end
 			else
-				s.dead[#s.dead + 1] = f
+				s.del[#s.del + 1] = f
 			end
 		end
 	end
-	table.sort(s.b, function(x, y) return x[1] < y[1] end)
+	s.dirty = true
+end
+
+-- load reads the totals of window hash k at now: s.c committed units of
+-- the buckets still counted, s.r units of the live reservations, s.mine
+-- those of field, s.bucket the count of bucket idx (when given). Nothing
+-- is written: persist does.
+local function load(k, now, width, span, field, idx)
+	local v
+	if idx then
+		v = redis.call('HMGET', k, 'lo', 'c', 'r', 'hi', 'nx', 'mx', field, d(idx))
+	else
+		v = redis.call('HMGET', k, 'lo', 'c', 'r', 'hi', 'nx', 'mx', field)
+	end
+	local s = {k = k, width = width, span = span, del = {}, dirty = false, mine = 0, bucket = tonumber(v[8]) or 0}
+	local low = math.floor(now / width) - span
+	if not v[1] then
+		rebuild(s, now, low, field)
+		return s
+	end
+	s.lo, s.c, s.r, s.hi, s.nx, s.mx = tonumber(v[1]), tonumber(v[2]), tonumber(v[3]), tonumber(v[4]), tonumber(v[5]), tonumber(v[6])
+	if s.r > 0 and now >= s.nx then
+		rebuild(s, now, low, field)
+		return s
+	end
+	-- every reservation field is live: s.r is exact
+	if v[7] then s.mine = parseres(v[7]) end
+	if low > s.lo then
+		local top = math.min(low - 1, s.hi)
+		if top - s.lo > span + 1 then
+			rebuild(s, now, low, field)
+			return s
+		end
+		if top >= s.lo then
+			local idxs = {}
+			for i = s.lo, top do idxs[#idxs + 1] = d(i) end
+			local got = redis.call('HMGET', k, unpack(idxs))
+			for j = 1, #idxs do
+				if got[j] then
+					s.c = s.c - tonumber(got[j])
+					s.del[#s.del + 1] = idxs[j]
+				end
+			end
+		end
+		s.lo = low
+		s.dirty = true
+	end
+	return s
+end
+
+-- persist writes s back with the field/value pairs in extra, and sets
+-- the hash's expiry to when its last bucket leaves or its last
+-- reservation may expire; a hash left with nothing that counts is
+-- deleted.
+local function persist(s, now, extra)
+	if s.r <= 0 then s.r, s.nx, s.mx = 0, 0, 0 end
+	local keep = math.max(s.mx, (s.hi + s.span + 1) * s.width) - now
+	if (s.c <= 0 and s.r <= 0) or keep <= 0 then
+		redis.call('DEL', s.k)
+		return
+	end
+	if #s.del > 0 then hdel(s.k, s.del) end
+	redis.call('HSET', s.k, 'lo', d(s.lo), 'c', d(s.c), 'r', d(s.r), 'hi', d(s.hi), 'nx', d(s.nx), 'mx', d(s.mx), unpack(extra))
+	redis.call('PEXPIRE', s.k, d(keep))
+end
+
+local function remember(sk, hash, now, rem, maxr)
+	local cur = redis.call('ZSCORE', sk, hash)
+	if not cur or tonumber(cur) < now then redis.call('ZADD', sk, d(now), hash) end
+	redis.call('ZREMRANGEBYSCORE', sk, '-inf', d(now - rem))
+	local n = redis.call('ZCARD', sk)
+	if n > maxr then redis.call('ZREMRANGEBYRANK', sk, 0, n - maxr - 1) end
+	local top = redis.call('ZRANGE', sk, -1, -1, 'WITHSCORES')
+	if top[2] then
+		local keep = tonumber(top[2]) + rem - now
+		if keep > 0 then redis.call('PEXPIRE', sk, d(keep)) else redis.call('DEL', sk) end
+	end
+end
+
+-- ends: commits count their parts at their now (whether the reservation
+-- is still there, expired or unknown) and remember their recipients;
+-- releases drop the reservation.
+local nends = num()
+local maxr = num()
+for _ = 1, nends do
+	local commit = arg() == 'c'
+	local field = 'r:' .. arg()
+	local now = num()
+	local nparts = num()
+	for _ = 1, nparts do
+		local amount, nwin, seen, hash, rem = num(), num(), num(), arg(), num()
+		for _ = 1, nwin do
+			local k, width, span = KEYS[num()], num(), num()
+			if commit then
+				local idx = math.floor(now / width)
+				local s = load(k, now, width, span, field, idx)
+				local extra = {}
+				local changed = s.dirty
+				if s.mine > 0 then
+					s.r = s.r - s.mine
+					s.del[#s.del + 1] = field
+					changed = true
+				end
+				if amount > 0 then
+					-- a clock more than a period behind the one that last
+					-- wrote: buckets below lo are gone, so lo moves down
+					if idx < s.lo then s.lo = idx end
+					extra = {d(idx), d(s.bucket + amount)}
+					s.c = s.c + amount
+					if idx > s.hi then s.hi = idx end
+					changed = true
+				end
+				if changed then persist(s, now, extra) end
+			else
+				local v = redis.call('HMGET', k, field, 'r')
+				if v[1] then
+					redis.call('HDEL', k, field)
+					if v[2] then
+						local r = tonumber(v[2]) - parseres(v[1])
+						if r > 0 then redis.call('HSET', k, 'r', d(r)) else redis.call('HSET', k, 'r', 0, 'nx', 0, 'mx', 0) end
+					end
+				end
+			end
+		end
+		if commit and seen > 0 then remember(KEYS[seen], hash, now, rem, maxr) end
+	end
+end
+
+if num() == 0 then return 0 end
+
+local now = num()
+local ttl = num()
+local field = 'r:' .. arg()
+local dry = arg() == '1'
+local nreq = num()
+local states = {}
+
+local function get(k, width, span)
+	local s = states[k]
+	if s then return s end
+	s = load(k, now, width, span, field)
+	s.tent, s.add = 0, 0
 	states[k] = s
 	return s
 end
 
+-- retry walks the counted buckets oldest first (read on this, the
+-- refusal path, only) to the one whose leaving frees need units.
 local function retry(s, need)
+	if not s.b then
+		local low = math.floor(now / s.width) - s.span
+		local all = redis.call('HGETALL', s.k)
+		s.b = {}
+		for i = 1, #all, 2 do
+			local f = all[i]
+			if not META[f] and string.sub(f, 1, 2) ~= 'r:' then
+				local idx = tonumber(f)
+				if idx >= low then s.b[#s.b + 1] = {idx, tonumber(all[i + 1])} end
+			end
+		end
+		table.sort(s.b, function(x, y) return x[1] < y[1] end)
+	end
 	local freed, last = 0, 0
 	for _, b in ipairs(s.b) do
 		freed = freed + b[2]
@@ -214,20 +396,18 @@ local function retry(s, need)
 end
 
 local ok = true
-local pos = 6
 local plan = {}
 for i = 1, nreq do
-	local enforce = ARGV[pos] == '1'
-	local charge = tonumber(ARGV[pos + 1])
-	local nwin = tonumber(ARGV[pos + 2])
-	local seen = tonumber(ARGV[pos + 3])
-	local hash = ARGV[pos + 4]
-	local remember = tonumber(ARGV[pos + 5])
-	pos = pos + 6
+	local enforce = arg() == '1'
+	local charge = num()
+	local nwin = num()
+	local seen = num()
+	local hash = arg()
+	local rem = num()
 	local known = false
 	if seen > 0 then
 		local sc = redis.call('ZSCORE', KEYS[seen], hash)
-		if sc and tonumber(sc) + remember > now then
+		if sc and tonumber(sc) + rem > now then
 			known = true
 			charge = 0
 		end
@@ -235,10 +415,9 @@ for i = 1, nreq do
 	local fits = true
 	local wins = {}
 	for j = 1, nwin do
-		local s = load(KEYS[tonumber(ARGV[pos])], tonumber(ARGV[pos + 2]), tonumber(ARGV[pos + 3]))
-		local limit = tonumber(ARGV[pos + 1])
-		pos = pos + 4
-		local used = s.used + s.tent
+		local k, limit, width, span = KEYS[num()], num(), num(), num()
+		local s = get(k, width, span)
+		local used = s.c + s.r + s.tent
 		local ra = 0
 		if not known and used + charge > limit then
 			fits = false
@@ -264,120 +443,61 @@ for _, p in ipairs(plan) do
 	for _, w in ipairs(p.wins) do
 		out[#out + 1] = w.used + charged
 		out[#out + 1] = w.ra
-		if charged > 0 then
-			local s = w.s
-			s.mine = s.mine + charged
-			s.dirty = true
-		end
+		w.s.add = w.s.add + charged
 	end
 end
 
-for k, s in pairs(states) do
-	if s.dirty then
-		hdel(k, s.dead)
-		redis.call('HSET', k, field, s.mine .. ' ' .. exp)
-		local keep = exp - now
-		if s.maxexp and s.maxexp - now > keep then keep = s.maxexp - now end
-		local last = s.maxidx and (s.maxidx + s.span + 1) * s.width - now
-		if last and last > keep then keep = last end
-		redis.call('PEXPIRE', k, keep)
+if not dry then
+	for _, s in pairs(states) do
+		if s.add > 0 then
+			if s.r == 0 or exp < s.nx then s.nx = exp end
+			if exp > s.mx then s.mx = exp end
+			s.r = s.r + s.add
+			persist(s, now, {field, d(s.mine + s.add) .. ' ' .. d(exp)})
+		elseif s.dirty then
+			persist(s, now, {})
+		end
 	end
 end
 return out
 `)
 
-// commitScript counts the parts of a reservation and remembers their
-// recipients; it mirrors Memory.Commit.
-//
-// ARGV: now ms, id, number of parts, max remembered, then per part:
-// amount, number of windows, index in KEYS of the seen set (0: none),
-// recipient hash, remember ms, then per window: index in KEYS of its hash,
-// bucket width ms, span.
-var commitScript = redis.NewScript(`
-local now = tonumber(ARGV[1])
-local field = 'r:' .. ARGV[2]
-local nparts = tonumber(ARGV[3])
-local maxr = tonumber(ARGV[4])
-local pos = 5
+// script collects the KEYS and ARGV of one call of quotaScript.
+type script struct {
+	keys keyArgs
+	args []any
+}
 
-local function hdel(k, fields)
-	for i = 1, #fields, 1000 do
-		redis.call('HDEL', k, unpack(fields, i, math.min(i + 999, #fields)))
-	end
-end
+// ends appends the ends section: the commits and releases of es, in
+// order.
+func (r *Redis) ends(sc *script, es []end) {
+	sc.args = append(sc.args, len(es), r.opts.maxRemembered)
+	for _, e := range es {
+		kind := "r"
+		if e.commit {
+			kind = "c"
+		}
+		sc.args = append(sc.args, kind, e.id, e.nowMs, len(e.parts))
+		for _, p := range e.parts {
+			seen, hash, remember := 0, "", int64(0)
+			if e.commit && remembers(p.Counter, p.Recipient, p.Remember) {
+				seen, hash, remember = sc.keys.add(r.seenKey(p.Counter)), hashArg(p.Recipient), ceilMs(p.Remember)
+			}
+			sc.args = append(sc.args, p.Amount, len(p.Windows), seen, hash, remember)
+			for _, w := range p.Windows {
+				sc.args = append(sc.args, sc.keys.add(r.winKey(p.Counter, w)), widthMs(w), spanOf(w))
+			}
+		}
+	}
+}
 
-for i = 1, nparts do
-	local amount = tonumber(ARGV[pos])
-	local nwin = tonumber(ARGV[pos + 1])
-	local seen = tonumber(ARGV[pos + 2])
-	local hash = ARGV[pos + 3]
-	local remember = tonumber(ARGV[pos + 4])
-	pos = pos + 5
-	for j = 1, nwin do
-		local k = KEYS[tonumber(ARGV[pos])]
-		local width = tonumber(ARGV[pos + 1])
-		local span = tonumber(ARGV[pos + 2])
-		pos = pos + 3
-		local low = math.floor(now / width) - span
-		local all = redis.call('HGETALL', k)
-		local dead, mine, maxidx, maxexp = {}, false, nil, nil
-		for x = 1, #all, 2 do
-			local f, v = all[x], all[x + 1]
-			if f == field then
-				mine = true
-				dead[#dead + 1] = f
-			elseif string.sub(f, 1, 2) == 'r:' then
-				local e = tonumber(string.sub(v, string.find(v, ' ', 1, true) + 1))
-				if e > now then
-					if not maxexp or e > maxexp then maxexp = e end
-				else
-					dead[#dead + 1] = f
-				end
-			else
-				local idx = tonumber(f)
-				if idx >= low then
-					if not maxidx or idx > maxidx then maxidx = idx end
-				else
-					dead[#dead + 1] = f
-				end
-			end
-		end
-		if amount > 0 or mine then
-			hdel(k, dead)
-			if amount > 0 then
-				local idx = math.floor(now / width)
-				redis.call('HINCRBY', k, idx, amount)
-				if not maxidx or idx > maxidx then maxidx = idx end
-			end
-			local keep = 0
-			if maxexp then keep = maxexp - now end
-			if maxidx and (maxidx + span + 1) * width - now > keep then keep = (maxidx + span + 1) * width - now end
-			if keep > 0 then redis.call('PEXPIRE', k, keep) end
-		end
-	end
-	if seen > 0 then
-		local sk = KEYS[seen]
-		local cur = redis.call('ZSCORE', sk, hash)
-		if not cur or tonumber(cur) < now then redis.call('ZADD', sk, now, hash) end
-		redis.call('ZREMRANGEBYSCORE', sk, '-inf', now - remember)
-		local n = redis.call('ZCARD', sk)
-		if n > maxr then redis.call('ZREMRANGEBYRANK', sk, 0, n - maxr - 1) end
-		local top = redis.call('ZRANGE', sk, -1, -1, 'WITHSCORES')
-		if top[2] then
-			local keep = tonumber(top[2]) + remember - now
-			if keep > 0 then redis.call('PEXPIRE', sk, keep) else redis.call('DEL', sk) end
-		end
-	end
-end
-return 0
-`)
-
-// releaseScript drops reservation ARGV[1] from every window hash in KEYS.
-var releaseScript = redis.NewScript(`
-local field = 'r:' .. ARGV[1]
-for _, k in ipairs(KEYS) do redis.call('HDEL', k, field) end
-return 0
-`)
+// end is one Commit (commit true) or Release of reservation id.
+type end struct {
+	commit bool
+	id     string
+	nowMs  int64 // Commit's now; unused by a Release
+	parts  []Part
+}
 
 // Reserve implements Store in one round trip.
 func (r *Redis) Reserve(ctx context.Context, id string, now time.Time, ttl time.Duration, reqs []Request) ([]Result, bool, error) {
@@ -388,20 +508,20 @@ func (r *Redis) Reserve(ctx context.Context, id string, now time.Time, ttl time.
 }
 
 func (r *Redis) reserve(ctx context.Context, id string, now time.Time, ttl time.Duration, reqs []Request, dry bool) ([]Result, bool, error) {
-	var keys keyArgs
-	args := make([]any, 0, 5+8*len(reqs))
-	args = append(args, now.UnixMilli(), ttlMs(ttl), id, boolArg(dry), len(reqs))
+	sc := script{args: make([]any, 0, 8+8*len(reqs))}
+	r.ends(&sc, nil)
+	sc.args = append(sc.args, 1, now.UnixMilli(), ttlMs(ttl), id, boolArg(dry), len(reqs))
 	for _, q := range reqs {
 		seen, hash, remember := 0, "", int64(0)
 		if remembers(q.Counter, q.Recipient, q.Remember) {
-			seen, hash, remember = keys.add(r.seenKey(q.Counter)), hashArg(q.Recipient), ceilMs(q.Remember)
+			seen, hash, remember = sc.keys.add(r.seenKey(q.Counter)), hashArg(q.Recipient), ceilMs(q.Remember)
 		}
-		args = append(args, boolArg(q.Enforce), q.Amount, len(q.Windows), seen, hash, remember)
+		sc.args = append(sc.args, boolArg(q.Enforce), q.Amount, len(q.Windows), seen, hash, remember)
 		for _, w := range q.Windows {
-			args = append(args, keys.add(r.winKey(q.Counter, w)), w.Limit, widthMs(w), spanOf(w))
+			sc.args = append(sc.args, sc.keys.add(r.winKey(q.Counter, w)), w.Limit, widthMs(w), spanOf(w))
 		}
 	}
-	vals, err := reserveScript.Run(ctx, r.rdb, keys.names, args...).Int64Slice()
+	vals, err := quotaScript.Run(ctx, r.rdb, sc.keys.names, sc.args...).Int64Slice()
 	if err != nil {
 		return nil, false, unavailable(err)
 	}
@@ -410,7 +530,7 @@ func (r *Redis) reserve(ctx context.Context, id string, now time.Time, ttl time.
 		want += 2 + 2*len(q.Windows)
 	}
 	if len(vals) != want {
-		return nil, false, unavailable(fmt.Errorf("reserve script replied %d values, want %d", len(vals), want))
+		return nil, false, unavailable(fmt.Errorf("quota script replied %d values, want %d", len(vals), want))
 	}
 	results := make([]Result, len(reqs))
 	pos := 1
@@ -438,48 +558,31 @@ func hashArg(rcpt string) string {
 	return strconv.FormatUint(recipientHash(rcpt), 16)
 }
 
-// Commit implements Store in one round trip.
-func (r *Redis) Commit(ctx context.Context, id string, now time.Time, parts []Part) error {
-	if err := checkParts(parts); err != nil {
-		return err
-	}
-	var keys keyArgs
-	args := make([]any, 0, 4+7*len(parts))
-	args = append(args, now.UnixMilli(), id, len(parts), r.opts.maxRemembered)
-	for _, p := range parts {
-		seen, hash, remember := 0, "", int64(0)
-		if remembers(p.Counter, p.Recipient, p.Remember) {
-			seen, hash, remember = keys.add(r.seenKey(p.Counter)), hashArg(p.Recipient), ceilMs(p.Remember)
-		}
-		args = append(args, p.Amount, len(p.Windows), seen, hash, remember)
-		for _, w := range p.Windows {
-			args = append(args, keys.add(r.winKey(p.Counter, w)), widthMs(w), spanOf(w))
-		}
-	}
-	if len(keys.names) == 0 {
+// runEnds applies es in one round trip.
+func (r *Redis) runEnds(ctx context.Context, es []end) error {
+	var sc script
+	r.ends(&sc, es)
+	if len(sc.keys.names) == 0 {
 		return nil
 	}
-	if err := commitScript.Run(ctx, r.rdb, keys.names, args...).Err(); err != nil {
+	sc.args = append(sc.args, 0)
+	if err := quotaScript.Run(ctx, r.rdb, sc.keys.names, sc.args...).Err(); err != nil {
 		return unavailable(err)
 	}
 	return nil
 }
 
+// Commit implements Store in one round trip.
+func (r *Redis) Commit(ctx context.Context, id string, now time.Time, parts []Part) error {
+	if err := checkParts(parts); err != nil {
+		return err
+	}
+	return r.runEnds(ctx, []end{{commit: true, id: id, nowMs: now.UnixMilli(), parts: parts}})
+}
+
 // Release implements Store in one round trip.
 func (r *Redis) Release(ctx context.Context, id string, parts []Part) error {
-	var keys keyArgs
-	for _, p := range parts {
-		for _, w := range p.Windows {
-			keys.add(r.winKey(p.Counter, w))
-		}
-	}
-	if len(keys.names) == 0 {
-		return nil
-	}
-	if err := releaseScript.Run(ctx, r.rdb, keys.names, id).Err(); err != nil {
-		return unavailable(err)
-	}
-	return nil
+	return r.runEnds(ctx, []end{{id: id, parts: parts}})
 }
 
 // Levels implements Store in one round trip. A window's RetryAfter is for

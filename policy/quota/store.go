@@ -70,16 +70,31 @@
 //	PREFIXquota:QUOTA:KIND:PERIODMS:KEY  hash, one per counter and window
 //	    "<bucket index>" -> committed units of that bucket
 //	    "r:<id>"         -> "<units> <expiry ms>" of a reservation
+//	    "c"  -> the sum of the buckets present
+//	    "r"  -> the sum of the reservations present
+//	    "lo" -> every bucket below this index has been dropped
+//	    "hi" -> no bucket above this index
+//	    "nx" -> no reservation expires before this ms (0: none)
+//	    "mx" -> no reservation expires after this ms (0: none)
 //	PREFIXquota:QUOTA:seen:KEY           sorted set, NewRecipients memory
 //	    hex of 64 bits of SHA-256(recipient) -> ms of the last commit to it
 //
-// Scripts drop buckets that left the window and expired reservations of
-// a hash they write, and set its PEXPIRE to when its last bucket leaves
-// or its last reservation expires, whichever is later; a seen set keeps
-// at most WithMaxRemembered members and expires Remember after its latest
+// The running totals make a call O(1) in the number of buckets and
+// reservations of a hash: buckets that left the window since the last
+// call are read by index (HMGET lo..now's oldest-1) and dropped, and the
+// whole hash is read only when a reservation may have expired (now >= nx;
+// since a Commit or Release leaves nx behind, that is about once per
+// reservation ttl on a busy hash), when the hash has no totals (written
+// by an older version: rebuilt on first use), or on the refusal path for
+// RetryAfter. A hash whose buckets all left and whose reservations all
+// ended is deleted; otherwise its PEXPIRE is when its last bucket leaves
+// or its last reservation could expire (mx, which a Commit or Release
+// may leave up to one ttl late), whichever is later; a seen set keeps at
+// most WithMaxRemembered members and expires Remember after its latest
 // commit. So Redis holds nothing for a key idle longer than its longest
-// window (or its remember). Reserve, Commit and Release are each one
-// script (one round trip); Keys and Reset SCAN. The scripts use the
+// window (or its remember, or the ttl of its last reservation). Reserve,
+// Commit and Release are each one script (one round trip); Keys and
+// Reset SCAN. The scripts use the
 // caller's clock, so instances need NTP-synchronized clocks: the error
 // bound grows by their skew. Redis Cluster is not supported (one script
 // touches the keys of several quotas and keys, in any slots). Tested with
