@@ -35,6 +35,7 @@ type Redis struct {
 	rdb    redis.UniversalClient
 	prefix string
 	opts   options
+	batch  *batch // nil without WithBatch
 }
 
 var _ Store = (*Redis)(nil)
@@ -43,7 +44,11 @@ var _ Store = (*Redis)(nil)
 // several deployments can share a server. rdb's own timeouts and retries
 // apply; the context of each call bounds it too.
 func NewRedis(rdb redis.UniversalClient, prefix string, opts ...Option) *Redis {
-	return &Redis{rdb: rdb, prefix: prefix, opts: buildOptions(opts)}
+	r := &Redis{rdb: rdb, prefix: prefix, opts: buildOptions(opts)}
+	if r.opts.batch > 0 {
+		r.batch = &batch{r: r, interval: r.opts.batch, log: r.opts.log}
+	}
+	return r
 }
 
 // unavailable wraps a failure to use Redis.
@@ -572,17 +577,27 @@ func (r *Redis) runEnds(ctx context.Context, es []end) error {
 	return nil
 }
 
-// Commit implements Store in one round trip.
+// Commit implements Store in one round trip, or, WithBatch, by queueing
+// the commit for the next flush (it keeps parts until then).
 func (r *Redis) Commit(ctx context.Context, id string, now time.Time, parts []Part) error {
 	if err := checkParts(parts); err != nil {
 		return err
 	}
-	return r.runEnds(ctx, []end{{commit: true, id: id, nowMs: now.UnixMilli(), parts: parts}})
+	e := end{commit: true, id: id, nowMs: now.UnixMilli(), parts: parts}
+	if r.batch != nil && r.batch.add(e) {
+		return nil
+	}
+	return r.runEnds(ctx, []end{e})
 }
 
-// Release implements Store in one round trip.
+// Release implements Store in one round trip, or, WithBatch, by queueing
+// the release for the next flush (it keeps parts until then).
 func (r *Redis) Release(ctx context.Context, id string, parts []Part) error {
-	return r.runEnds(ctx, []end{{id: id, parts: parts}})
+	e := end{id: id, parts: parts}
+	if r.batch != nil && r.batch.add(e) {
+		return nil
+	}
+	return r.runEnds(ctx, []end{e})
 }
 
 // Levels implements Store in one round trip. A window's RetryAfter is for

@@ -211,8 +211,23 @@ type Store interface {
 	// Commit turns the units of id into counted usage at now (units whose
 	// reservation expired are counted all the same: the mail went out) and
 	// remembers the new recipients.
+	//
+	// When it returns nil the units are counted, except in a Redis store
+	// made WithBatch, where the commit is only queued (the store keeps
+	// parts: the caller must not change them): it is applied within the
+	// batch interval plus one round trip, by a flush whose failure is
+	// logged, not returned (the units are then not counted: their
+	// reservation expires after its ttl). Until it is applied the units
+	// still count as reserved, so no limit is ever exceeded meanwhile; a
+	// crash loses the commits still queued (under-counted like a failed
+	// Commit).
 	Commit(ctx context.Context, id string, now time.Time, parts []Part) error
-	// Release drops the reservation id; nothing is counted.
+	// Release drops the reservation id; nothing is counted. When it
+	// returns nil the units are free, except WithBatch, as for Commit:
+	// they are freed within the batch interval plus one round trip (or
+	// when the reservation expires, if the flush fails or the process
+	// dies first), and until then a reservation that would have fit may
+	// be refused.
 	Release(ctx context.Context, id string, parts []Part) error
 	// Levels reports the windows of c at now without changing anything;
 	// a window's RetryAfter is for one more unit (non-zero when full).
@@ -223,4 +238,10 @@ type Store interface {
 	// Reset forgets every counter, reservation and remembered recipient
 	// of key under quota.
 	Reset(ctx context.Context, quota, key string) error
+	// Close applies what the store still holds for later (the queued
+	// commits and releases of a Redis store made WithBatch) before the
+	// process exits; Commit and Release keep working after it, each
+	// applied at once. It does not close a Redis client, which belongs to
+	// the caller.
+	Close(ctx context.Context) error
 }

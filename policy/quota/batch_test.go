@@ -1,0 +1,187 @@
+package quota
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strings"
+	"testing"
+	"time"
+)
+
+// flushed is a Redis store made WithBatch whose reads flush first, so
+// that the conformance suite, which reads right after it writes, sees
+// every Commit and Release; they are applied by the batch script, several
+// per round trip when several were queued.
+type flushed struct{ *Redis }
+
+func (f flushed) Reserve(ctx context.Context, id string, now time.Time, ttl time.Duration, reqs []Request) ([]Result, bool, error) {
+	if err := f.Flush(ctx); err != nil {
+		return nil, false, err
+	}
+	return f.Redis.Reserve(ctx, id, now, ttl, reqs)
+}
+
+func (f flushed) Levels(ctx context.Context, now time.Time, c Counter, windows []Window) ([]Level, error) {
+	if err := f.Flush(ctx); err != nil {
+		return nil, err
+	}
+	return f.Redis.Levels(ctx, now, c, windows)
+}
+
+func (f flushed) Keys(ctx context.Context, quota string, limit int) ([]string, error) {
+	if err := f.Flush(ctx); err != nil {
+		return nil, err
+	}
+	return f.Redis.Keys(ctx, quota, limit)
+}
+
+func (f flushed) Reset(ctx context.Context, quota, key string) error {
+	if err := f.Flush(ctx); err != nil {
+		return err
+	}
+	return f.Redis.Reset(ctx, quota, key)
+}
+
+// TestRedisBatched: a store made WithBatch (an interval no test reaches:
+// only Flush applies the queue) passes the conformance suite.
+func TestRedisBatched(t *testing.T) {
+	_, newStore := redisServer(t)
+	testStore(t, func(t *testing.T, opts ...Option) Store {
+		return flushed{newStore(t, append(opts, WithBatch(time.Hour))...)}
+	})
+}
+
+// TestStoresAgreeBatched: the random operations of TestStoresAgree, with
+// the commits and releases between two reads applied in one round trip.
+func TestStoresAgreeBatched(t *testing.T) {
+	_, newStore := redisServer(t)
+	stores := []Store{NewMemory(WithMaxRemembered(4)), flushed{newStore(t, WithMaxRemembered(4), WithBatch(time.Hour))}}
+	rng := rand.New(rand.NewPCG(3, 4))
+	agree(t, stores, rng, 1500, func() time.Duration { return time.Duration(rng.IntN(3000)) * time.Millisecond })
+}
+
+// TestRedisBatchRoundTrips: queued commits and releases cost no command
+// until a flush, which sends them in one (256 at most); Close flushes and
+// makes later calls synchronous.
+func TestRedisBatchRoundTrips(t *testing.T) {
+	srv, _ := redisServer(t)
+	rdb := newClient(t, srv.Addr())
+	hook := &countHook{}
+	rdb.AddHook(hook)
+	s := NewRedis(rdb, "batch:", WithBatch(time.Hour))
+	other := NewRedis(newClient(t, srv.Addr()), "batch:") // another instance
+	reqs := threeQuotas("alice@example.com", "bob@example.net")
+	var parts [][]Part
+	for i := range 20 {
+		res, ok, err := s.Reserve(ctx, fmt.Sprint("m", i), at(0), time.Minute, reqs)
+		if err != nil || !ok {
+			t.Fatalf("Reserve: %v %v", ok, err)
+		}
+		parts = append(parts, partsOf(reqs, res))
+	}
+	commands := func(what string, want int64) {
+		t.Helper()
+		if n := hook.n.Swap(0); n != want {
+			t.Errorf("%s: %d commands, want %d", what, n, want)
+		}
+	}
+	hook.n.Store(0)
+	for i := range 20 {
+		var err error
+		if i%2 == 0 {
+			err = s.Commit(ctx, fmt.Sprint("m", i), at(time.Second), parts[i])
+		} else {
+			err = s.Release(ctx, fmt.Sprint("m", i), parts[i])
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	commands("20 queued ends", 0)
+	// Queued: still reserved, so still counted, for every instance.
+	eqUsed(t, "queued", storeHelper{t, other}.used(at(time.Second), reqs[0].Counter, reqs[0].Windows...), 20, 20)
+	if err := s.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	commands("Flush", 1)
+	eqUsed(t, "flushed", storeHelper{t, other}.used(at(time.Second), reqs[0].Counter, reqs[0].Windows...), 10, 10)
+	if err := s.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	commands("Flush of nothing", 0)
+
+	// maxBatch queued start a flush at once; Close sends the rest.
+	one := []Part{partOf(msgs(1, perHour(1<<40)))}
+	for i := range maxBatch + 1 {
+		if err := s.Commit(ctx, fmt.Sprint("b", i), at(time.Second), one); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	commands("maxBatch+1 commits and Close", 2)
+	eqUsed(t, "closed", storeHelper{t, other}.used(at(time.Second), cMsgs, perHour(1<<40)), maxBatch+1)
+	if err := s.Commit(ctx, "late", at(time.Second), one); err != nil {
+		t.Fatal(err)
+	}
+	commands("Commit after Close", 1)
+}
+
+// TestRedisBatchTimer: without Flush, the queue is applied by the timer.
+func TestRedisBatchTimer(t *testing.T) {
+	srv, _ := redisServer(t)
+	s := NewRedis(newClient(t, srv.Addr()), "timer:", WithBatch(time.Millisecond))
+	other := NewRedis(newClient(t, srv.Addr()), "timer:")
+	w := perMinute(10)
+	h := storeHelper{t, s}
+	if _, ok := h.reserve("a", at(0), time.Minute, msgs(3, w)); !ok {
+		t.Fatal("refused")
+	}
+	h.release("a", partOf(msgs(3, w)))
+	deadline := time.Now().Add(10 * time.Second)
+	for (storeHelper{t, other}).used(at(0), cMsgs, w)[0] != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("release not applied without Flush")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestRedisBatchLost: a flush that cannot reach Redis logs what it lost
+// and Flush returns the error; the queue does not keep them.
+func TestRedisBatchLost(t *testing.T) {
+	srv, _ := redisServer(t)
+	var logs bytes.Buffer
+	s := NewRedis(newClient(t, srv.Addr()), "lost:", WithBatch(time.Hour),
+		WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+	req := msgs(1, perMinute(5))
+	if _, ok, err := s.Reserve(ctx, "a", at(0), time.Minute, []Request{req}); err != nil || !ok {
+		t.Fatalf("Reserve: %v %v", ok, err)
+	}
+	srv.Stop()
+	if err := s.Commit(ctx, "a", at(0), []Part{partOf(req)}); err != nil {
+		t.Fatalf("queued Commit: %v", err)
+	}
+	if err := s.Release(ctx, "b", []Part{partOf(req)}); err != nil {
+		t.Fatalf("queued Release: %v", err)
+	}
+	if err := s.Flush(ctx); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Flush with Redis down: %v, want ErrUnavailable", err)
+	}
+	if !strings.Contains(logs.String(), "quota updates lost") || !strings.Contains(logs.String(), "commits=1 releases=1") {
+		t.Errorf("log: %s", logs.String())
+	}
+	srv.Restart(t)
+	h := storeHelper{t, s}
+	h.send("c", at(0), req)
+	if err := s.Flush(ctx); err != nil {
+		t.Fatalf("Flush after restart: %v", err)
+	}
+	// The restarted server is empty: only c counts.
+	eqUsed(t, "after restart", h.used(at(0), cMsgs, req.Windows...), 1)
+}
