@@ -70,7 +70,7 @@ func TestStoresAgreeBatched(t *testing.T) {
 func TestRedisBatchRoundTrips(t *testing.T) {
 	srv, _ := redisServer(t)
 	rdb := newClient(t, srv.Addr())
-	hook := &countHook{}
+	hook := &countHook{scripts: true} // not the HELLO of a new connection
 	rdb.AddHook(hook)
 	s := NewRedis(rdb, "batch:", WithBatch(time.Hour))
 	other := NewRedis(newClient(t, srv.Addr()), "batch:") // another instance
