@@ -36,6 +36,10 @@ type batch struct {
 	timer   *time.Timer                // armed while queue is not empty
 	closed  bool                       // after Close: Commit and Release are synchronous
 	running map[chan struct{}]struct{} // flushes on their way, closed when done
+
+	rmu      sync.Mutex
+	rbusy    bool           // a Reserve round trip is on its way
+	rpending []*reserveCall // Reserves waiting for the next one
 }
 
 // add queues e and reports whether it did (false after Close).
@@ -171,4 +175,94 @@ func (r *Redis) Close(ctx context.Context) error {
 		return nil
 	}
 	return r.batch.flush(ctx, true)
+}
+
+// Concurrent Reserves share round trips: while one is on its way, the
+// Reserves that arrive wait and then go together, in one call of the
+// script (which checks them one after the other, so exactly as if they
+// had come one by one). A Reserve alone goes at once, on its own
+// context; a shared round trip runs on a context of its own, bounded by
+// flushTimeout, and a caller whose context ends meanwhile returns at
+// once: should its reservation be made all the same, it is released.
+
+// waiting states of a reserveCall in a shared round trip.
+const (
+	callWaiting int32 = iota
+	callDone
+	callAbandoned
+)
+
+// reserve checks c now, or in the next shared round trip when one is on
+// its way.
+func (b *batch) reserve(ctx context.Context, c *reserveCall) ([]Result, bool, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, false, unavailable(err)
+	}
+	b.rmu.Lock()
+	if b.rbusy {
+		c.done = make(chan struct{})
+		b.rpending = append(b.rpending, c)
+		b.rmu.Unlock()
+		select {
+		case <-c.done:
+			return c.res, c.ok, c.err
+		case <-ctx.Done():
+			if c.state.CompareAndSwap(callWaiting, callAbandoned) {
+				return nil, false, unavailable(ctx.Err())
+			}
+			<-c.done
+			return c.res, c.ok, c.err
+		}
+	}
+	b.rbusy = true
+	b.rmu.Unlock()
+	err := b.r.runReserves(ctx, []*reserveCall{c})
+	b.nextReserves()
+	if err != nil {
+		return nil, false, err
+	}
+	return c.res, c.ok, c.err
+}
+
+// nextReserves starts the round trip of the Reserves that queued up
+// meanwhile, or notes that none is on its way.
+func (b *batch) nextReserves() {
+	b.rmu.Lock()
+	calls := b.rpending
+	b.rpending = nil
+	if len(calls) == 0 {
+		b.rbusy = false
+		b.rmu.Unlock()
+		return
+	}
+	b.rmu.Unlock()
+	go b.shared(calls)
+}
+
+// shared runs calls in one round trip, hands each caller its result (or
+// releases what an abandoned caller reserved) and starts the next.
+func (b *batch) shared(calls []*reserveCall) {
+	ctx, cancel := context.WithTimeout(context.Background(), flushTimeout)
+	err := b.r.runReserves(ctx, calls)
+	cancel()
+	for _, c := range calls {
+		if err != nil {
+			c.res, c.ok, c.err = nil, false, err
+		}
+		if !c.state.CompareAndSwap(callWaiting, callDone) && err == nil && c.ok {
+			parts := make([]Part, 0, len(c.reqs))
+			for i, q := range c.reqs {
+				if c.res[i].Charged > 0 {
+					parts = append(parts, Part{Counter: q.Counter, Windows: q.Windows, Amount: c.res[i].Charged})
+				}
+			}
+			if !b.add(end{id: c.id, parts: parts}) {
+				ctx, cancel := context.WithTimeout(context.Background(), flushTimeout)
+				b.send(ctx, []end{{id: c.id, parts: parts}})
+				cancel()
+			}
+		}
+		close(c.done)
+	}
+	b.nextReserves()
 }

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // flushed is a Redis store made WithBatch whose reads flush first, so
@@ -184,4 +186,97 @@ func TestRedisBatchLost(t *testing.T) {
 	}
 	// The restarted server is empty: only c counts.
 	eqUsed(t, "after restart", h.used(at(0), cMsgs, req.Windows...), 1)
+}
+
+// TestRedisBatchExactTwoInstances: two instances made WithBatch, whose
+// concurrent Reserves share round trips, grant exactly the limit.
+func TestRedisBatchExactTwoInstances(t *testing.T) {
+	srv, _ := redisServer(t)
+	a := NewRedis(newClient(t, srv.Addr()), "exact:", WithBatch(time.Millisecond))
+	b := NewRedis(newClient(t, srv.Addr()), "exact:", WithBatch(time.Millisecond))
+	testExact(t, a, b)
+}
+
+// gateHook holds every script until the test lets it go.
+type gateHook struct {
+	countHook
+	gate chan struct{}
+}
+
+func (h *gateHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if name := cmd.Name(); name == "evalsha" || name == "eval" {
+			<-h.gate
+		}
+		return next(ctx, cmd)
+	}
+}
+
+// TestRedisBatchSharedReserves: Reserves that arrive while one is on its
+// way go together in the next round trip; one whose caller gave up is
+// released when its reservation was made.
+func TestRedisBatchSharedReserves(t *testing.T) {
+	srv, _ := redisServer(t)
+	rdb := newClient(t, srv.Addr())
+	hook := &gateHook{gate: make(chan struct{})}
+	rdb.AddHook(hook)
+	s := NewRedis(rdb, "shared:", WithBatch(time.Hour))
+	other := storeHelper{t, NewRedis(newClient(t, srv.Addr()), "shared:")}
+	w := perMinute(10)
+	eqUsed(t, "before", other.used(at(0), cMsgs, w), 0) // loads the script: one command per round trip
+	pending := func(n int) {
+		t.Helper()
+		for {
+			s.batch.rmu.Lock()
+			got := len(s.batch.rpending)
+			s.batch.rmu.Unlock()
+			if got == n {
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	type reply struct {
+		ok  bool
+		err error
+	}
+	replies := make(chan reply, 3)
+	reserve := func(ctx context.Context, id string) {
+		_, ok, err := s.Reserve(ctx, id, at(0), time.Minute, []Request{msgs(1, w)})
+		replies <- reply{ok, err}
+	}
+	go reserve(ctx, "lead") // held by the gate
+	// Wait until the leader is on its way, then queue two behind it.
+	for {
+		s.batch.rmu.Lock()
+		busy := s.batch.rbusy
+		s.batch.rmu.Unlock()
+		if busy {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	go reserve(ctx, "second")
+	pending(1)
+	gaveUp, cancel := context.WithCancel(ctx)
+	go reserve(gaveUp, "gave-up")
+	pending(2)
+	cancel()
+	if r := <-replies; !errors.Is(r.err, context.Canceled) || !errors.Is(r.err, ErrUnavailable) {
+		t.Fatalf("caller that gave up: %+v, want ErrUnavailable and context.Canceled", r)
+	}
+	hook.gate <- struct{}{} // the leader
+	hook.gate <- struct{}{} // one round trip for the two that waited
+	for range 2 {
+		if r := <-replies; !r.ok || r.err != nil {
+			t.Errorf("Reserve: %+v", r)
+		}
+	}
+	// The round trips: the leader's, then the shared one.
+	close(hook.gate)
+	if err := s.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// lead and second hold 2; gave-up's unit was released.
+	eqUsed(t, "after", other.used(at(0), cMsgs, w), 2)
 }

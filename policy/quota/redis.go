@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -182,10 +183,8 @@ local pos = 1
 local function arg() pos = pos + 1; return ARGV[pos - 1] end
 local function num() return tonumber(arg()) end
 
-local META = {lo = true, c = true, r = true, hi = true, nx = true, mx = true}
+local META = {lo = true, c = true, r = true, hi = true, nx = true, mx = true, ex = true}
 
--- d writes an integer in full (Lua's own conversions may use exponents)
-local function d(n) return string.format('%d', n) end
 
 local function hdel(k, fields)
 	for i = 1, #fields, 1000 do
@@ -238,11 +237,11 @@ end
 local function load(k, now, width, span, field, idx)
 	local v
 	if idx then
-		v = redis.call('HMGET', k, 'lo', 'c', 'r', 'hi', 'nx', 'mx', field, d(idx))
+		v = redis.call('HMGET', k, 'lo', 'c', 'r', 'hi', 'nx', 'mx', 'ex', field, idx)
 	else
-		v = redis.call('HMGET', k, 'lo', 'c', 'r', 'hi', 'nx', 'mx', field)
+		v = redis.call('HMGET', k, 'lo', 'c', 'r', 'hi', 'nx', 'mx', 'ex', field)
 	end
-	local s = {k = k, width = width, span = span, del = {}, dirty = false, mine = 0, bucket = tonumber(v[8]) or 0}
+	local s = {k = k, width = width, span = span, del = {}, dirty = false, mine = 0, bucket = tonumber(v[9]) or 0, ex = tonumber(v[7]) or 0}
 	local low = math.floor(now / width) - span
 	if not v[1] then
 		rebuild(s, now, low, field)
@@ -254,7 +253,7 @@ local function load(k, now, width, span, field, idx)
 		return s
 	end
 	-- every reservation field is live: s.r is exact
-	if v[7] then s.mine = parseres(v[7]) end
+	if v[8] then s.mine = parseres(v[8]) end
 	if low > s.lo then
 		local top = math.min(low - 1, s.hi)
 		if top - s.lo > span + 1 then
@@ -263,7 +262,7 @@ local function load(k, now, width, span, field, idx)
 		end
 		if top >= s.lo then
 			local idxs = {}
-			for i = s.lo, top do idxs[#idxs + 1] = d(i) end
+			for i = s.lo, top do idxs[#idxs + 1] = i end
 			local got = redis.call('HMGET', k, unpack(idxs))
 			for j = 1, #idxs do
 				if got[j] then
@@ -284,26 +283,31 @@ end
 -- deleted.
 local function persist(s, now, extra)
 	if s.r <= 0 then s.r, s.nx, s.mx = 0, 0, 0 end
-	local keep = math.max(s.mx, (s.hi + s.span + 1) * s.width) - now
-	if (s.c <= 0 and s.r <= 0) or keep <= 0 then
+	local need = math.max(s.mx, (s.hi + s.span + 1) * s.width)
+	if (s.c <= 0 and s.r <= 0) or need <= now then
 		redis.call('DEL', s.k)
 		return
 	end
+	-- ex: when the hash expires (set on the clock of the caller that set
+	-- it); moved one bucket past what is needed, so that a busy hash
+	-- sets it about once per bucket width, not on every call
+	local ex = s.ex
+	if ex < need then ex = need + s.width end
 	if #s.del > 0 then hdel(s.k, s.del) end
-	redis.call('HSET', s.k, 'lo', d(s.lo), 'c', d(s.c), 'r', d(s.r), 'hi', d(s.hi), 'nx', d(s.nx), 'mx', d(s.mx), unpack(extra))
-	redis.call('PEXPIRE', s.k, d(keep))
+	redis.call('HSET', s.k, 'lo', s.lo, 'c', s.c, 'r', s.r, 'hi', s.hi, 'nx', s.nx, 'mx', s.mx, 'ex', ex, unpack(extra))
+	if ex ~= s.ex then redis.call('PEXPIRE', s.k, ex - now) end
 end
 
 local function remember(sk, hash, now, rem, maxr)
 	local cur = redis.call('ZSCORE', sk, hash)
-	if not cur or tonumber(cur) < now then redis.call('ZADD', sk, d(now), hash) end
-	redis.call('ZREMRANGEBYSCORE', sk, '-inf', d(now - rem))
+	if not cur or tonumber(cur) < now then redis.call('ZADD', sk, now, hash) end
+	redis.call('ZREMRANGEBYSCORE', sk, '-inf', now - rem)
 	local n = redis.call('ZCARD', sk)
 	if n > maxr then redis.call('ZREMRANGEBYRANK', sk, 0, n - maxr - 1) end
 	local top = redis.call('ZRANGE', sk, -1, -1, 'WITHSCORES')
 	if top[2] then
 		local keep = tonumber(top[2]) + rem - now
-		if keep > 0 then redis.call('PEXPIRE', sk, d(keep)) else redis.call('DEL', sk) end
+		if keep > 0 then redis.call('PEXPIRE', sk, keep) else redis.call('DEL', sk) end
 	end
 end
 
@@ -335,7 +339,7 @@ for _ = 1, nends do
 					-- a clock more than a period behind the one that last
 					-- wrote: buckets below lo are gone, so lo moves down
 					if idx < s.lo then s.lo = idx end
-					extra = {d(idx), d(s.bucket + amount)}
+					extra = {idx, s.bucket + amount}
 					s.c = s.c + amount
 					if idx > s.hi then s.hi = idx end
 					changed = true
@@ -347,7 +351,7 @@ for _ = 1, nends do
 					redis.call('HDEL', k, field)
 					if v[2] then
 						local r = tonumber(v[2]) - parseres(v[1])
-						if r > 0 then redis.call('HSET', k, 'r', d(r)) else redis.call('HSET', k, 'r', 0, 'nx', 0, 'mx', 0) end
+						if r > 0 then redis.call('HSET', k, 'r', r) else redis.call('HSET', k, 'r', 0, 'nx', 0, 'mx', 0) end
 					end
 				end
 			end
@@ -356,114 +360,121 @@ for _ = 1, nends do
 	end
 end
 
-if num() == 0 then return 0 end
+local out = {}
+-- reserve checks (and, unless dry, reserves) one list of requests and
+-- appends its reply to out.
+local function reserve()
+	local now = num()
+	local ttl = num()
+	local field = 'r:' .. arg()
+	local dry = arg() == '1'
+	local nreq = num()
+	local states = {}
 
-local now = num()
-local ttl = num()
-local field = 'r:' .. arg()
-local dry = arg() == '1'
-local nreq = num()
-local states = {}
+	local function get(k, width, span)
+		local s = states[k]
+		if s then return s end
+		s = load(k, now, width, span, field)
+		s.tent, s.add = 0, 0
+		states[k] = s
+		return s
+	end
 
-local function get(k, width, span)
-	local s = states[k]
-	if s then return s end
-	s = load(k, now, width, span, field)
-	s.tent, s.add = 0, 0
-	states[k] = s
-	return s
-end
+	-- retry walks the counted buckets oldest first (read on this, the
+	-- refusal path, only) to the one whose leaving frees need units.
+	local function retry(s, need)
+		if not s.b then
+			local low = math.floor(now / s.width) - s.span
+			local all = redis.call('HGETALL', s.k)
+			s.b = {}
+			for i = 1, #all, 2 do
+				local f = all[i]
+				if not META[f] and string.sub(f, 1, 2) ~= 'r:' then
+					local idx = tonumber(f)
+					if idx >= low then s.b[#s.b + 1] = {idx, tonumber(all[i + 1])} end
+				end
+			end
+			table.sort(s.b, function(x, y) return x[1] < y[1] end)
+		end
+		local freed, last = 0, 0
+		for _, b in ipairs(s.b) do
+			freed = freed + b[2]
+			last = (b[1] + s.span + 1) * s.width - now
+			if freed >= need then return last end
+		end
+		if last > s.width then return last end
+		return s.width
+	end
 
--- retry walks the counted buckets oldest first (read on this, the
--- refusal path, only) to the one whose leaving frees need units.
-local function retry(s, need)
-	if not s.b then
-		local low = math.floor(now / s.width) - s.span
-		local all = redis.call('HGETALL', s.k)
-		s.b = {}
-		for i = 1, #all, 2 do
-			local f = all[i]
-			if not META[f] and string.sub(f, 1, 2) ~= 'r:' then
-				local idx = tonumber(f)
-				if idx >= low then s.b[#s.b + 1] = {idx, tonumber(all[i + 1])} end
+	local ok = true
+	local plan = {}
+	for i = 1, nreq do
+		local enforce = arg() == '1'
+		local charge = num()
+		local nwin = num()
+		local seen = num()
+		local hash = arg()
+		local rem = num()
+		local known = false
+		if seen > 0 then
+			local sc = redis.call('ZSCORE', KEYS[seen], hash)
+			if sc and tonumber(sc) + rem > now then
+				known = true
+				charge = 0
 			end
 		end
-		table.sort(s.b, function(x, y) return x[1] < y[1] end)
+		local fits = true
+		local wins = {}
+		for j = 1, nwin do
+			local k, limit, width, span = KEYS[num()], num(), num(), num()
+			local s = get(k, width, span)
+			local used = s.c + s.r + s.tent
+			local ra = 0
+			if not known and used + charge > limit then
+				fits = false
+				ra = retry(s, used + charge - limit)
+			end
+			wins[j] = {s = s, used = used, ra = ra}
+		end
+		if not fits and enforce then ok = false end
+		if fits or not enforce then
+			for _, w in ipairs(wins) do w.s.tent = w.s.tent + charge end
+		end
+		plan[i] = {fits = fits, charge = charge, wins = wins}
 	end
-	local freed, last = 0, 0
-	for _, b in ipairs(s.b) do
-		freed = freed + b[2]
-		last = (b[1] + s.span + 1) * s.width - now
-		if freed >= need then return last end
-	end
-	if last > s.width then return last end
-	return s.width
-end
 
-local ok = true
-local plan = {}
-for i = 1, nreq do
-	local enforce = arg() == '1'
-	local charge = num()
-	local nwin = num()
-	local seen = num()
-	local hash = arg()
-	local rem = num()
-	local known = false
-	if seen > 0 then
-		local sc = redis.call('ZSCORE', KEYS[seen], hash)
-		if sc and tonumber(sc) + rem > now then
-			known = true
-			charge = 0
+	if dry then ok = false end
+	local exp = now + ttl
+	out[#out + 1] = ok and 1 or 0
+	for _, p in ipairs(plan) do
+		local charged = 0
+		if ok then charged = p.charge end
+		out[#out + 1] = p.fits and 1 or 0
+		out[#out + 1] = charged
+		for _, w in ipairs(p.wins) do
+			out[#out + 1] = w.used + charged
+			out[#out + 1] = w.ra
+			w.s.add = w.s.add + charged
 		end
 	end
-	local fits = true
-	local wins = {}
-	for j = 1, nwin do
-		local k, limit, width, span = KEYS[num()], num(), num(), num()
-		local s = get(k, width, span)
-		local used = s.c + s.r + s.tent
-		local ra = 0
-		if not known and used + charge > limit then
-			fits = false
-			ra = retry(s, used + charge - limit)
-		end
-		wins[j] = {s = s, used = used, ra = ra}
-	end
-	if not fits and enforce then ok = false end
-	if fits or not enforce then
-		for _, w in ipairs(wins) do w.s.tent = w.s.tent + charge end
-	end
-	plan[i] = {fits = fits, charge = charge, wins = wins}
-end
 
-if dry then ok = false end
-local exp = now + ttl
-local out = {ok and 1 or 0}
-for _, p in ipairs(plan) do
-	local charged = 0
-	if ok then charged = p.charge end
-	out[#out + 1] = p.fits and 1 or 0
-	out[#out + 1] = charged
-	for _, w in ipairs(p.wins) do
-		out[#out + 1] = w.used + charged
-		out[#out + 1] = w.ra
-		w.s.add = w.s.add + charged
-	end
-end
-
-if not dry then
-	for _, s in pairs(states) do
-		if s.add > 0 then
-			if s.r == 0 or exp < s.nx then s.nx = exp end
-			if exp > s.mx then s.mx = exp end
-			s.r = s.r + s.add
-			persist(s, now, {field, d(s.mine + s.add) .. ' ' .. d(exp)})
-		elseif s.dirty then
-			persist(s, now, {})
+	if not dry then
+		for _, s in pairs(states) do
+			if s.add > 0 then
+				if s.r == 0 or exp < s.nx then s.nx = exp end
+				if exp > s.mx then s.mx = exp end
+				s.r = s.r + s.add
+				persist(s, now, {field, s.mine + s.add .. ' ' .. exp})
+			elseif s.dirty then
+				persist(s, now, {})
+			end
 		end
 	end
 end
+
+local nres = num()
+if nres == 0 then return 0 end
+for _ = 1, nres do reserve() end
 return out
 `)
 
@@ -513,42 +524,78 @@ func (r *Redis) Reserve(ctx context.Context, id string, now time.Time, ttl time.
 }
 
 func (r *Redis) reserve(ctx context.Context, id string, now time.Time, ttl time.Duration, reqs []Request, dry bool) ([]Result, bool, error) {
-	sc := script{args: make([]any, 0, 8+8*len(reqs))}
+	c := &reserveCall{id: id, nowMs: now.UnixMilli(), ttlMs: ttlMs(ttl), reqs: reqs, dry: dry}
+	if r.batch != nil && !dry {
+		return r.batch.reserve(ctx, c)
+	}
+	if err := r.runReserves(ctx, []*reserveCall{c}); err != nil {
+		return nil, false, err
+	}
+	return c.res, c.ok, c.err
+}
+
+// reserveCall is one Reserve (or, dry, Levels) in a call of quotaScript.
+type reserveCall struct {
+	id    string
+	nowMs int64
+	ttlMs int64
+	reqs  []Request
+	dry   bool
+
+	res   []Result
+	ok    bool
+	err   error         // a reply that does not parse
+	done  chan struct{} // closed when res, ok and err are set (shared round trips)
+	state atomic.Int32  // callWaiting, callDone, callAbandoned
+}
+
+// runReserves checks calls in one round trip, in order, and sets their
+// results; the error is the round trip's.
+func (r *Redis) runReserves(ctx context.Context, calls []*reserveCall) error {
+	sc := script{args: make([]any, 0, 3+8*len(calls))}
 	r.ends(&sc, nil)
-	sc.args = append(sc.args, 1, now.UnixMilli(), ttlMs(ttl), id, boolArg(dry), len(reqs))
-	for _, q := range reqs {
-		seen, hash, remember := 0, "", int64(0)
-		if remembers(q.Counter, q.Recipient, q.Remember) {
-			seen, hash, remember = sc.keys.add(r.seenKey(q.Counter)), hashArg(q.Recipient), ceilMs(q.Remember)
-		}
-		sc.args = append(sc.args, boolArg(q.Enforce), q.Amount, len(q.Windows), seen, hash, remember)
-		for _, w := range q.Windows {
-			sc.args = append(sc.args, sc.keys.add(r.winKey(q.Counter, w)), w.Limit, widthMs(w), spanOf(w))
+	sc.args = append(sc.args, len(calls))
+	for _, c := range calls {
+		sc.args = append(sc.args, c.nowMs, c.ttlMs, c.id, boolArg(c.dry), len(c.reqs))
+		for _, q := range c.reqs {
+			seen, hash, remember := 0, "", int64(0)
+			if remembers(q.Counter, q.Recipient, q.Remember) {
+				seen, hash, remember = sc.keys.add(r.seenKey(q.Counter)), hashArg(q.Recipient), ceilMs(q.Remember)
+			}
+			sc.args = append(sc.args, boolArg(q.Enforce), q.Amount, len(q.Windows), seen, hash, remember)
+			for _, w := range q.Windows {
+				sc.args = append(sc.args, sc.keys.add(r.winKey(q.Counter, w)), w.Limit, widthMs(w), spanOf(w))
+			}
 		}
 	}
 	vals, err := quotaScript.Run(ctx, r.rdb, sc.keys.names, sc.args...).Int64Slice()
 	if err != nil {
-		return nil, false, unavailable(err)
+		return unavailable(err)
 	}
-	want := 1
-	for _, q := range reqs {
-		want += 2 + 2*len(q.Windows)
-	}
-	if len(vals) != want {
-		return nil, false, unavailable(fmt.Errorf("quota script replied %d values, want %d", len(vals), want))
-	}
-	results := make([]Result, len(reqs))
-	pos := 1
-	for i, q := range reqs {
-		res := Result{Fits: vals[pos] == 1, Charged: vals[pos+1], Levels: make([]Level, len(q.Windows))}
-		pos += 2
-		for j, w := range q.Windows {
-			res.Levels[j] = Level{Window: w, Used: vals[pos], RetryAfter: time.Duration(vals[pos+1]) * time.Millisecond}
-			pos += 2
+	for _, c := range calls {
+		want := 1
+		for _, q := range c.reqs {
+			want += 2 + 2*len(q.Windows)
 		}
-		results[i] = res
+		if len(vals) < want {
+			c.err = unavailable(fmt.Errorf("quota script replied %d values, want %d", len(vals), want))
+			continue
+		}
+		c.res = make([]Result, len(c.reqs))
+		c.ok = vals[0] == 1
+		pos := 1
+		for i, q := range c.reqs {
+			res := Result{Fits: vals[pos] == 1, Charged: vals[pos+1], Levels: make([]Level, len(q.Windows))}
+			pos += 2
+			for j, w := range q.Windows {
+				res.Levels[j] = Level{Window: w, Used: vals[pos], RetryAfter: time.Duration(vals[pos+1]) * time.Millisecond}
+				pos += 2
+			}
+			c.res[i] = res
+		}
+		vals = vals[want:]
 	}
-	return results, vals[0] == 1, nil
+	return nil
 }
 
 func boolArg(b bool) int {
