@@ -311,11 +311,123 @@ local function remember(sk, hash, now, rem, maxr)
 	end
 end
 
--- ends: commits count their parts at their now (whether the reservation
--- is still there, expired or unknown) and remember their recipients;
--- releases drop the reservation.
+-- endone applies one end on one window hash: a commit counts its units
+-- at its now (whether the reservation is still there, expired or
+-- unknown), a release drops the reservation.
+local function endone(op)
+	local k, field, now, amount = op.k, op.field, op.now, op.amount
+	if op.commit then
+		local idx = math.floor(now / op.width)
+		local s = load(k, now, op.width, op.span, field, idx)
+		local extra = {}
+		local changed = s.dirty
+		if s.mine > 0 then
+			s.r = s.r - s.mine
+			s.del[#s.del + 1] = field
+			changed = true
+		end
+		if amount > 0 then
+			-- a clock more than a period behind the one that last
+			-- wrote: buckets below lo are gone, so lo moves down
+			if idx < s.lo then s.lo = idx end
+			extra = {idx, s.bucket + amount}
+			s.c = s.c + amount
+			if idx > s.hi then s.hi = idx end
+			changed = true
+		end
+		if changed then persist(s, now, extra) end
+	else
+		local v = redis.call('HMGET', k, field, 'r')
+		if v[1] then
+			redis.call('HDEL', k, field)
+			if v[2] then
+				local r = tonumber(v[2]) - parseres(v[1])
+				if r > 0 then redis.call('HSET', k, 'r', r) else redis.call('HSET', k, 'r', 0, 'nx', 0, 'mx', 0) end
+			end
+		end
+	end
+end
+
+-- endmany applies the ends of one window hash, in order, with one read
+-- and one write: the common case of a flush on a busy key. It applies
+-- them one by one instead when there is no commit (no now), the hash has
+-- no totals, a reservation may have expired, or buckets leave too far
+-- apart for one pass.
+local function endmany(g)
+	local now
+	local names = {'lo', 'c', 'r', 'hi', 'nx', 'mx', 'ex'}
+	for _, op in ipairs(g.ops) do
+		names[#names + 1] = op.field
+		if op.commit then
+			if not now or op.now > now then now = op.now end
+			op.idx = math.floor(op.now / g.width)
+			if op.amount > 0 then names[#names + 1] = op.idx end
+		end
+	end
+	local v = now and redis.call('HMGET', g.k, unpack(names))
+	local s, low
+	local slow = not v or not v[1]
+	if not slow then
+		s = {k = g.k, width = g.width, span = g.span, del = {}, lo = tonumber(v[1]), c = tonumber(v[2]), r = tonumber(v[3]),
+			hi = tonumber(v[4]), nx = tonumber(v[5]), mx = tonumber(v[6]), ex = tonumber(v[7]) or 0}
+		low = math.floor(now / g.width) - g.span
+		slow = (s.r > 0 and now >= s.nx) or math.min(low - 1, s.hi) - s.lo > g.span + 1
+		for _, op in ipairs(g.ops) do
+			if op.idx and (op.idx < low or op.idx < s.lo) then slow = true end
+		end
+	end
+	if slow then
+		for _, op in ipairs(g.ops) do endone(op) end
+		return
+	end
+	local vals = {}
+	for i = 8, #names do vals[names[i]] = v[i] end
+	if low > s.lo then
+		local top = math.min(low - 1, s.hi)
+		if top >= s.lo then
+			local idxs = {}
+			for i = s.lo, top do idxs[#idxs + 1] = i end
+			local got = redis.call('HMGET', s.k, unpack(idxs))
+			for j = 1, #idxs do
+				if got[j] then
+					s.c = s.c - tonumber(got[j])
+					s.del[#s.del + 1] = idxs[j]
+				end
+			end
+		end
+		s.lo = low
+	end
+	local touched = {}
+	for _, op in ipairs(g.ops) do
+		local rv = vals[op.field]
+		if rv then
+			s.r = s.r - parseres(rv)
+			vals[op.field] = nil
+			s.del[#s.del + 1] = op.field
+		end
+		if op.commit and op.amount > 0 then
+			if not touched[op.idx] then
+				touched[op.idx] = true
+				touched[#touched + 1] = op.idx
+			end
+			vals[op.idx] = (tonumber(vals[op.idx]) or 0) + op.amount
+			s.c = s.c + op.amount
+			if op.idx > s.hi then s.hi = op.idx end
+		end
+	end
+	local extra = {}
+	for _, idx in ipairs(touched) do
+		extra[#extra + 1] = idx
+		extra[#extra + 1] = vals[idx]
+	end
+	persist(s, now, extra)
+end
+
+-- ends: read them all, remembering recipients as they come, then apply
+-- them per window hash in the order the hashes first appear.
 local nends = num()
 local maxr = num()
+local groups, order = {}, {}
 for _ = 1, nends do
 	local commit = arg() == 'c'
 	local field = 'r:' .. arg()
@@ -325,39 +437,19 @@ for _ = 1, nends do
 		local amount, nwin, seen, hash, rem = num(), num(), num(), arg(), num()
 		for _ = 1, nwin do
 			local k, width, span = KEYS[num()], num(), num()
-			if commit then
-				local idx = math.floor(now / width)
-				local s = load(k, now, width, span, field, idx)
-				local extra = {}
-				local changed = s.dirty
-				if s.mine > 0 then
-					s.r = s.r - s.mine
-					s.del[#s.del + 1] = field
-					changed = true
-				end
-				if amount > 0 then
-					-- a clock more than a period behind the one that last
-					-- wrote: buckets below lo are gone, so lo moves down
-					if idx < s.lo then s.lo = idx end
-					extra = {idx, s.bucket + amount}
-					s.c = s.c + amount
-					if idx > s.hi then s.hi = idx end
-					changed = true
-				end
-				if changed then persist(s, now, extra) end
-			else
-				local v = redis.call('HMGET', k, field, 'r')
-				if v[1] then
-					redis.call('HDEL', k, field)
-					if v[2] then
-						local r = tonumber(v[2]) - parseres(v[1])
-						if r > 0 then redis.call('HSET', k, 'r', r) else redis.call('HSET', k, 'r', 0, 'nx', 0, 'mx', 0) end
-					end
-				end
+			local g = groups[k]
+			if not g then
+				g = {k = k, width = width, span = span, ops = {}}
+				groups[k] = g
+				order[#order + 1] = g
 			end
+			g.ops[#g.ops + 1] = {k = k, width = width, span = span, commit = commit, field = field, now = now, amount = amount}
 		end
 		if commit and seen > 0 then remember(KEYS[seen], hash, now, rem, maxr) end
 	end
+end
+for _, g in ipairs(order) do
+	if #g.ops == 1 then endone(g.ops[1]) else endmany(g) end
 end
 
 local out = {}

@@ -387,12 +387,19 @@ func BenchmarkRedisReserveCommit(b *testing.B) {
 // concurrent sessions on one sender, one address and one destination. The
 // hot windows start full of buckets (one unit in each of the last 60), as
 // after an hour of steady traffic. It reports the client's CPU per message
-// (cpu-ns/op) and redis-server's (redis-cpu-ns/op, from INFO cpu).
+// (cpu-ns/op) and redis-server's (redis-cpu-ns/op, from INFO cpu), for a
+// store that makes every call a round trip of its own (sync) and one
+// made WithBatch(DefaultBatchInterval), as mailgate does (batch).
 func BenchmarkRedisMessage(b *testing.B) {
+	b.Run("sync", func(b *testing.B) { benchRedisMessage(b) })
+	b.Run("batch", func(b *testing.B) { benchRedisMessage(b, WithBatch(DefaultBatchInterval)) })
+}
+
+func benchRedisMessage(b *testing.B, opts ...Option) {
 	srv, _ := redisServer(b)
 	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr(), PoolSize: 32})
 	b.Cleanup(func() { rdb.Close() })
-	s := NewRedis(rdb, "bench:")
+	s := NewRedis(rdb, "bench:", opts...)
 	mail := []Request{
 		{Counter: Counter{Quota: "per-sender", Key: "app@example.com", Kind: Messages}, Windows: []Window{perHour(1 << 40), {Limit: 1 << 40, Period: 24 * time.Hour}}, Amount: 1, Enforce: true},
 		{Counter: Counter{Quota: "per-ip", Key: "127.0.0.1", Kind: Messages}, Windows: []Window{perHour(1 << 40)}, Amount: 1, Enforce: true},
@@ -456,6 +463,9 @@ func BenchmarkRedisMessage(b *testing.B) {
 			}
 		}
 	})
+	if err := s.Close(ctx); err != nil {
+		b.Fatal(err)
+	}
 	b.StopTimer()
 	cpu, rcpu := processCPU()-cpu0, redisCPU()-rcpu0
 	b.ReportMetric(float64(cpu)/float64(b.N), "cpu-ns/op")
