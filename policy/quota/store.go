@@ -93,8 +93,9 @@
 // most WithMaxRemembered members and expires Remember after its latest
 // commit. So Redis holds nothing for a key idle longer than its longest
 // window (or its remember, or the ttl of its last reservation). Reserve,
-// Commit and Release are each one script (one round trip); Keys and
-// Reset SCAN. The scripts use the
+// Commit and Release are each one call of the script (one round trip;
+// WithBatch shares round trips between calls, see Redis); Keys and Reset
+// SCAN. The scripts use the
 // caller's clock, so instances need NTP-synchronized clocks: the error
 // bound grows by their skew. Redis Cluster is not supported (one script
 // touches the keys of several quotas and keys, in any slots). Tested with
