@@ -461,90 +461,83 @@ for _, g in ipairs(order) do
 end
 
 local out = {}
--- reserve checks (and, unless dry, reserves) one list of requests and
--- appends its reply to out.
-local function reserve()
-	local now = num()
-	local ttl = num()
-	local field = 'r:' .. arg()
-	local dry = arg() == '1'
-	local nreq = num()
-	local states = {}
 
-	local function get(k, width, span)
-		local s = states[k]
-		if s then return s end
-		s = load(k, now, width, span, field)
-		s.tent, s.add = 0, 0
-		states[k] = s
-		return s
-	end
-
-	-- retry walks the counted buckets oldest first (read on this, the
-	-- refusal path, only) to the one whose leaving frees need units.
-	local function retry(s, need)
-		if not s.b then
-			local low = math.floor(now / s.width) - s.span
-			local all = redis.call('HGETALL', s.k)
-			s.b = {}
-			for i = 1, #all, 2 do
-				local f = all[i]
-				if not META[f] and string.sub(f, 1, 2) ~= 'r:' then
-					local idx = tonumber(f)
-					if idx >= low then s.b[#s.b + 1] = {idx, tonumber(all[i + 1])} end
-				end
-			end
-			table.sort(s.b, function(x, y) return x[1] < y[1] end)
+-- parsereserve reads the arguments of one reservation.
+local function parsereserve()
+	local r = {now = num(), ttl = num(), field = 'r:' .. arg(), dry = arg() == '1', reqs = {}}
+	for i = 1, num() do
+		local q = {enforce = arg() == '1', charge = num(), nwin = num(), seen = num(), hash = arg(), rem = num(), wins = {}}
+		for j = 1, q.nwin do
+			q.wins[j] = {k = KEYS[num()], limit = num(), width = num(), span = num()}
 		end
-		local freed, last = 0, 0
-		for _, b in ipairs(s.b) do
+		r.reqs[i] = q
+	end
+	return r
+end
+
+-- retry walks the buckets counted at now oldest first (read on this, the
+-- refusal path, only) to the one whose leaving frees need units.
+local function retry(s, now, need)
+	if not s.b then
+		local all = redis.call('HGETALL', s.k)
+		s.b = {}
+		for i = 1, #all, 2 do
+			local f = all[i]
+			if not META[f] and string.sub(f, 1, 2) ~= 'r:' then
+				s.b[#s.b + 1] = {tonumber(f), tonumber(all[i + 1])}
+			end
+		end
+		table.sort(s.b, function(x, y) return x[1] < y[1] end)
+	end
+	local low = math.floor(now / s.width) - s.span
+	local freed, last = 0, 0
+	for _, b in ipairs(s.b) do
+		if b[1] >= low then
 			freed = freed + b[2]
 			last = (b[1] + s.span + 1) * s.width - now
 			if freed >= need then return last end
 		end
-		if last > s.width then return last end
-		return s.width
 	end
+	if last > s.width then return last end
+	return s.width
+end
 
+-- check checks the requests of r on the window states get returns (each
+-- with s.c, s.r, and s.tent, s.add at 0), appends r's reply to out, adds
+-- what each state is charged to s.add, and says whether r is reserved.
+local function check(r, get)
+	local now = r.now
 	local ok = true
 	local plan = {}
-	for i = 1, nreq do
-		local enforce = arg() == '1'
-		local charge = num()
-		local nwin = num()
-		local seen = num()
-		local hash = arg()
-		local rem = num()
+	for i, q in ipairs(r.reqs) do
+		local charge = q.charge
 		local known = false
-		if seen > 0 then
-			local sc = redis.call('ZSCORE', KEYS[seen], hash)
-			if sc and tonumber(sc) + rem > now then
+		if q.seen > 0 then
+			local sc = redis.call('ZSCORE', KEYS[q.seen], q.hash)
+			if sc and tonumber(sc) + q.rem > now then
 				known = true
 				charge = 0
 			end
 		end
 		local fits = true
 		local wins = {}
-		for j = 1, nwin do
-			local k, limit, width, span = KEYS[num()], num(), num(), num()
-			local s = get(k, width, span)
+		for j, w in ipairs(q.wins) do
+			local s = get(w.k, w.width, w.span)
 			local used = s.c + s.r + s.tent
 			local ra = 0
-			if not known and used + charge > limit then
+			if not known and used + charge > w.limit then
 				fits = false
-				ra = retry(s, used + charge - limit)
+				ra = retry(s, now, used + charge - w.limit)
 			end
 			wins[j] = {s = s, used = used, ra = ra}
 		end
-		if not fits and enforce then ok = false end
-		if fits or not enforce then
+		if not fits and q.enforce then ok = false end
+		if fits or not q.enforce then
 			for _, w in ipairs(wins) do w.s.tent = w.s.tent + charge end
 		end
 		plan[i] = {fits = fits, charge = charge, wins = wins}
 	end
-
-	if dry then ok = false end
-	local exp = now + ttl
+	if r.dry then ok = false end
 	out[#out + 1] = ok and 1 or 0
 	for _, p in ipairs(plan) do
 		local charged = 0
@@ -557,24 +550,138 @@ local function reserve()
 			w.s.add = w.s.add + charged
 		end
 	end
+	return ok
+end
 
-	if not dry then
+-- reserveone checks and (unless dry) reserves r on its own: each window
+-- hash read once and written once.
+local function reserveone(r)
+	local states = {}
+	check(r, function(k, width, span)
+		local s = states[k]
+		if s then return s end
+		s = load(k, r.now, width, span, r.field)
+		s.tent, s.add = 0, 0
+		states[k] = s
+		return s
+	end)
+	if r.dry then return end
+	local exp = r.now + r.ttl
+	for _, s in pairs(states) do
+		if s.add > 0 then
+			if s.r == 0 or exp < s.nx then s.nx = exp end
+			if exp > s.mx then s.mx = exp end
+			s.r = s.r + s.add
+			persist(s, r.now, {r.field, s.mine + s.add .. ' ' .. exp})
+		elseif s.dirty then
+			persist(s, r.now, {})
+		end
+	end
+end
+
+-- reservemany checks and reserves rs in order, exactly as reserveone one
+-- after the other would, reading each window hash once and writing it
+-- once for all of them: the common case of Reserves that shared a round
+-- trip on busy keys. It returns false, having written nothing, when a
+-- hash has no totals, a reservation may expire within the span of rs, or
+-- buckets leave too far apart for one pass: reserveone then does it.
+local function reservemany(rs)
+	local maxnow, minexp = nil, nil
+	local hs, order = {}, {}
+	for _, r in ipairs(rs) do
+		if r.dry then return false end
+		if not maxnow or r.now > maxnow then maxnow = r.now end
+		if not minexp or r.now + r.ttl < minexp then minexp = r.now + r.ttl end
+		for _, q in ipairs(r.reqs) do
+			for _, w in ipairs(q.wins) do
+				local h = hs[w.k]
+				if not h then
+					h = {width = w.width, span = w.span, names = {'lo', 'c', 'r', 'hi', 'nx', 'mx', 'ex'}, set = {}}
+					hs[w.k] = h
+					order[#order + 1] = w.k
+				end
+				if not h.set[r.field] then
+					h.set[r.field] = true
+					h.names[#h.names + 1] = r.field
+				end
+			end
+		end
+	end
+	if not maxnow or minexp <= maxnow then return false end
+	local states = {}
+	for _, k in ipairs(order) do
+		local h = hs[k]
+		local v = redis.call('HMGET', k, unpack(h.names))
+		if not v[1] then return false end
+		local s = {k = k, width = h.width, span = h.span, del = {}, dirty = false, lo = tonumber(v[1]), c = tonumber(v[2]),
+			r = tonumber(v[3]), hi = tonumber(v[4]), nx = tonumber(v[5]), mx = tonumber(v[6]), ex = tonumber(v[7]) or 0,
+			f = {}, fexp = {}, written = {}}
+		if s.r > 0 and maxnow >= s.nx then return false end
+		local low = math.floor(maxnow / h.width) - h.span
+		if math.min(low - 1, s.hi) - s.lo > h.span + 1 then return false end
+		for i = 8, #h.names do
+			if v[i] then s.f[h.names[i]] = parseres(v[i]) end
+		end
+		states[k] = s
+	end
+	-- every reservation present is live until the last now: s.r is exact
+	for _, r in ipairs(rs) do
+		for _, s in pairs(states) do s.tent, s.add = 0, 0 end
+		check(r, function(k)
+			local s = states[k]
+			local low = math.floor(r.now / s.width) - s.span
+			if low > s.lo then
+				local top = math.min(low - 1, s.hi)
+				if top >= s.lo then
+					local idxs = {}
+					for i = s.lo, top do idxs[#idxs + 1] = i end
+					local got = redis.call('HMGET', k, unpack(idxs))
+					for j = 1, #idxs do
+						if got[j] then
+							s.c = s.c - tonumber(got[j])
+							s.del[#s.del + 1] = idxs[j]
+						end
+					end
+				end
+				s.lo = low
+				s.dirty = true
+			end
+			return s
+		end)
+		local exp = r.now + r.ttl
 		for _, s in pairs(states) do
 			if s.add > 0 then
 				if s.r == 0 or exp < s.nx then s.nx = exp end
 				if exp > s.mx then s.mx = exp end
 				s.r = s.r + s.add
-				persist(s, now, {field, s.mine + s.add .. ' ' .. exp})
-			elseif s.dirty then
-				persist(s, now, {})
+				if not s.fexp[r.field] then s.written[#s.written + 1] = r.field end
+				s.f[r.field] = (s.f[r.field] or 0) + s.add
+				s.fexp[r.field] = exp
+				s.dirty = true
 			end
 		end
 	end
+	for _, k in ipairs(order) do
+		local s = states[k]
+		if s.dirty then
+			local extra = {}
+			for _, f in ipairs(s.written) do
+				extra[#extra + 1] = f
+				extra[#extra + 1] = s.f[f] .. ' ' .. s.fexp[f]
+			end
+			persist(s, maxnow, extra)
+		end
+	end
+	return true
 end
 
 local nres = num()
 if nres == 0 then return 0 end
-for _ = 1, nres do reserve() end
+local rs = {}
+for i = 1, nres do rs[i] = parsereserve() end
+if nres == 1 or not reservemany(rs) then
+	for _, r in ipairs(rs) do reserveone(r) end
+end
 return out
 `)
 
