@@ -156,15 +156,19 @@ func (k *keyArgs) add(name string) int {
 
 // quotaScript is the one Lua script behind Reserve, Commit, Release and
 // Levels: it first ends reservations (commits and releases, in order),
-// then, when asked, checks and reserves (or, dry, only checks) a list of
-// requests. It mirrors Memory exactly (TestStoresAgree).
+// then checks and reserves (or, dry, only checks) any number of
+// reservations, in order. It mirrors Memory exactly (TestStoresAgree,
+// TestStoresAgreeShared).
 //
 // A window hash keeps running totals beside its buckets and reservations
 // (see the package doc), so a call costs O(1) redis commands per window
 // whatever the number of buckets and reservations it holds: an HMGET of
 // the totals, one HMGET of the bucket indexes that left the window since
-// the last call (usually none or one), and an HSET and PEXPIRE when it
-// writes. It reads the whole hash (HGETALL) only when
+// the last call (usually none), an HSET when it writes (an HDEL too for
+// an end), and a PEXPIRE about once per bucket width. Several ends of one
+// hash, and several reservations of one call, share that read and that
+// write (endmany, reservemany). It reads the whole hash (HGETALL) only
+// when
 //   - the hash has no totals (new, or written by an older version),
 //   - a reservation may have expired (now >= nx, the earliest expiry; a
 //     reservation's Commit or Release leaves nx early, so this happens
@@ -178,14 +182,15 @@ func (k *keyArgs) add(name string) int {
 // number of windows, index in KEYS of the seen set (0: none), recipient
 // hash, remember ms, then per window: index in KEYS of its hash, bucket
 // width ms, span (buckets in the period, see spanOf).
-// Then 1 to check requests (0: none), and if so: now ms, ttl ms, id, dry
-// (0/1), number of requests, then per request: enforce (0/1), amount,
-// number of windows, index in KEYS of the seen set (0: none), recipient
-// hash, remember ms, then per window: index in KEYS of its hash, limit,
-// bucket width ms, span.
+// Then the number of reservations (0: none), and per reservation: now
+// ms, ttl ms, id, dry (0/1), number of requests, then per request:
+// enforce (0/1), amount, number of windows, index in KEYS of the seen set
+// (0: none), recipient hash, remember ms, then per window: index in KEYS
+// of its hash, limit, bucket width ms, span.
 //
-// Reply, when requests were checked: reserved (0/1), then per request:
-// fits (0/1), charged, then per window: used, retry-after ms. Otherwise 0.
+// Reply, when there are reservations, per reservation: reserved (0/1),
+// then per request: fits (0/1), charged, then per window: used,
+// retry-after ms. Otherwise 0.
 var quotaScript = redis.NewScript(`
 local pos = 1
 local function arg() pos = pos + 1; return ARGV[pos - 1] end
