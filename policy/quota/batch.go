@@ -245,6 +245,8 @@ func (b *batch) shared(calls []*reserveCall) {
 	ctx, cancel := context.WithTimeout(context.Background(), flushTimeout)
 	err := b.r.runReserves(ctx, calls)
 	cancel()
+	// Releases of abandoned reservations are queued before any caller
+	// hears back, so that a Flush after a reply includes them.
 	for _, c := range calls {
 		if err != nil {
 			c.res, c.ok, c.err = nil, false, err
@@ -262,6 +264,8 @@ func (b *batch) shared(calls []*reserveCall) {
 				cancel()
 			}
 		}
+	}
+	for _, c := range calls {
 		close(c.done)
 	}
 	b.nextReserves()
