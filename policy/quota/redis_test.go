@@ -471,3 +471,25 @@ func benchRedisMessage(b *testing.B, opts ...Option) {
 	b.ReportMetric(float64(cpu)/float64(b.N), "cpu-ns/op")
 	b.ReportMetric(float64(rcpu)/float64(b.N), "redis-cpu-ns/op")
 }
+
+// TestRedisOldLayout: a window hash written before the running totals
+// (buckets and reservations only) is rebuilt on first use, counts kept.
+func TestRedisOldLayout(t *testing.T) {
+	srv, _ := redisServer(t)
+	rdb := newClient(t, srv.Addr())
+	s := NewRedis(rdb, "old:")
+	h := storeHelper{t, s}
+	w := perHour(10)
+	win := "old:quota:q:messages:3600000:alice@example.com"
+	idx := at(0).UnixMilli() / 60000
+	if err := rdb.HSet(ctx, win, fmt.Sprint(idx-1), "3", "r:x", fmt.Sprintf("2 %d", at(time.Minute).UnixMilli())).Err(); err != nil {
+		t.Fatal(err)
+	}
+	eqUsed(t, "read", h.used(at(0), cMsgs, w), 5)
+	h.commit("x", at(0), partOf(msgs(2, w)))
+	eqUsed(t, "after commit", h.used(at(0), cMsgs, w), 5)
+	eqUsed(t, "after the reservation's expiry", h.used(at(2*time.Minute), cMsgs, w), 5)
+	if v, err := rdb.HGet(ctx, win, "c").Result(); err != nil || v != "5" {
+		t.Errorf("total c after rebuild: %q %v", v, err)
+	}
+}
