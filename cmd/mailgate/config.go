@@ -120,6 +120,9 @@ type config struct {
 	baseDir string
 	proxy   proxy.Config
 	quotas  *policy.Quotas // nil without quota blocks
+	// quotaBatch is the Redis quota store's batch interval (0: the
+	// default); not in the file, tests set it.
+	quotaBatch time.Duration
 }
 
 // evalContext offers env("VAR") for secrets: an unset variable is an

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -24,10 +25,16 @@ import (
 const maxShownKeys = 1000
 
 // newQuotaStore counts in Redis when the configuration has a redis block
-// (every instance then shares the counters), else in this process.
-func newQuotaStore(cfg *config, rdb *redis.Client) quota.Store {
+// (every instance then shares the counters), else in this process. The
+// Redis store batches commits and releases (quota.WithBatch): the caller
+// must Close it before it closes rdb.
+func newQuotaStore(cfg *config, rdb *redis.Client, logger *slog.Logger) quota.Store {
 	if rdb != nil {
-		return quota.NewRedis(rdb, redisPrefix(cfg.file.Redis))
+		batch := cfg.quotaBatch
+		if batch == 0 {
+			batch = quota.DefaultBatchInterval
+		}
+		return quota.NewRedis(rdb, redisPrefix(cfg.file.Redis), quota.WithBatch(batch), quota.WithLogger(logger))
 	}
 	return quota.NewMemory()
 }

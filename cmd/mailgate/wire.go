@@ -132,7 +132,17 @@ func wire(cfg *config, logger *slog.Logger) (_ *wiring, err error) {
 	if policyCfg != nil || cfg.quotas != nil {
 		opts := []policy.Option{policy.WithLogger(logger)}
 		if cfg.quotas != nil {
-			w.quotas = newQuotaStore(cfg, w.rdb)
+			store := newQuotaStore(cfg, w.rdb, logger)
+			w.quotas = store
+			// Closed before rdb (closers run last first): applies the
+			// commits and releases still queued.
+			w.closers = append(w.closers, func() {
+				ctx, cancel := context.WithTimeout(context.Background(), quotaCloseTimeout)
+				defer cancel()
+				if err := store.Close(ctx); err != nil {
+					logger.Warn("quota store: queued updates not applied at exit", "err", err)
+				}
+			})
 			opts = append(opts, policy.WithQuotas(cfg.quotas, w.quotas))
 			if w.demo != nil {
 				w.demo.quotas = describeQuotas(cfg.quotas)
@@ -234,6 +244,9 @@ func upstreamsAnswer(r *upstream.Router) func(context.Context) error {
 		return fmt.Errorf("none answers: %s", strings.Join(down, "; "))
 	}
 }
+
+// quotaCloseTimeout bounds the last flush of the quota store at exit.
+const quotaCloseTimeout = 5 * time.Second
 
 func (w *wiring) reload(logger *slog.Logger) {
 	logger.Info("SIGHUP: reloading")

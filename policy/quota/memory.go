@@ -436,6 +436,9 @@ func (m *Memory) Reset(_ context.Context, quota, key string) error {
 	return nil
 }
 
+// Close implements Store: a Memory store has nothing in flight.
+func (m *Memory) Close(context.Context) error { return nil }
+
 // len is the number of tracked (quota, key) pairs.
 func (m *Memory) len() int {
 	m.mu.Lock()

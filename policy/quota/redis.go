@@ -5,18 +5,27 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 )
 
 // Redis is a Store in Redis, shared by every instance that uses the same
-// server and prefix. Reserve, Commit and Release are each one Lua script,
-// so one round trip (EVALSHA; go-redis falls back to EVAL once after the
-// server lost its script cache, e.g. after a restart) and atomic. Levels is
-// the Reserve script in dry mode (one round trip, no writes); Keys and
-// Reset SCAN the keyspace and so cost more (they serve quota show and
-// quota reset, not mail).
+// server and prefix. Reserve, Commit and Release are each one call of one
+// Lua script, so one round trip (EVALSHA; go-redis falls back to EVAL once
+// after the server lost its script cache, e.g. after a restart) and
+// atomic. Levels is the script in dry mode (one round trip, no writes);
+// Keys and Reset SCAN the keyspace and so cost more (they serve quota show
+// and quota reset, not mail).
+//
+// WithBatch takes Commit and Release off their caller's path and shares
+// round trips: Commit and Release queue and return, and the queue goes in
+// one call of the script every interval (or at 256); concurrent Reserves
+// wait while one is on its way and then go together in one call. Under
+// load a message then costs its two Reserves about one round trip and
+// its ends a fraction of one (BenchmarkRedisMessage). Store says what
+// Commit and Release guarantee then; Close flushes.
 //
 // Time is the caller's now, passed to the scripts: instances must keep
 // their clocks NTP-synchronized, and a skew of s between two of them
@@ -35,6 +44,7 @@ type Redis struct {
 	rdb    redis.UniversalClient
 	prefix string
 	opts   options
+	batch  *batch // nil without WithBatch
 }
 
 var _ Store = (*Redis)(nil)
@@ -43,7 +53,11 @@ var _ Store = (*Redis)(nil)
 // several deployments can share a server. rdb's own timeouts and retries
 // apply; the context of each call bounds it too.
 func NewRedis(rdb redis.UniversalClient, prefix string, opts ...Option) *Redis {
-	return &Redis{rdb: rdb, prefix: prefix, opts: buildOptions(opts)}
+	r := &Redis{rdb: rdb, prefix: prefix, opts: buildOptions(opts)}
+	if r.opts.batch > 0 {
+		r.batch = &batch{r: r, interval: r.opts.batch, log: r.opts.log}
+	}
+	return r
 }
 
 // unavailable wraps a failure to use Redis.
@@ -140,27 +154,50 @@ func (k *keyArgs) add(name string) int {
 	return len(k.names)
 }
 
-// reserveScript checks and reserves (or, dry, only checks) a list of
-// requests. It mirrors Memory.check and Memory.Reserve exactly.
+// quotaScript is the one Lua script behind Reserve, Commit, Release and
+// Levels: it first ends reservations (commits and releases, in order),
+// then checks and reserves (or, dry, only checks) any number of
+// reservations, in order. It mirrors Memory exactly (TestStoresAgree,
+// TestStoresAgreeShared).
 //
-// Layout of a window hash: field "<bucket index>" = committed count,
-// field "r:<id>" = "<amount> <expiry ms>" for a reservation.
+// A window hash keeps running totals beside its buckets and reservations
+// (see the package doc), so a call costs O(1) redis commands per window
+// whatever the number of buckets and reservations it holds: an HMGET of
+// the totals, one HMGET of the bucket indexes that left the window since
+// the last call (usually none), an HSET when it writes (an HDEL too for
+// an end), and a PEXPIRE about once per bucket width. Several ends of one
+// hash, and several reservations of one call, share that read and that
+// write (endmany, reservemany). It reads the whole hash (HGETALL) only
+// when
+//   - the hash has no totals (new, or written by an older version),
+//   - a reservation may have expired (now >= nx, the earliest expiry; a
+//     reservation's Commit or Release leaves nx early, so this happens
+//     about once per reservation ttl on a busy key, or when an instance
+//     died with reservations open),
+//   - more than span+1 bucket indexes left at once (a clock far ahead),
+//   - a request does not fit, to compute RetryAfter.
 //
-// ARGV: now ms, ttl ms, id, dry (0/1), number of requests, then per
-// request: enforce (0/1), amount, number of windows, index in KEYS of the
-// seen set (0: none), recipient hash, remember ms, then per window: index
-// in KEYS of its hash, limit, bucket width ms, span (buckets in the
-// period, see spanOf).
+// ARGV: number of ends, max remembered, then per end: kind ("c" commit,
+// "r" release), id, now ms, number of parts, then per part: amount,
+// number of windows, index in KEYS of the seen set (0: none), recipient
+// hash, remember ms, then per window: index in KEYS of its hash, bucket
+// width ms, span (buckets in the period, see spanOf).
+// Then the number of reservations (0: none), and per reservation: now
+// ms, ttl ms, id, dry (0/1), number of requests, then per request:
+// enforce (0/1), amount, number of windows, index in KEYS of the seen set
+// (0: none), recipient hash, remember ms, then per window: index in KEYS
+// of its hash, limit, bucket width ms, span.
 //
-// Reply: reserved (0/1), then per request: fits (0/1), charged, then per
-// window: used, retry-after ms.
-var reserveScript = redis.NewScript(`
-local now = tonumber(ARGV[1])
-local ttl = tonumber(ARGV[2])
-local field = 'r:' .. ARGV[3]
-local dry = ARGV[4] == '1'
-local nreq = tonumber(ARGV[5])
-local states = {}
+// Reply, when there are reservations, per reservation: reserved (0/1),
+// then per request: fits (0/1), charged, then per window: used,
+// retry-after ms. Otherwise 0.
+var quotaScript = redis.NewScript(`
+local pos = 1
+local function arg() pos = pos + 1; return ARGV[pos - 1] end
+local function num() return tonumber(arg()) end
+
+local META = {lo = true, c = true, r = true, hi = true, nx = true, mx = true, ex = true}
+
 
 local function hdel(k, fields)
 	for i = 1, #fields, 1000 do
@@ -168,216 +205,527 @@ local function hdel(k, fields)
 	end
 end
 
-local function load(k, width, span)
-	local s = states[k]
-	if s then return s end
-	s = {k = k, width = width, span = span, used = 0, tent = 0, b = {}, dead = {}, mine = 0}
-	local low = math.floor(now / width) - span
-	local all = redis.call('HGETALL', k)
+-- a reservation field's value: "<amount> <expiry ms>"
+local function parseres(v)
+	local sp = string.find(v, ' ', 1, true)
+	return tonumber(string.sub(v, 1, sp - 1)), tonumber(string.sub(v, sp + 1))
+end
+
+-- rebuild recomputes the totals of s from every field of its hash and
+-- lists the fields that no longer count in s.del.
+local function rebuild(s, now, low, field)
+	local all = redis.call('HGETALL', s.k)
+	s.lo, s.c, s.r, s.hi, s.nx, s.mx, s.mine = low, 0, 0, low - 1, 0, 0, 0
+	s.del = {}
 	for i = 1, #all, 2 do
 		local f, v = all[i], all[i + 1]
-		if string.sub(f, 1, 2) == 'r:' then
-			local sp = string.find(v, ' ', 1, true)
-			local a, e = tonumber(string.sub(v, 1, sp - 1)), tonumber(string.sub(v, sp + 1))
+		if META[f] then
+		elseif string.sub(f, 1, 2) == 'r:' then
+			local a, e = parseres(v)
 			if e > now then
-				s.used = s.used + a
+				s.r = s.r + a
+				if s.nx == 0 or e < s.nx then s.nx = e end
+				if e > s.mx then s.mx = e end
 				if f == field then s.mine = a end
-				if not s.maxexp or e > s.maxexp then s.maxexp = e end
 			else
-				s.dead[#s.dead + 1] = f
+				s.del[#s.del + 1] = f
 			end
 		else
-			local idx, n = tonumber(f), tonumber(v)
+			local idx = tonumber(f)
 			if idx >= low then
-				s.used = s.used + n
-				s.b[#s.b + 1] = {idx, n}
-				if not s.maxidx or idx > s.maxidx then s.maxidx = idx end
+				s.c = s.c + tonumber(v)
+				if idx > s.hi then s.hi = idx end
 			else
-				s.dead[#s.dead + 1] = f
+				s.del[#s.del + 1] = f
 			end
 		end
 	end
-	table.sort(s.b, function(x, y) return x[1] < y[1] end)
-	states[k] = s
+	s.dirty = true
+end
+
+-- load reads the totals of window hash k at now: s.c committed units of
+-- the buckets still counted, s.r units of the live reservations, s.mine
+-- those of field, s.bucket the count of bucket idx (when given). Nothing
+-- is written: persist does.
+local function load(k, now, width, span, field, idx)
+	local v
+	if idx then
+		v = redis.call('HMGET', k, 'lo', 'c', 'r', 'hi', 'nx', 'mx', 'ex', field, idx)
+	else
+		v = redis.call('HMGET', k, 'lo', 'c', 'r', 'hi', 'nx', 'mx', 'ex', field)
+	end
+	local s = {k = k, width = width, span = span, del = {}, dirty = false, mine = 0, bucket = tonumber(v[9]) or 0, ex = tonumber(v[7]) or 0}
+	local low = math.floor(now / width) - span
+	if not v[1] then
+		rebuild(s, now, low, field)
+		return s
+	end
+	s.lo, s.c, s.r, s.hi, s.nx, s.mx = tonumber(v[1]), tonumber(v[2]), tonumber(v[3]), tonumber(v[4]), tonumber(v[5]), tonumber(v[6])
+	if s.r > 0 and now >= s.nx then
+		rebuild(s, now, low, field)
+		return s
+	end
+	-- every reservation field is live: s.r is exact
+	if v[8] then s.mine = parseres(v[8]) end
+	if low > s.lo then
+		local top = math.min(low - 1, s.hi)
+		if top - s.lo > span + 1 then
+			rebuild(s, now, low, field)
+			return s
+		end
+		if top >= s.lo then
+			local idxs = {}
+			for i = s.lo, top do idxs[#idxs + 1] = i end
+			local got = redis.call('HMGET', k, unpack(idxs))
+			for j = 1, #idxs do
+				if got[j] then
+					s.c = s.c - tonumber(got[j])
+					s.del[#s.del + 1] = idxs[j]
+				end
+			end
+		end
+		s.lo = low
+		s.dirty = true
+	end
 	return s
 end
 
-local function retry(s, need)
+-- persist writes s back with the field/value pairs in extra, and sets
+-- the hash's expiry to when its last bucket leaves or its last
+-- reservation may expire; a hash left with nothing that counts is
+-- deleted.
+local function persist(s, now, extra)
+	if s.r <= 0 then s.r, s.nx, s.mx = 0, 0, 0 end
+	local need = math.max(s.mx, (s.hi + s.span + 1) * s.width)
+	if (s.c <= 0 and s.r <= 0) or need <= now then
+		redis.call('DEL', s.k)
+		return
+	end
+	-- ex: when the hash expires (set on the clock of the caller that set
+	-- it); moved one bucket past what is needed, so that a busy hash
+	-- sets it about once per bucket width, not on every call
+	local ex = s.ex
+	if ex < need then ex = need + s.width end
+	if #s.del > 0 then hdel(s.k, s.del) end
+	redis.call('HSET', s.k, 'lo', s.lo, 'c', s.c, 'r', s.r, 'hi', s.hi, 'nx', s.nx, 'mx', s.mx, 'ex', ex, unpack(extra))
+	if ex ~= s.ex then redis.call('PEXPIRE', s.k, ex - now) end
+end
+
+local function remember(sk, hash, now, rem, maxr)
+	local cur = redis.call('ZSCORE', sk, hash)
+	if not cur or tonumber(cur) < now then redis.call('ZADD', sk, now, hash) end
+	redis.call('ZREMRANGEBYSCORE', sk, '-inf', now - rem)
+	local n = redis.call('ZCARD', sk)
+	if n > maxr then redis.call('ZREMRANGEBYRANK', sk, 0, n - maxr - 1) end
+	local top = redis.call('ZRANGE', sk, -1, -1, 'WITHSCORES')
+	if top[2] then
+		local keep = tonumber(top[2]) + rem - now
+		if keep > 0 then redis.call('PEXPIRE', sk, keep) else redis.call('DEL', sk) end
+	end
+end
+
+-- endone applies one end on one window hash: a commit counts its units
+-- at its now (whether the reservation is still there, expired or
+-- unknown), a release drops the reservation.
+local function endone(op)
+	local k, field, now, amount = op.k, op.field, op.now, op.amount
+	if op.commit then
+		local idx = math.floor(now / op.width)
+		local s = load(k, now, op.width, op.span, field, idx)
+		local extra = {}
+		local changed = s.dirty
+		if s.mine > 0 then
+			s.r = s.r - s.mine
+			s.del[#s.del + 1] = field
+			changed = true
+		end
+		if amount > 0 then
+			-- a clock more than a period behind the one that last
+			-- wrote: buckets below lo are gone, so lo moves down
+			if idx < s.lo then s.lo = idx end
+			extra = {idx, s.bucket + amount}
+			s.c = s.c + amount
+			if idx > s.hi then s.hi = idx end
+			changed = true
+		end
+		if changed then persist(s, now, extra) end
+	else
+		local v = redis.call('HMGET', k, field, 'r')
+		if v[1] then
+			redis.call('HDEL', k, field)
+			if v[2] then
+				local r = tonumber(v[2]) - parseres(v[1])
+				if r > 0 then redis.call('HSET', k, 'r', r) else redis.call('HSET', k, 'r', 0, 'nx', 0, 'mx', 0) end
+			end
+		end
+	end
+end
+
+-- endmany applies the ends of one window hash, in order, with one read
+-- and one write: the common case of a flush on a busy key. It applies
+-- them one by one instead when there is no commit (no now), the hash has
+-- no totals, a reservation may have expired, or buckets leave too far
+-- apart for one pass.
+local function endmany(g)
+	local now
+	local names = {'lo', 'c', 'r', 'hi', 'nx', 'mx', 'ex'}
+	for _, op in ipairs(g.ops) do
+		names[#names + 1] = op.field
+		if op.commit then
+			if not now or op.now > now then now = op.now end
+			op.idx = math.floor(op.now / g.width)
+			if op.amount > 0 then names[#names + 1] = op.idx end
+		end
+	end
+	local v = now and redis.call('HMGET', g.k, unpack(names))
+	local s, low
+	local slow = not v or not v[1]
+	if not slow then
+		s = {k = g.k, width = g.width, span = g.span, del = {}, lo = tonumber(v[1]), c = tonumber(v[2]), r = tonumber(v[3]),
+			hi = tonumber(v[4]), nx = tonumber(v[5]), mx = tonumber(v[6]), ex = tonumber(v[7]) or 0}
+		low = math.floor(now / g.width) - g.span
+		slow = (s.r > 0 and now >= s.nx) or math.min(low - 1, s.hi) - s.lo > g.span + 1
+		for _, op in ipairs(g.ops) do
+			if op.idx and (op.idx < low or op.idx < s.lo) then slow = true end
+		end
+	end
+	if slow then
+		for _, op in ipairs(g.ops) do endone(op) end
+		return
+	end
+	local vals = {}
+	for i = 8, #names do vals[names[i]] = v[i] end
+	if low > s.lo then
+		local top = math.min(low - 1, s.hi)
+		if top >= s.lo then
+			local idxs = {}
+			for i = s.lo, top do idxs[#idxs + 1] = i end
+			local got = redis.call('HMGET', s.k, unpack(idxs))
+			for j = 1, #idxs do
+				if got[j] then
+					s.c = s.c - tonumber(got[j])
+					s.del[#s.del + 1] = idxs[j]
+				end
+			end
+		end
+		s.lo = low
+	end
+	local touched = {}
+	for _, op in ipairs(g.ops) do
+		local rv = vals[op.field]
+		if rv then
+			s.r = s.r - parseres(rv)
+			vals[op.field] = nil
+			s.del[#s.del + 1] = op.field
+		end
+		if op.commit and op.amount > 0 then
+			if not touched[op.idx] then
+				touched[op.idx] = true
+				touched[#touched + 1] = op.idx
+			end
+			vals[op.idx] = (tonumber(vals[op.idx]) or 0) + op.amount
+			s.c = s.c + op.amount
+			if op.idx > s.hi then s.hi = op.idx end
+		end
+	end
+	local extra = {}
+	for _, idx in ipairs(touched) do
+		extra[#extra + 1] = idx
+		extra[#extra + 1] = vals[idx]
+	end
+	persist(s, now, extra)
+end
+
+-- ends: read them all, remembering recipients as they come, then apply
+-- them per window hash in the order the hashes first appear.
+local nends = num()
+local maxr = num()
+local groups, order = {}, {}
+for _ = 1, nends do
+	local commit = arg() == 'c'
+	local field = 'r:' .. arg()
+	local now = num()
+	local nparts = num()
+	for _ = 1, nparts do
+		local amount, nwin, seen, hash, rem = num(), num(), num(), arg(), num()
+		for _ = 1, nwin do
+			local k, width, span = KEYS[num()], num(), num()
+			local g = groups[k]
+			if not g then
+				g = {k = k, width = width, span = span, ops = {}}
+				groups[k] = g
+				order[#order + 1] = g
+			end
+			g.ops[#g.ops + 1] = {k = k, width = width, span = span, commit = commit, field = field, now = now, amount = amount}
+		end
+		if commit and seen > 0 then remember(KEYS[seen], hash, now, rem, maxr) end
+	end
+end
+for _, g in ipairs(order) do
+	if #g.ops == 1 then endone(g.ops[1]) else endmany(g) end
+end
+
+local out = {}
+
+-- parsereserve reads the arguments of one reservation.
+local function parsereserve()
+	local r = {now = num(), ttl = num(), field = 'r:' .. arg(), dry = arg() == '1', reqs = {}}
+	for i = 1, num() do
+		local q = {enforce = arg() == '1', charge = num(), nwin = num(), seen = num(), hash = arg(), rem = num(), wins = {}}
+		for j = 1, q.nwin do
+			q.wins[j] = {k = KEYS[num()], limit = num(), width = num(), span = num()}
+		end
+		r.reqs[i] = q
+	end
+	return r
+end
+
+-- retry walks the buckets counted at now oldest first (read on this, the
+-- refusal path, only) to the one whose leaving frees need units.
+local function retry(s, now, need)
+	if not s.b then
+		local all = redis.call('HGETALL', s.k)
+		s.b = {}
+		for i = 1, #all, 2 do
+			local f = all[i]
+			if not META[f] and string.sub(f, 1, 2) ~= 'r:' then
+				s.b[#s.b + 1] = {tonumber(f), tonumber(all[i + 1])}
+			end
+		end
+		table.sort(s.b, function(x, y) return x[1] < y[1] end)
+	end
+	local low = math.floor(now / s.width) - s.span
 	local freed, last = 0, 0
 	for _, b in ipairs(s.b) do
-		freed = freed + b[2]
-		last = (b[1] + s.span + 1) * s.width - now
-		if freed >= need then return last end
+		if b[1] >= low then
+			freed = freed + b[2]
+			last = (b[1] + s.span + 1) * s.width - now
+			if freed >= need then return last end
+		end
 	end
 	if last > s.width then return last end
 	return s.width
 end
 
-local ok = true
-local pos = 6
-local plan = {}
-for i = 1, nreq do
-	local enforce = ARGV[pos] == '1'
-	local charge = tonumber(ARGV[pos + 1])
-	local nwin = tonumber(ARGV[pos + 2])
-	local seen = tonumber(ARGV[pos + 3])
-	local hash = ARGV[pos + 4]
-	local remember = tonumber(ARGV[pos + 5])
-	pos = pos + 6
-	local known = false
-	if seen > 0 then
-		local sc = redis.call('ZSCORE', KEYS[seen], hash)
-		if sc and tonumber(sc) + remember > now then
-			known = true
-			charge = 0
+-- check checks the requests of r on the window states get returns (each
+-- with s.c, s.r, and s.tent, s.add at 0), appends r's reply to out, adds
+-- what each state is charged to s.add, and says whether r is reserved.
+local function check(r, get)
+	local now = r.now
+	local ok = true
+	local plan = {}
+	for i, q in ipairs(r.reqs) do
+		local charge = q.charge
+		local known = false
+		if q.seen > 0 then
+			local sc = redis.call('ZSCORE', KEYS[q.seen], q.hash)
+			if sc and tonumber(sc) + q.rem > now then
+				known = true
+				charge = 0
+			end
+		end
+		local fits = true
+		local wins = {}
+		for j, w in ipairs(q.wins) do
+			local s = get(w.k, w.width, w.span)
+			local used = s.c + s.r + s.tent
+			local ra = 0
+			if not known and used + charge > w.limit then
+				fits = false
+				ra = retry(s, now, used + charge - w.limit)
+			end
+			wins[j] = {s = s, used = used, ra = ra}
+		end
+		if not fits and q.enforce then ok = false end
+		if fits or not q.enforce then
+			for _, w in ipairs(wins) do w.s.tent = w.s.tent + charge end
+		end
+		plan[i] = {fits = fits, charge = charge, wins = wins}
+	end
+	if r.dry then ok = false end
+	out[#out + 1] = ok and 1 or 0
+	for _, p in ipairs(plan) do
+		local charged = 0
+		if ok then charged = p.charge end
+		out[#out + 1] = p.fits and 1 or 0
+		out[#out + 1] = charged
+		for _, w in ipairs(p.wins) do
+			out[#out + 1] = w.used + charged
+			out[#out + 1] = w.ra
+			w.s.add = w.s.add + charged
 		end
 	end
-	local fits = true
-	local wins = {}
-	for j = 1, nwin do
-		local s = load(KEYS[tonumber(ARGV[pos])], tonumber(ARGV[pos + 2]), tonumber(ARGV[pos + 3]))
-		local limit = tonumber(ARGV[pos + 1])
-		pos = pos + 4
-		local used = s.used + s.tent
-		local ra = 0
-		if not known and used + charge > limit then
-			fits = false
-			ra = retry(s, used + charge - limit)
-		end
-		wins[j] = {s = s, used = used, ra = ra}
-	end
-	if not fits and enforce then ok = false end
-	if fits or not enforce then
-		for _, w in ipairs(wins) do w.s.tent = w.s.tent + charge end
-	end
-	plan[i] = {fits = fits, charge = charge, wins = wins}
+	return ok
 end
 
-if dry then ok = false end
-local exp = now + ttl
-local out = {ok and 1 or 0}
-for _, p in ipairs(plan) do
-	local charged = 0
-	if ok then charged = p.charge end
-	out[#out + 1] = p.fits and 1 or 0
-	out[#out + 1] = charged
-	for _, w in ipairs(p.wins) do
-		out[#out + 1] = w.used + charged
-		out[#out + 1] = w.ra
-		if charged > 0 then
-			local s = w.s
-			s.mine = s.mine + charged
-			s.dirty = true
+-- reserveone checks and (unless dry) reserves r on its own: each window
+-- hash read once and written once.
+local function reserveone(r)
+	local states = {}
+	check(r, function(k, width, span)
+		local s = states[k]
+		if s then return s end
+		s = load(k, r.now, width, span, r.field)
+		s.tent, s.add = 0, 0
+		states[k] = s
+		return s
+	end)
+	if r.dry then return end
+	local exp = r.now + r.ttl
+	for _, s in pairs(states) do
+		if s.add > 0 then
+			if s.r == 0 or exp < s.nx then s.nx = exp end
+			if exp > s.mx then s.mx = exp end
+			s.r = s.r + s.add
+			persist(s, r.now, {r.field, s.mine + s.add .. ' ' .. exp})
+		elseif s.dirty then
+			persist(s, r.now, {})
 		end
 	end
 end
 
-for k, s in pairs(states) do
-	if s.dirty then
-		hdel(k, s.dead)
-		redis.call('HSET', k, field, s.mine .. ' ' .. exp)
-		local keep = exp - now
-		if s.maxexp and s.maxexp - now > keep then keep = s.maxexp - now end
-		local last = s.maxidx and (s.maxidx + s.span + 1) * s.width - now
-		if last and last > keep then keep = last end
-		redis.call('PEXPIRE', k, keep)
+-- reservemany checks and reserves rs in order, exactly as reserveone one
+-- after the other would, reading each window hash once and writing it
+-- once for all of them: the common case of Reserves that shared a round
+-- trip on busy keys. It returns false, having written nothing, when a
+-- hash has no totals, a reservation may expire within the span of rs, or
+-- buckets leave too far apart for one pass: reserveone then does it.
+local function reservemany(rs)
+	local maxnow, minexp = nil, nil
+	local hs, order = {}, {}
+	for _, r in ipairs(rs) do
+		if r.dry then return false end
+		if not maxnow or r.now > maxnow then maxnow = r.now end
+		if not minexp or r.now + r.ttl < minexp then minexp = r.now + r.ttl end
+		for _, q in ipairs(r.reqs) do
+			for _, w in ipairs(q.wins) do
+				local h = hs[w.k]
+				if not h then
+					h = {width = w.width, span = w.span, names = {'lo', 'c', 'r', 'hi', 'nx', 'mx', 'ex'}, set = {}}
+					hs[w.k] = h
+					order[#order + 1] = w.k
+				end
+				if not h.set[r.field] then
+					h.set[r.field] = true
+					h.names[#h.names + 1] = r.field
+				end
+			end
+		end
 	end
+	if not maxnow or minexp <= maxnow then return false end
+	local states = {}
+	for _, k in ipairs(order) do
+		local h = hs[k]
+		local v = redis.call('HMGET', k, unpack(h.names))
+		if not v[1] then return false end
+		local s = {k = k, width = h.width, span = h.span, del = {}, dirty = false, lo = tonumber(v[1]), c = tonumber(v[2]),
+			r = tonumber(v[3]), hi = tonumber(v[4]), nx = tonumber(v[5]), mx = tonumber(v[6]), ex = tonumber(v[7]) or 0,
+			f = {}, fexp = {}, written = {}}
+		if s.r > 0 and maxnow >= s.nx then return false end
+		local low = math.floor(maxnow / h.width) - h.span
+		if math.min(low - 1, s.hi) - s.lo > h.span + 1 then return false end
+		for i = 8, #h.names do
+			if v[i] then s.f[h.names[i]] = parseres(v[i]) end
+		end
+		states[k] = s
+	end
+	-- every reservation present is live until the last now: s.r is exact
+	for _, r in ipairs(rs) do
+		for _, s in pairs(states) do s.tent, s.add = 0, 0 end
+		check(r, function(k)
+			local s = states[k]
+			local low = math.floor(r.now / s.width) - s.span
+			if low > s.lo then
+				local top = math.min(low - 1, s.hi)
+				if top >= s.lo then
+					local idxs = {}
+					for i = s.lo, top do idxs[#idxs + 1] = i end
+					local got = redis.call('HMGET', k, unpack(idxs))
+					for j = 1, #idxs do
+						if got[j] then
+							s.c = s.c - tonumber(got[j])
+							s.del[#s.del + 1] = idxs[j]
+						end
+					end
+				end
+				s.lo = low
+				s.dirty = true
+			end
+			return s
+		end)
+		local exp = r.now + r.ttl
+		for _, s in pairs(states) do
+			if s.add > 0 then
+				if s.r == 0 or exp < s.nx then s.nx = exp end
+				if exp > s.mx then s.mx = exp end
+				s.r = s.r + s.add
+				if not s.fexp[r.field] then s.written[#s.written + 1] = r.field end
+				s.f[r.field] = (s.f[r.field] or 0) + s.add
+				s.fexp[r.field] = exp
+				s.dirty = true
+			end
+		end
+	end
+	for _, k in ipairs(order) do
+		local s = states[k]
+		if s.dirty then
+			local extra = {}
+			for _, f in ipairs(s.written) do
+				extra[#extra + 1] = f
+				extra[#extra + 1] = s.f[f] .. ' ' .. s.fexp[f]
+			end
+			persist(s, maxnow, extra)
+		end
+	end
+	return true
+end
+
+local nres = num()
+if nres == 0 then return 0 end
+local rs = {}
+for i = 1, nres do rs[i] = parsereserve() end
+if nres == 1 or not reservemany(rs) then
+	for _, r in ipairs(rs) do reserveone(r) end
 end
 return out
 `)
 
-// commitScript counts the parts of a reservation and remembers their
-// recipients; it mirrors Memory.Commit.
-//
-// ARGV: now ms, id, number of parts, max remembered, then per part:
-// amount, number of windows, index in KEYS of the seen set (0: none),
-// recipient hash, remember ms, then per window: index in KEYS of its hash,
-// bucket width ms, span.
-var commitScript = redis.NewScript(`
-local now = tonumber(ARGV[1])
-local field = 'r:' .. ARGV[2]
-local nparts = tonumber(ARGV[3])
-local maxr = tonumber(ARGV[4])
-local pos = 5
+// script collects the KEYS and ARGV of one call of quotaScript.
+type script struct {
+	keys keyArgs
+	args []any
+}
 
-local function hdel(k, fields)
-	for i = 1, #fields, 1000 do
-		redis.call('HDEL', k, unpack(fields, i, math.min(i + 999, #fields)))
-	end
-end
+// ends appends the ends section: the commits and releases of es, in
+// order.
+func (r *Redis) ends(sc *script, es []end) {
+	sc.args = append(sc.args, len(es), r.opts.maxRemembered)
+	for _, e := range es {
+		kind := "r"
+		if e.commit {
+			kind = "c"
+		}
+		sc.args = append(sc.args, kind, e.id, e.nowMs, len(e.parts))
+		for _, p := range e.parts {
+			seen, hash, remember := 0, "", int64(0)
+			if e.commit && remembers(p.Counter, p.Recipient, p.Remember) {
+				seen, hash, remember = sc.keys.add(r.seenKey(p.Counter)), hashArg(p.Recipient), ceilMs(p.Remember)
+			}
+			sc.args = append(sc.args, p.Amount, len(p.Windows), seen, hash, remember)
+			for _, w := range p.Windows {
+				sc.args = append(sc.args, sc.keys.add(r.winKey(p.Counter, w)), widthMs(w), spanOf(w))
+			}
+		}
+	}
+}
 
-for i = 1, nparts do
-	local amount = tonumber(ARGV[pos])
-	local nwin = tonumber(ARGV[pos + 1])
-	local seen = tonumber(ARGV[pos + 2])
-	local hash = ARGV[pos + 3]
-	local remember = tonumber(ARGV[pos + 4])
-	pos = pos + 5
-	for j = 1, nwin do
-		local k = KEYS[tonumber(ARGV[pos])]
-		local width = tonumber(ARGV[pos + 1])
-		local span = tonumber(ARGV[pos + 2])
-		pos = pos + 3
-		local low = math.floor(now / width) - span
-		local all = redis.call('HGETALL', k)
-		local dead, mine, maxidx, maxexp = {}, false, nil, nil
-		for x = 1, #all, 2 do
-			local f, v = all[x], all[x + 1]
-			if f == field then
-				mine = true
-				dead[#dead + 1] = f
-			elseif string.sub(f, 1, 2) == 'r:' then
-				local e = tonumber(string.sub(v, string.find(v, ' ', 1, true) + 1))
-				if e > now then
-					if not maxexp or e > maxexp then maxexp = e end
-				else
-					dead[#dead + 1] = f
-				end
-			else
-				local idx = tonumber(f)
-				if idx >= low then
-					if not maxidx or idx > maxidx then maxidx = idx end
-				else
-					dead[#dead + 1] = f
-				end
-			end
-		end
-		if amount > 0 or mine then
-			hdel(k, dead)
-			if amount > 0 then
-				local idx = math.floor(now / width)
-				redis.call('HINCRBY', k, idx, amount)
-				if not maxidx or idx > maxidx then maxidx = idx end
-			end
-			local keep = 0
-			if maxexp then keep = maxexp - now end
-			if maxidx and (maxidx + span + 1) * width - now > keep then keep = (maxidx + span + 1) * width - now end
-			if keep > 0 then redis.call('PEXPIRE', k, keep) end
-		end
-	end
-	if seen > 0 then
-		local sk = KEYS[seen]
-		local cur = redis.call('ZSCORE', sk, hash)
-		if not cur or tonumber(cur) < now then redis.call('ZADD', sk, now, hash) end
-		redis.call('ZREMRANGEBYSCORE', sk, '-inf', now - remember)
-		local n = redis.call('ZCARD', sk)
-		if n > maxr then redis.call('ZREMRANGEBYRANK', sk, 0, n - maxr - 1) end
-		local top = redis.call('ZRANGE', sk, -1, -1, 'WITHSCORES')
-		if top[2] then
-			local keep = tonumber(top[2]) + remember - now
-			if keep > 0 then redis.call('PEXPIRE', sk, keep) else redis.call('DEL', sk) end
-		end
-	end
-end
-return 0
-`)
-
-// releaseScript drops reservation ARGV[1] from every window hash in KEYS.
-var releaseScript = redis.NewScript(`
-local field = 'r:' .. ARGV[1]
-for _, k in ipairs(KEYS) do redis.call('HDEL', k, field) end
-return 0
-`)
+// end is one Commit (commit true) or Release of reservation id.
+type end struct {
+	commit bool
+	id     string
+	nowMs  int64 // Commit's now; unused by a Release
+	parts  []Part
+}
 
 // Reserve implements Store in one round trip.
 func (r *Redis) Reserve(ctx context.Context, id string, now time.Time, ttl time.Duration, reqs []Request) ([]Result, bool, error) {
@@ -388,42 +736,78 @@ func (r *Redis) Reserve(ctx context.Context, id string, now time.Time, ttl time.
 }
 
 func (r *Redis) reserve(ctx context.Context, id string, now time.Time, ttl time.Duration, reqs []Request, dry bool) ([]Result, bool, error) {
-	var keys keyArgs
-	args := make([]any, 0, 5+8*len(reqs))
-	args = append(args, now.UnixMilli(), ttlMs(ttl), id, boolArg(dry), len(reqs))
-	for _, q := range reqs {
-		seen, hash, remember := 0, "", int64(0)
-		if remembers(q.Counter, q.Recipient, q.Remember) {
-			seen, hash, remember = keys.add(r.seenKey(q.Counter)), hashArg(q.Recipient), ceilMs(q.Remember)
-		}
-		args = append(args, boolArg(q.Enforce), q.Amount, len(q.Windows), seen, hash, remember)
-		for _, w := range q.Windows {
-			args = append(args, keys.add(r.winKey(q.Counter, w)), w.Limit, widthMs(w), spanOf(w))
+	c := &reserveCall{id: id, nowMs: now.UnixMilli(), ttlMs: ttlMs(ttl), reqs: reqs, dry: dry}
+	if r.batch != nil && !dry {
+		return r.batch.reserve(ctx, c)
+	}
+	if err := r.runReserves(ctx, []*reserveCall{c}); err != nil {
+		return nil, false, err
+	}
+	return c.res, c.ok, c.err
+}
+
+// reserveCall is one Reserve (or, dry, Levels) in a call of quotaScript.
+type reserveCall struct {
+	id    string
+	nowMs int64
+	ttlMs int64
+	reqs  []Request
+	dry   bool
+
+	res   []Result
+	ok    bool
+	err   error         // a reply that does not parse
+	done  chan struct{} // closed when res, ok and err are set (shared round trips)
+	state atomic.Int32  // callWaiting, callDone, callAbandoned
+}
+
+// runReserves checks calls in one round trip, in order, and sets their
+// results; the error is the round trip's.
+func (r *Redis) runReserves(ctx context.Context, calls []*reserveCall) error {
+	sc := script{args: make([]any, 0, 3+8*len(calls))}
+	r.ends(&sc, nil)
+	sc.args = append(sc.args, len(calls))
+	for _, c := range calls {
+		sc.args = append(sc.args, c.nowMs, c.ttlMs, c.id, boolArg(c.dry), len(c.reqs))
+		for _, q := range c.reqs {
+			seen, hash, remember := 0, "", int64(0)
+			if remembers(q.Counter, q.Recipient, q.Remember) {
+				seen, hash, remember = sc.keys.add(r.seenKey(q.Counter)), hashArg(q.Recipient), ceilMs(q.Remember)
+			}
+			sc.args = append(sc.args, boolArg(q.Enforce), q.Amount, len(q.Windows), seen, hash, remember)
+			for _, w := range q.Windows {
+				sc.args = append(sc.args, sc.keys.add(r.winKey(q.Counter, w)), w.Limit, widthMs(w), spanOf(w))
+			}
 		}
 	}
-	vals, err := reserveScript.Run(ctx, r.rdb, keys.names, args...).Int64Slice()
+	vals, err := quotaScript.Run(ctx, r.rdb, sc.keys.names, sc.args...).Int64Slice()
 	if err != nil {
-		return nil, false, unavailable(err)
+		return unavailable(err)
 	}
-	want := 1
-	for _, q := range reqs {
-		want += 2 + 2*len(q.Windows)
-	}
-	if len(vals) != want {
-		return nil, false, unavailable(fmt.Errorf("reserve script replied %d values, want %d", len(vals), want))
-	}
-	results := make([]Result, len(reqs))
-	pos := 1
-	for i, q := range reqs {
-		res := Result{Fits: vals[pos] == 1, Charged: vals[pos+1], Levels: make([]Level, len(q.Windows))}
-		pos += 2
-		for j, w := range q.Windows {
-			res.Levels[j] = Level{Window: w, Used: vals[pos], RetryAfter: time.Duration(vals[pos+1]) * time.Millisecond}
-			pos += 2
+	for _, c := range calls {
+		want := 1
+		for _, q := range c.reqs {
+			want += 2 + 2*len(q.Windows)
 		}
-		results[i] = res
+		if len(vals) < want {
+			c.err = unavailable(fmt.Errorf("quota script replied %d values, want %d", len(vals), want))
+			continue
+		}
+		c.res = make([]Result, len(c.reqs))
+		c.ok = vals[0] == 1
+		pos := 1
+		for i, q := range c.reqs {
+			res := Result{Fits: vals[pos] == 1, Charged: vals[pos+1], Levels: make([]Level, len(q.Windows))}
+			pos += 2
+			for j, w := range q.Windows {
+				res.Levels[j] = Level{Window: w, Used: vals[pos], RetryAfter: time.Duration(vals[pos+1]) * time.Millisecond}
+				pos += 2
+			}
+			c.res[i] = res
+		}
+		vals = vals[want:]
 	}
-	return results, vals[0] == 1, nil
+	return nil
 }
 
 func boolArg(b bool) int {
@@ -438,48 +822,41 @@ func hashArg(rcpt string) string {
 	return strconv.FormatUint(recipientHash(rcpt), 16)
 }
 
-// Commit implements Store in one round trip.
-func (r *Redis) Commit(ctx context.Context, id string, now time.Time, parts []Part) error {
-	if err := checkParts(parts); err != nil {
-		return err
-	}
-	var keys keyArgs
-	args := make([]any, 0, 4+7*len(parts))
-	args = append(args, now.UnixMilli(), id, len(parts), r.opts.maxRemembered)
-	for _, p := range parts {
-		seen, hash, remember := 0, "", int64(0)
-		if remembers(p.Counter, p.Recipient, p.Remember) {
-			seen, hash, remember = keys.add(r.seenKey(p.Counter)), hashArg(p.Recipient), ceilMs(p.Remember)
-		}
-		args = append(args, p.Amount, len(p.Windows), seen, hash, remember)
-		for _, w := range p.Windows {
-			args = append(args, keys.add(r.winKey(p.Counter, w)), widthMs(w), spanOf(w))
-		}
-	}
-	if len(keys.names) == 0 {
+// runEnds applies es in one round trip.
+func (r *Redis) runEnds(ctx context.Context, es []end) error {
+	var sc script
+	r.ends(&sc, es)
+	if len(sc.keys.names) == 0 {
 		return nil
 	}
-	if err := commitScript.Run(ctx, r.rdb, keys.names, args...).Err(); err != nil {
+	sc.args = append(sc.args, 0)
+	if err := quotaScript.Run(ctx, r.rdb, sc.keys.names, sc.args...).Err(); err != nil {
 		return unavailable(err)
 	}
 	return nil
 }
 
-// Release implements Store in one round trip.
-func (r *Redis) Release(ctx context.Context, id string, parts []Part) error {
-	var keys keyArgs
-	for _, p := range parts {
-		for _, w := range p.Windows {
-			keys.add(r.winKey(p.Counter, w))
-		}
+// Commit implements Store in one round trip, or, WithBatch, by queueing
+// the commit for the next flush (it keeps parts until then).
+func (r *Redis) Commit(ctx context.Context, id string, now time.Time, parts []Part) error {
+	if err := checkParts(parts); err != nil {
+		return err
 	}
-	if len(keys.names) == 0 {
+	e := end{commit: true, id: id, nowMs: now.UnixMilli(), parts: parts}
+	if r.batch != nil && r.batch.add(e) {
 		return nil
 	}
-	if err := releaseScript.Run(ctx, r.rdb, keys.names, id).Err(); err != nil {
-		return unavailable(err)
+	return r.runEnds(ctx, []end{e})
+}
+
+// Release implements Store in one round trip, or, WithBatch, by queueing
+// the release for the next flush (it keeps parts until then).
+func (r *Redis) Release(ctx context.Context, id string, parts []Part) error {
+	e := end{id: id, parts: parts}
+	if r.batch != nil && r.batch.add(e) {
+		return nil
 	}
-	return nil
+	return r.runEnds(ctx, []end{e})
 }
 
 // Levels implements Store in one round trip. A window's RetryAfter is for

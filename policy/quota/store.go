@@ -70,16 +70,32 @@
 //	PREFIXquota:QUOTA:KIND:PERIODMS:KEY  hash, one per counter and window
 //	    "<bucket index>" -> committed units of that bucket
 //	    "r:<id>"         -> "<units> <expiry ms>" of a reservation
+//	    "c"  -> the sum of the buckets present
+//	    "r"  -> the sum of the reservations present
+//	    "lo" -> every bucket below this index has been dropped
+//	    "hi" -> no bucket above this index
+//	    "nx" -> no reservation expires before this ms (0: none)
+//	    "mx" -> no reservation expires after this ms (0: none)
 //	PREFIXquota:QUOTA:seen:KEY           sorted set, NewRecipients memory
 //	    hex of 64 bits of SHA-256(recipient) -> ms of the last commit to it
 //
-// Scripts drop buckets that left the window and expired reservations of
-// a hash they write, and set its PEXPIRE to when its last bucket leaves
-// or its last reservation expires, whichever is later; a seen set keeps
-// at most WithMaxRemembered members and expires Remember after its latest
+// The running totals make a call O(1) in the number of buckets and
+// reservations of a hash: buckets that left the window since the last
+// call are read by index (HMGET lo..now's oldest-1) and dropped, and the
+// whole hash is read only when a reservation may have expired (now >= nx;
+// since a Commit or Release leaves nx behind, that is about once per
+// reservation ttl on a busy hash), when the hash has no totals (written
+// by an older version: rebuilt on first use), or on the refusal path for
+// RetryAfter. A hash whose buckets all left and whose reservations all
+// ended is deleted; otherwise its PEXPIRE is when its last bucket leaves
+// or its last reservation could expire (mx, which a Commit or Release
+// may leave up to one ttl late), whichever is later; a seen set keeps at
+// most WithMaxRemembered members and expires Remember after its latest
 // commit. So Redis holds nothing for a key idle longer than its longest
-// window (or its remember). Reserve, Commit and Release are each one
-// script (one round trip); Keys and Reset SCAN. The scripts use the
+// window (or its remember, or the ttl of its last reservation). Reserve,
+// Commit and Release are each one call of the script (one round trip;
+// WithBatch shares round trips between calls, see Redis); Keys and Reset
+// SCAN. The scripts use the
 // caller's clock, so instances need NTP-synchronized clocks: the error
 // bound grows by their skew. Redis Cluster is not supported (one script
 // touches the keys of several quotas and keys, in any slots). Tested with
@@ -196,8 +212,23 @@ type Store interface {
 	// Commit turns the units of id into counted usage at now (units whose
 	// reservation expired are counted all the same: the mail went out) and
 	// remembers the new recipients.
+	//
+	// When it returns nil the units are counted, except in a Redis store
+	// made WithBatch, where the commit is only queued (the store keeps
+	// parts: the caller must not change them): it is applied within the
+	// batch interval plus one round trip, by a flush whose failure is
+	// logged, not returned (the units are then not counted: their
+	// reservation expires after its ttl). Until it is applied the units
+	// still count as reserved, so no limit is ever exceeded meanwhile; a
+	// crash loses the commits still queued (under-counted like a failed
+	// Commit).
 	Commit(ctx context.Context, id string, now time.Time, parts []Part) error
-	// Release drops the reservation id; nothing is counted.
+	// Release drops the reservation id; nothing is counted. When it
+	// returns nil the units are free, except WithBatch, as for Commit:
+	// they are freed within the batch interval plus one round trip (or
+	// when the reservation expires, if the flush fails or the process
+	// dies first), and until then a reservation that would have fit may
+	// be refused.
 	Release(ctx context.Context, id string, parts []Part) error
 	// Levels reports the windows of c at now without changing anything;
 	// a window's RetryAfter is for one more unit (non-zero when full).
@@ -208,4 +239,10 @@ type Store interface {
 	// Reset forgets every counter, reservation and remembered recipient
 	// of key under quota.
 	Reset(ctx context.Context, quota, key string) error
+	// Close applies what the store still holds for later (the queued
+	// commits and releases of a Redis store made WithBatch) before the
+	// process exits; Commit and Release keep working after it, each
+	// applied at once. It does not close a Redis client, which belongs to
+	// the caller.
+	Close(ctx context.Context) error
 }

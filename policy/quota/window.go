@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 )
 
@@ -136,6 +137,8 @@ type Option func(*options)
 type options struct {
 	maxKeys       int
 	maxRemembered int
+	batch         time.Duration
+	log           *slog.Logger
 }
 
 // Defaults of the options.
@@ -169,8 +172,28 @@ func WithMaxRemembered(n int) Option {
 	}
 }
 
+// WithBatch makes a Redis store's Commit and Release queue their work
+// and return at once; the queue is applied interval after the first
+// queued call, in one round trip (sooner when 256 are queued), and by
+// Flush and Close. See Store for what Commit and Release then guarantee.
+// interval <= 0 keeps them synchronous (the default). Memory ignores it.
+func WithBatch(interval time.Duration) Option {
+	return func(o *options) { o.batch = interval }
+}
+
+// WithLogger gives a store a logger, for what it cannot return: the
+// commits and releases a failed flush lost (WithBatch). The default is
+// slog.Default().
+func WithLogger(l *slog.Logger) Option {
+	return func(o *options) {
+		if l != nil {
+			o.log = l
+		}
+	}
+}
+
 func buildOptions(opts []Option) options {
-	o := options{maxKeys: DefaultMaxKeys, maxRemembered: DefaultMaxRemembered}
+	o := options{maxKeys: DefaultMaxKeys, maxRemembered: DefaultMaxRemembered, log: slog.Default()}
 	for _, f := range opts {
 		f(&o)
 	}
