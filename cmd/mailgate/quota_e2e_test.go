@@ -202,15 +202,15 @@ for i in range(3):
 # mailgate releases a hung-up transaction when it reads the EOF, which
 # races with the next command here: wait for it (bounded), never longer.
 import time
-for attempt in range(50):
-    try:
-        s.sendmail(%[1]q, ["x@elsewhere.example"], msg(%[1]q))
-        break
-    except smtplib.SMTPSenderRefused:
-        time.sleep(0.1)
-else:
-    print("hung-up transactions still hold the quota after 5s"); sys.exit(1)
-s.sendmail(%[1]q, ["x@elsewhere.example"], msg(%[1]q))
+for i in range(2):
+    for attempt in range(50):
+        try:
+            s.sendmail(%[1]q, ["x@elsewhere.example"], msg(%[1]q))
+            break
+        except smtplib.SMTPSenderRefused:
+            time.sleep(0.1)
+    else:
+        print("hung-up transactions still hold the quota after 5s"); sys.exit(1)
 try:
     s.sendmail(%[1]q, ["x@elsewhere.example"], msg(%[1]q))
     print("third accepted")
