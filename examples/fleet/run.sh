@@ -83,7 +83,9 @@ pids+=($!)
 export FLEET_REDIS=127.0.0.1:$redis_port
 
 if [[ -z ${FLEET_UPSTREAM:-} ]]; then
-  smtp-sink -c "127.0.0.1:$sink_port" 100 >"$FLEET_DIR/sink.log" 2>&1 &
+  sink_user=()
+  if [[ $EUID -eq 0 ]]; then sink_user=(-u nobody); fi # smtp-sink will not run as root
+  smtp-sink "${sink_user[@]}" -c "127.0.0.1:$sink_port" 100 >"$FLEET_DIR/sink.log" 2>&1 &
   pids+=($!)
   export FLEET_UPSTREAM=127.0.0.1:$sink_port
 fi
