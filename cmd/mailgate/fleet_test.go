@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -161,28 +162,32 @@ func (f *fleet) logSizes(t *testing.T) []int64 {
 	return sizes
 }
 
-// logHasLine says whether instance n's log, past offset, has a line
-// holding every part.
-func (f *fleet) logHasLine(n int, offset int64, parts ...string) bool {
+// logLine returns the first line of instance n's log past offset that
+// holds every part.
+func (f *fleet) logLine(n int, offset int64, parts ...string) (string, bool) {
 	b, _ := os.ReadFile(filepath.Join(f.dir, fmt.Sprintf("mg%d.log", n)))
 	if int64(len(b)) <= offset {
-		return false
+		return "", false
 	}
 	for _, line := range strings.Split(string(b[offset:]), "\n") {
 		if !slices.ContainsFunc(parts, func(p string) bool { return !strings.Contains(line, p) }) {
-			return true
+			return line, true
 		}
 	}
-	return false
+	return "", false
 }
 
 // waitLogLine waits until instance n's log, past offset, has a line
-// holding every part, and returns when it was seen.
+// holding every part, and returns the time that line records.
 func (f *fleet) waitLogLine(t *testing.T, n int, offset int64, parts ...string) time.Time {
 	t.Helper()
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if f.logHasLine(n, offset, parts...) {
-			return time.Now()
+		if line, ok := f.logLine(n, offset, parts...); ok {
+			var rec struct{ Time time.Time }
+			if err := json.Unmarshal([]byte(line), &rec); err != nil {
+				t.Fatalf("mg%d.log: %v: %s", n, err, line)
+			}
+			return rec.Time
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("mg%d.log: no line with %q", n, parts)
@@ -229,7 +234,12 @@ func fleetPolicyRollout(t *testing.T, f *fleet) {
 	writeFile(t, filepath.Join(pol, "data.json"), `{"blocked_domains": ["blocked.example", "incident.example"]}`)
 	offsets := f.logSizes(t)
 	f.publish(t, pol, "2", "")
-	published := time.Now()
+	// Published when the bundle file took its place (written, then renamed).
+	fi, err := os.Stat(filepath.Join(f.dir, "bundles", "mail.tar.gz"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	published := fi.ModTime()
 	for n := 1; n <= 3; n++ {
 		took := f.waitLogLine(t, n, offsets[n-1], `"msg":"policy bundle activated"`, `"revision":"2"`).Sub(published)
 		t.Logf("mg%d: revision 2 in force %v after publishing", n, took.Round(time.Millisecond))
@@ -258,7 +268,7 @@ func fleetPolicyRollout(t *testing.T, f *fleet) {
 		f.waitLogLine(t, n, offsets[n-1], `"msg":"transaction"`, `"policy_revision":"rego:fleet=2"`)
 	}
 	for n := 1; n <= 3; n++ {
-		if f.logHasLine(n, offsets[n-1], `"msg":"policy bundle activated"`, `"revision":"3"`) {
+		if _, ok := f.logLine(n, offsets[n-1], `"msg":"policy bundle activated"`, `"revision":"3"`); ok {
 			t.Errorf("mg%d activated the bundle signed with another key", n)
 		}
 	}
