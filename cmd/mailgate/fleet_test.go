@@ -260,7 +260,7 @@ func fleetPolicyRollout(t *testing.T, f *fleet) {
 	offsets = f.logSizes(t)
 	f.publish(t, pol, "3", otherKey)
 	for n := 1; n <= 3; n++ {
-		f.waitLogLine(t, n, offsets[n-1], `"msg":"policy bundle not activated; keeping the running policy"`, `"revision":"2"`)
+		f.waitLogLine(t, n, offsets[n-1], `"msg":"policy bundle not activated; keeping the running policy"`, `"revision":"2"`, "verif")
 	}
 	for n := 1; n <= 3; n++ {
 		refused(n, "incident.example")
