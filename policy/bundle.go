@@ -62,8 +62,9 @@ type BundleConfig struct {
 	// instead of the system roots.
 	CAFile string `hcl:"ca_file,optional"`
 	// Verification, when present, requires every bundle to be signed with
-	// the private key matching its public key. Without it, signatures are
-	// not checked at all.
+	// the private key matching its public key. Without it, unsigned
+	// bundles load and signed ones are refused (OPA's downloader: a bundle
+	// with .signatures.json needs a key).
 	Verification *BundleVerification `hcl:"verification,block"`
 }
 

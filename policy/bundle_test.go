@@ -313,6 +313,23 @@ func TestBundle_UnsignedWithoutVerification(t *testing.T) {
 	}
 }
 
+// TestBundle_SignedWithoutVerificationRefused pins OPA's behaviour that the
+// README documents: without a verification block an unsigned bundle loads,
+// but a signed one is refused ("verification key not provided"), so
+// signing cannot be turned on before the instances have the key.
+func TestBundle_SignedWithoutVerificationRefused(t *testing.T) {
+	f := newBundleFixture(t)
+	srv := newBundleServer(t)
+	srv.publish(buildBundle(t, bundlePolicy("v1"), "r1", f.priv))
+	p := openBundlePolicy(t, f.config(srv.url(), false), nil)
+	if err := p.Reload(); err == nil || !strings.Contains(err.Error(), "verification key not provided") {
+		t.Fatalf("Reload = %v, want verification key not provided", err)
+	}
+	if err := p.Ready(); err == nil {
+		t.Fatal("ready with a refused signed bundle")
+	}
+}
+
 func TestBundle_BadModuleKeepsThePreviousPolicy(t *testing.T) {
 	f := newBundleFixture(t)
 	srv := newBundleServer(t)

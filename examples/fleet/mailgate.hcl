@@ -40,6 +40,25 @@ quota "trial" {
   messages = ["2/1h"]
 }
 
+# The policy comes from the fleet's bundle server (run.sh, publish.sh):
+# signed bundles only, polled every FLEET_BUNDLE_POLLING; the last good one
+# is cached per instance, so a restart during a bundle-server outage still
+# serves. Until an instance has a bundle it defers mail and /readyz says
+# why, so HAProxy sends it nothing.
+policy {
+  rego {
+    name = "fleet"
+    bundle {
+      url       = env("FLEET_BUNDLE_URL")
+      polling   = env("FLEET_BUNDLE_POLLING")
+      cache_dir = env("MG_BUNDLE_CACHE")
+      verification {
+        public_key_file = env("FLEET_BUNDLE_KEY") # the private key never leaves the publisher
+      }
+    }
+  }
+}
+
 # /readyz for HAProxy's health check, /metrics for Prometheus.
 metrics {
   address        = "127.0.0.1:${env("MG_METRICS_PORT")}"

@@ -52,6 +52,7 @@ var tools = map[string]tool{
 	"postfix":          {bin: "postfix", pkg: "postfix"},
 	"swaks":            {bin: "swaks", pkg: "swaks libio-socket-ssl-perl libnet-ssleay-perl libauthen-sasl-perl"},
 	"curl":             {bin: "curl", pkg: "curl"},
+	"python3":          {bin: "python3", pkg: "python3"},
 	"python3-dkim":     {bin: pythonPath, pkg: "python3-dkim", python: "dkim"},
 	"opendkim":         {bin: "opendkim", pkg: "opendkim"},
 	"opendkim-testkey": {bin: "opendkim-testkey", pkg: "opendkim-tools"},
@@ -150,7 +151,8 @@ func probeTool(name string, tl tool) (string, error) {
 
 // Require skips the test, loudly, unless every named tool is installed; with
 // CI=true it fails the test instead. Valid names are listed by [Tools]:
-// smtp-sink, smtp-source, postfix, swaks, curl, python3-dkim (meaning
+// smtp-sink, smtp-source, postfix, swaks, curl, python3 (the first in
+// PATH, as a script runs it), python3-dkim (meaning
 // /usr/bin/python3 can import dkim), opendkim, opendkim-testkey,
 // redis-server, openssl, haproxy, and the submission clients msmtp, mutt,
 // nodemailer (node can require Debian's nodemailer from [NodePath]),
