@@ -223,17 +223,16 @@ func (p *Policy) checkQuotas(ctx context.Context, qs *Quotas, doc *document) quo
 				slog.String("key", a.key), slog.String("window", worstText), slog.String("action", a.def.action),
 				slog.Duration("retry_after", worst.Round(time.Second)), slog.String("session", doc.in.Session.ID))
 		}
+		// As between engines: the first reject wins, else the first defer.
 		switch {
 		case a.def.action == "warn":
 			c.warnings = append(c.warnings, Warning{Engine: QuotaEngine, Rule: a.def.name, Message: msg})
-		case c.refusal == nil:
-			dec := &Decision{Outcome: Defer, Code: defaultDeferCode, EnhancedCode: defaultDeferEnh,
+		case a.def.action == "reject" && (c.refusal == nil || c.refusal.Outcome != Reject):
+			c.refusal = &Decision{Outcome: Reject, Code: defaultRejectCode, EnhancedCode: defaultRejectEnh,
+				Message: msg, Engine: QuotaEngine, Rule: a.def.name}
+		case a.def.action == "defer" && c.refusal == nil:
+			c.refusal = &Decision{Outcome: Defer, Code: defaultDeferCode, EnhancedCode: defaultDeferEnh,
 				Message: msg + ", retry in " + formatRetry(worst), Engine: QuotaEngine, Rule: a.def.name}
-			if a.def.action == "reject" {
-				dec = &Decision{Outcome: Reject, Code: defaultRejectCode, EnhancedCode: defaultRejectEnh,
-					Message: msg, Engine: QuotaEngine, Rule: a.def.name}
-			}
-			c.refusal = dec
 		}
 	}
 	if reserved && len(parts) > 0 {

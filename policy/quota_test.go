@@ -646,3 +646,25 @@ func TestQuota_DecisionLog(t *testing.T) {
 		t.Fatalf("record = %s", lines[1])
 	}
 }
+
+// TestQuota_RejectBeatsDefer: two full quotas, a defer listed first and a
+// reject second: the reject answers, as between engines.
+func TestQuota_RejectBeatsDefer(t *testing.T) {
+	c := newClock()
+	p := quotaPolicy(t, `quota "soft" {
+  key      = envelope.from
+  messages = ["1/1h"]
+}
+quota "hard" {
+  key      = envelope.from
+  messages = ["1/1h"]
+  action   = "reject"
+}`, Config{}, nil, c)
+	if r := send(t, p, "app@example.com", nil, true); r != nil {
+		t.Fatalf("first: %+v", r)
+	}
+	d := evaluate(t, p, mailInput("", "app@example.com"))
+	if d.Outcome != Reject || d.Rule != "hard" || d.Code != 550 {
+		t.Fatalf("second: %+v", d)
+	}
+}
