@@ -15,6 +15,7 @@ package dkim
 #cgo LDFLAGS: -lcrypto
 #include <stdlib.h>
 #include <string.h>
+#include <malloc.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
@@ -22,6 +23,9 @@ package dkim
 
 // Counters for the leak tests: every EVP object made and freed.
 static long mg_pkeys_made, mg_pkeys_freed, mg_ctxs_made, mg_ctxs_freed;
+
+// mg_heap is the C heap in use (glibc mallinfo2), for the leak tests.
+static size_t mg_heap(void) { return mallinfo2().uordblks; }
 
 static void mg_count(long *c) { __atomic_fetch_add(c, 1, __ATOMIC_RELAXED); }
 
@@ -167,7 +171,15 @@ type opensslKey struct {
 // one signature against crypto/rsa's verifier before it is used, so a key
 // libcrypto read differently fails at load, not on a message.
 func newOpenSSLKey(k *rsa.PrivateKey) (crypto.Signer, error) {
-	der := x509.MarshalPKCS1PrivateKey(k)
+	return newOpenSSLKeyDER(x509.MarshalPKCS1PrivateKey(k), &k.PublicKey)
+}
+
+// newOpenSSLKeyDER loads der (PKCS#1 or PKCS#8), which is cleared, and
+// self-tests it against pub.
+func newOpenSSLKeyDER(der []byte, pub *rsa.PublicKey) (*opensslKey, error) {
+	if len(der) == 0 {
+		return nil, fmt.Errorf("%w %q: load key: empty DER", ErrRSABackend, RSABackendOpenSSL)
+	}
 	cder := C.CBytes(der)
 	clear(der)
 	var errbuf [errBufLen]C.char
@@ -178,7 +190,7 @@ func newOpenSSLKey(k *rsa.PrivateKey) (crypto.Signer, error) {
 	}
 	h := &pkey{}
 	atomic.StorePointer(&h.p, unsafe.Pointer(p))
-	ok := &opensslKey{h: h, pub: &k.PublicKey, size: int(C.mg_size(p))}
+	ok := &opensslKey{h: h, pub: pub, size: int(C.mg_size(p))}
 	// The safety net: a key nobody closed is freed once unreachable.
 	ok.cleanup = runtime.AddCleanup(ok, (*pkey).free, h)
 
@@ -238,3 +250,7 @@ func opensslCounts() (pkeysMade, pkeysFreed, ctxsMade, ctxsFreed int64) {
 	C.mg_counts(&c[0])
 	return int64(c[0]), int64(c[1]), int64(c[2]), int64(c[3])
 }
+
+// cHeapInUse is the C heap in use in bytes (glibc's mallinfo2 uordblks),
+// for the leak tests: libcrypto allocates with malloc.
+func cHeapInUse() int64 { return int64(C.mg_heap()) }
