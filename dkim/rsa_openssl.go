@@ -15,7 +15,6 @@ package dkim
 #cgo LDFLAGS: -lcrypto
 #include <stdlib.h>
 #include <string.h>
-#include <malloc.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
@@ -24,8 +23,14 @@ package dkim
 // Counters for the leak tests: every EVP object made and freed.
 static long mg_pkeys_made, mg_pkeys_freed, mg_ctxs_made, mg_ctxs_freed;
 
-// mg_heap is the C heap in use (glibc mallinfo2), for the leak tests.
-static size_t mg_heap(void) { return mallinfo2().uordblks; }
+// mg_heap is the C heap in use (glibc mallinfo2), for the leak tests;
+// -1 with another C library (musl has no mallinfo2).
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 33)
+#include <malloc.h>
+static long long mg_heap(void) { return (long long)mallinfo2().uordblks; }
+#else
+static long long mg_heap(void) { return -1; }
+#endif
 
 static void mg_count(long *c) { __atomic_fetch_add(c, 1, __ATOMIC_RELAXED); }
 
@@ -252,5 +257,6 @@ func opensslCounts() (pkeysMade, pkeysFreed, ctxsMade, ctxsFreed int64) {
 }
 
 // cHeapInUse is the C heap in use in bytes (glibc's mallinfo2 uordblks),
-// for the leak tests: libcrypto allocates with malloc.
+// for the leak tests: libcrypto allocates with malloc. -1 when the C
+// library cannot tell.
 func cHeapInUse() int64 { return int64(C.mg_heap()) }

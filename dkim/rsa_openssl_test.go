@@ -287,7 +287,9 @@ func TestOpenSSLNoLeak(t *testing.T) {
 	}
 	// A leak of even one 256-byte signature per message would be 1 MB;
 	// an EVP_PKEY_CTX leak far more.
-	if grew > 512<<10 {
+	if heap0 < 0 {
+		t.Log("no mallinfo2 in this C library: C heap not measured (the EVP counts still are)")
+	} else if grew > 512<<10 {
 		t.Errorf("C heap grew %d bytes over 4000 signatures", grew)
 	}
 }
