@@ -6,7 +6,10 @@
 // streamed straight into SHA-256 (one pass over the body for every key),
 // no l=, an explicit oversigned header list, t= and x=, and a
 // DKIM-Signature field byte-identical to what github.com/emersion/go-msgauth
-// v0.7.0 produces (the tests check it against go-msgauth). It also
+// v0.7.0 produces (the tests check it against go-msgauth).
+// RSA signs with crypto/rsa, or with OpenSSL's libcrypto in a build with
+// -tags openssl (rsa_openssl.go; Config.RSABackend chooses); both give the
+// same bytes. It also
 // provides the operator tools behind "mailgate dkim": key generation, DNS
 // records and a check of published records.
 //
