@@ -9,6 +9,7 @@ import (
 	"errors"
 	"io"
 	"strings"
+	"sync"
 	"testing"
 	"testing/iotest"
 	"time"
@@ -28,6 +29,24 @@ func msgauthCanon(c canonicalization) msgauth.Canonicalization {
 	return msgauth.CanonicalizationSimple
 }
 
+// goKeys caches goKey's keys by file.
+var goKeys sync.Map // file → crypto.Signer
+
+// goKey returns the key in file as crypto/rsa or crypto/ed25519 parsed
+// it: the reference, whatever backend the Signer under test uses.
+func goKey(t testing.TB, file string) crypto.Signer {
+	t.Helper()
+	if k, ok := goKeys.Load(file); ok {
+		return k.(crypto.Signer)
+	}
+	k, err := LoadKeyFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	goKeys.Store(file, k)
+	return k
+}
+
 // refSign signs msg with one go-msgauth signer per key, fed in one pass as
 // the pre-canon.go Signer did. A message without the empty line after the
 // header gets one (go-msgauth needs it; the body is empty either way).
@@ -42,7 +61,7 @@ func refSign(t testing.TB, keys []*key, headerKeys []string, hc, bc canonicaliza
 		sg, err := msgauth.NewSigner(&msgauth.SignOptions{
 			Domain:                 k.domain,
 			Selector:               k.selector,
-			Signer:                 k.signer,
+			Signer:                 goKey(t, k.file),
 			Hash:                   crypto.SHA256,
 			HeaderCanonicalization: msgauthCanon(hc),
 			BodyCanonicalization:   msgauthCanon(bc),
@@ -113,7 +132,7 @@ func signDifferential(t testing.TB, s *Signer, domain string, dc diffCase, msg s
 	if dc.override != nil {
 		headerKeys = dc.override
 	}
-	keys := (*s.keys.Load())[domain]
+	keys := s.keys.Load().kr[domain]
 	if len(keys) == 0 {
 		t.Fatalf("no key for %s", domain)
 	}

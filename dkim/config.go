@@ -47,6 +47,7 @@ var forbiddenHeaders = []string{"Received", "Return-Path", "Bcc"}
 //	  key "example.com" "mg2026e" { file = "/etc/mailgate/dkim/example.com.mg2026e.pem" subdomains = true }
 //	  expiration = "120h"
 //	  unsigned   = "relay"
+//	  rsa_backend = "auto"
 //	}
 //
 // The zero Config is valid: no keys, every message relayed unsigned.
@@ -66,6 +67,10 @@ type Config struct {
 	// Oversign overrides the set of oversigned headers (by default every
 	// signed header). Every entry must also be a signed header.
 	Oversign []string `hcl:"oversign,optional"`
+	// RSABackend chooses what signs with RSA keys: "auto" (default:
+	// OpenSSL when built with -tags openssl, else Go), "go" or "openssl"
+	// (an error in a build without it). Ed25519 always signs in Go.
+	RSABackend *string `hcl:"rsa_backend,optional"`
 }
 
 // KeyConfig is one key "domain" "selector" { ... } block.
@@ -113,6 +118,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Unsigned != nil && *c.Unsigned != UnsignedRelay && *c.Unsigned != UnsignedReject {
 		bad("unsigned = %q: want %q or %q", *c.Unsigned, UnsignedRelay, UnsignedReject)
+	}
+	if _, err := c.rsaBackend(); err != nil {
+		bad("rsa_backend: %v", err)
 	}
 	if c.Headers != nil {
 		hasFrom := false
@@ -176,6 +184,14 @@ func (c *Config) expiration() (time.Duration, error) {
 		return 0, fmt.Errorf("%q: must be at least 1s, or \"0\" to disable", s)
 	}
 	return d, nil
+}
+
+// rsaBackend returns the RSA backend c selects in this binary.
+func (c *Config) rsaBackend() (string, error) {
+	if c.RSABackend == nil {
+		return ResolveRSABackend("")
+	}
+	return ResolveRSABackend(*c.RSABackend)
 }
 
 func (c *Config) unsignedReject() bool {

@@ -6,7 +6,10 @@
 // streamed straight into SHA-256 (one pass over the body for every key),
 // no l=, an explicit oversigned header list, t= and x=, and a
 // DKIM-Signature field byte-identical to what github.com/emersion/go-msgauth
-// v0.7.0 produces (the tests check it against go-msgauth). It also
+// v0.7.0 produces (the tests check it against go-msgauth).
+// RSA signs with crypto/rsa, or with OpenSSL's libcrypto in a build with
+// -tags openssl (rsa_openssl.go; Config.RSABackend chooses); both give the
+// same bytes. It also
 // provides the operator tools behind "mailgate dkim": key generation, DNS
 // records and a check of published records.
 //
@@ -18,6 +21,7 @@ import (
 	"bufio"
 	"context"
 	"crypto"
+	"crypto/rsa"
 	"errors"
 	"fmt"
 	"io"
@@ -58,7 +62,8 @@ type Signer struct {
 	reject     bool
 	signed     []string
 	oversign   []bool // oversign[i]: signed[i] is oversigned
-	keys       atomic.Pointer[keyring]
+	rsaBackend string // RSABackendGo or RSABackendOpenSSL
+	keys       atomic.Pointer[loadedKeys]
 
 	// Canonicalizations; always relaxed/relaxed outside tests (relaxed
 	// survives the header re-folding and trailing-space stripping that
@@ -79,17 +84,70 @@ type key struct {
 // keyring maps a normalized domain to its keys, in configuration order.
 type keyring map[string][]*key
 
+// loadedKeys is a keyring in use, reference counted because a key may
+// hold memory outside the Go heap (an OpenSSL EVP_PKEY): the Signer holds
+// one reference until Reload replaces the keyring or Close, every Sign
+// one while it runs, and the last to let go frees the keys. A Sign in
+// progress during a Reload finishes with the keys it started with.
+type loadedKeys struct {
+	kr   keyring
+	refs atomic.Int64
+}
+
+func newLoadedKeys(kr keyring) *loadedKeys {
+	lk := &loadedKeys{kr: kr}
+	lk.refs.Store(1)
+	return lk
+}
+
+// release drops a reference; the last one closes every key.
+func (lk *loadedKeys) release() {
+	if lk.refs.Add(-1) == 0 {
+		lk.kr.close()
+	}
+}
+
+func (kr keyring) close() {
+	for _, ks := range kr {
+		for _, k := range ks {
+			closeSigner(k.signer)
+		}
+	}
+}
+
+// ErrClosed is returned by Sign after Close.
+var ErrClosed = errors.New("dkim: signer closed")
+
+// acquire returns the keyring in use with a reference taken, or nil after
+// Close. A keyring whose count reached zero is being freed and is never
+// used: by then Reload or Close has stored its successor, so the loop
+// only retries across a swap.
+func (s *Signer) acquire() *loadedKeys {
+	for {
+		lk := s.keys.Load()
+		if lk == nil {
+			return nil
+		}
+		n := lk.refs.Load()
+		if n > 0 && lk.refs.CompareAndSwap(n, n+1) {
+			return lk
+		}
+	}
+}
+
 // New validates cfg, loads every key file and returns a Signer.
 func New(cfg Config, opts ...Option) (*Signer, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	exp, _ := cfg.expiration() // checked by Validate
+	exp, _ := cfg.expiration()     // checked by Validate
+	backend, _ := cfg.rsaBackend() // checked by Validate
 	s := &Signer{
 		cfg:         cfg,
 		now:         time.Now,
 		log:         slog.Default(),
 		expiration:  exp,
+		rsaBackend:  backend,
 		reject:      cfg.unsignedReject(),
 		signed:      cfg.signedHeaders(),
 		headerCanon: canonRelaxed,
@@ -107,8 +165,21 @@ func New(cfg Config, opts ...Option) (*Signer, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.keys.Store(&kr)
+	s.keys.Store(newLoadedKeys(kr))
 	return s, nil
+}
+
+// RSABackend is the backend that signs with this Signer's RSA keys:
+// RSABackendGo or RSABackendOpenSSL.
+func (s *Signer) RSABackend() string { return s.rsaBackend }
+
+// Close frees the keys once no Sign uses them any more; Sign then fails
+// with ErrClosed and Reload does nothing. Keys not closed are freed by
+// the garbage collector; Close makes it prompt.
+func (s *Signer) Close() {
+	if lk := s.keys.Swap(nil); lk != nil {
+		lk.release()
+	}
 }
 
 // Reload re-reads every key file. On any error the keyring in use is kept
@@ -120,8 +191,13 @@ func (s *Signer) Reload() error {
 	if err != nil {
 		return fmt.Errorf("dkim: reload (keeping the previous keys): %w", err)
 	}
-	s.keys.Store(&kr)
-	s.log.Info("dkim keys reloaded", "keys", len(s.cfg.Keys))
+	old := s.keys.Swap(newLoadedKeys(kr))
+	if old == nil { // closed meanwhile
+		s.Close()
+		return ErrClosed
+	}
+	old.release()
+	s.log.Info("dkim keys reloaded", "keys", len(s.cfg.Keys), "rsa_backend", s.rsaBackend)
 	return nil
 }
 
@@ -138,6 +214,12 @@ func (s *Signer) loadKeyring() (keyring, error) {
 		if fi, err := os.Stat(kc.File); err == nil && fi.Mode().Perm()&0o077 != 0 {
 			s.log.Warn("dkim key file readable by group or others", "file", kc.File, "mode", fi.Mode().Perm().String())
 		}
+		if rk, ok := signer.(*rsa.PrivateKey); ok {
+			if signer, err = rsaSigner(s.rsaBackend, rk); err != nil {
+				errs = append(errs, fmt.Errorf("dkim: key file %s: %w", kc.File, err))
+				continue
+			}
+		}
 		alg, _ := keyAlgorithm(signer.Public())
 		kr[d] = append(kr[d], &key{
 			domain:     d,
@@ -149,6 +231,7 @@ func (s *Signer) loadKeyring() (keyring, error) {
 		})
 	}
 	if err := errors.Join(errs...); err != nil {
+		kr.close()
 		return nil, err
 	}
 	return kr, nil
@@ -225,7 +308,12 @@ func (s *Signer) Sign(ctx context.Context, domain string, msg io.Reader) ([]stri
 		return nil, fmt.Errorf("dkim: sign: %w", err)
 	}
 
-	kr := *s.keys.Load()
+	lk := s.acquire()
+	if lk == nil {
+		return nil, ErrClosed
+	}
+	defer lk.release()
+	kr := lk.kr
 	var keys []*key
 	if domain == "" {
 		from, err := fromDomain(fields)

@@ -189,6 +189,8 @@ dkim {
   #                    # In-Reply-To References MIME-Version Content-Type
   #                    # Content-Transfer-Encoding List-Id List-Unsubscribe List-Unsubscribe-Post)
   # oversign = [...]   # oversigned headers (default: every signed header)
+  rsa_backend = "auto" # RSA signs with "openssl" when built with -tags openssl, else "go";
+  #                    # or force "go" / "openssl" (default "auto")
 }
 
 # ---------------------------------------------------------------------------

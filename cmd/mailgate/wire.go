@@ -128,6 +128,8 @@ func wire(cfg *config, logger *slog.Logger) (_ *wiring, err error) {
 		}
 		w.deps.Signer = sg
 		w.reloads = append(w.reloads, sg.Reload)
+		w.closers = append(w.closers, sg.Close) // frees OpenSSL keys
+		logger.Info("dkim signer ready", "keys", len(dkimCfg.Keys), "rsa_backend", sg.RSABackend())
 	}
 	if policyCfg != nil || cfg.quotas != nil {
 		opts := []policy.Option{policy.WithLogger(logger)}
