@@ -22,6 +22,12 @@ const (
 const (
 	DefaultTLS                      = TLSStartTLS
 	DefaultPoolSize                 = 8
+	// DefaultMaxConnections is Postfix's default_process_limit: a Postfix
+	// upstream runs at most 100 smtpd processes, so more connections than
+	// that would only wait in its listen backlog. It is far above what a
+	// listener's concurrent transactions need in practice (20 sessions
+	// hold at most 20), so the limit only bites on a real overload.
+	DefaultMaxConnections = 100
 	DefaultMaxMessagesPerConnection = 100
 	DefaultConnectTimeout           = 30 * time.Second
 	DefaultCommandTimeout           = 5 * time.Minute // Postfix smtp_*_timeout = 300s
@@ -46,6 +52,12 @@ type Config struct {
 	Password string `hcl:"password,optional"`  // never logged
 	Helo     string `hcl:"helo,optional"`      // EHLO name; default: WithHostname, else os.Hostname
 	PoolSize *int   `hcl:"pool_size,optional"` // idle connections kept (default 8)
+
+	// MaxConnections bounds the connections open to this upstream, idle
+	// and in use (default 100). A transaction that finds no idle
+	// connection dials only below it; otherwise it waits, at most
+	// connect_timeout, for a connection to come back.
+	MaxConnections int `hcl:"max_connections,optional"`
 
 	MaxMessagesPerConnection int `hcl:"max_messages_per_connection,optional"` // default 100
 
@@ -77,6 +89,9 @@ func (c Config) WithDefaults() Config {
 	if c.PoolSize == nil {
 		n := DefaultPoolSize
 		c.PoolSize = &n
+	}
+	if c.MaxConnections == 0 {
+		c.MaxConnections = DefaultMaxConnections
 	}
 	if c.MaxMessagesPerConnection == 0 {
 		c.MaxMessagesPerConnection = DefaultMaxMessagesPerConnection
@@ -143,6 +158,9 @@ func (c Config) parse() (settings, error) {
 	}
 	if c.PoolSize == nil || *c.PoolSize < 0 {
 		bad("pool_size must be >= 0")
+	}
+	if c.MaxConnections < 1 {
+		bad("max_connections must be >= 1")
 	}
 	if c.MaxMessagesPerConnection < 1 {
 		bad("max_messages_per_connection must be >= 1")

@@ -188,6 +188,7 @@ func (pc *pconn) close(graceful bool) {
 		}
 		_ = pc.c.Close()
 		pc.up.r.open.Add(-1)
+		pc.up.r.freeSlot(pc.up)
 	})
 }
 
@@ -271,6 +272,7 @@ func (u *upstream) dial(ctx context.Context) (*pconn, error) {
 	if pc.tls != nil {
 		attrs = append(attrs, slog.String("tls", tls.VersionName(pc.tls.Version)))
 	}
+	u.dials.Add(1)
 	u.r.log.LogAttrs(ctx, slog.LevelDebug, "upstream connected", attrs...)
 	return pc, nil
 }
