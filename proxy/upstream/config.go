@@ -20,14 +20,14 @@ const (
 
 // Defaults applied by Config.WithDefaults.
 const (
-	DefaultTLS                      = TLSStartTLS
-	DefaultPoolSize                 = 8
+	DefaultTLS      = TLSStartTLS
+	DefaultPoolSize = 8
 	// DefaultMaxConnections is Postfix's default_process_limit: a Postfix
 	// upstream runs at most 100 smtpd processes, so more connections than
 	// that would only wait in its listen backlog. It is far above what a
 	// listener's concurrent transactions need in practice (20 sessions
 	// hold at most 20), so the limit only bites on a real overload.
-	DefaultMaxConnections = 100
+	DefaultMaxConnections           = 100
 	DefaultMaxMessagesPerConnection = 100
 	DefaultConnectTimeout           = 30 * time.Second
 	DefaultCommandTimeout           = 5 * time.Minute // Postfix smtp_*_timeout = 300s
