@@ -20,8 +20,7 @@ const (
 
 // Defaults applied by Config.WithDefaults.
 const (
-	DefaultTLS      = TLSStartTLS
-	DefaultPoolSize = 8
+	DefaultTLS = TLSStartTLS
 	// DefaultMaxConnections is Postfix's default_process_limit: a Postfix
 	// upstream runs at most 100 smtpd processes, so more connections than
 	// that would only wait in its listen backlog. It is far above what a
@@ -43,7 +42,8 @@ var ErrConfig = errors.New("upstream: invalid config")
 // ("15s", "5m"); they are parsed by Validate and by NewRouter.
 //
 // Zero values mean "use the default" (see WithDefaults), except PoolSize where
-// nil means default and an explicit 0 disables keeping idle connections.
+// nil means default (MaxConnections) and an explicit 0 disables keeping
+// idle connections.
 type Config struct {
 	Name     string `hcl:"name,label"`
 	Address  string `hcl:"address"`            // host:port, required
@@ -51,7 +51,7 @@ type Config struct {
 	Username string `hcl:"username,optional"`  // AUTH PLAIN (or LOGIN) when set
 	Password string `hcl:"password,optional"`  // never logged
 	Helo     string `hcl:"helo,optional"`      // EHLO name; default: WithHostname, else os.Hostname
-	PoolSize *int   `hcl:"pool_size,optional"` // idle connections kept (default 8)
+	PoolSize *int   `hcl:"pool_size,optional"` // idle connections kept (default max_connections)
 
 	// MaxConnections bounds the connections open to this upstream, idle
 	// and in use (default 100). A transaction that finds no idle
@@ -86,12 +86,17 @@ func (c Config) WithDefaults() Config {
 	if c.TLS == "" {
 		c.TLS = DefaultTLS
 	}
-	if c.PoolSize == nil {
-		n := DefaultPoolSize
-		c.PoolSize = &n
-	}
 	if c.MaxConnections == 0 {
 		c.MaxConnections = DefaultMaxConnections
+	}
+	if c.PoolSize == nil {
+		// Every connection the load needed stays for the next message
+		// until idle_timeout: a smaller idle bound closes connections
+		// that concurrent sessions need again a moment later (issue 13:
+		// with 8 and 20 sessions, 59-116 connections per 1,000 messages
+		// instead of 20).
+		n := c.MaxConnections
+		c.PoolSize = &n
 	}
 	if c.MaxMessagesPerConnection == 0 {
 		c.MaxMessagesPerConnection = DefaultMaxMessagesPerConnection
