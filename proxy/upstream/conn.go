@@ -272,7 +272,6 @@ func (u *upstream) dial(ctx context.Context) (*pconn, error) {
 	if pc.tls != nil {
 		attrs = append(attrs, slog.String("tls", tls.VersionName(pc.tls.Version)))
 	}
-	u.dials.Add(1)
 	u.r.log.LogAttrs(ctx, slog.LevelDebug, "upstream connected", attrs...)
 	return pc, nil
 }

@@ -76,6 +76,7 @@ func (r *Router) Offer(ctx context.Context, ext string) bool {
 				slog.String("upstream", u.name), slog.String("extension", ext), slog.Any("error", err))
 			return false
 		}
+		u.dials.Add(1) // it goes to the pool for a transaction
 		ok, _ := pc.c.Extension(ext)
 		r.release(pc)
 		if !ok {

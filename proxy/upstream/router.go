@@ -46,7 +46,7 @@ type upstream struct {
 	open    int
 	waiters []*waiter
 
-	dials  atomic.Int64 // connections opened (dial succeeded)
+	dials  atomic.Int64 // connections opened for transactions (Begin, Offer)
 	reuses atomic.Int64 // transactions that got an existing connection
 }
 
@@ -340,6 +340,7 @@ func (r *Router) connect(ctx context.Context, ups []*upstream, fresh bool) (*pco
 		}
 		r.mu.Unlock()
 		if err == nil {
+			u.dials.Add(1)
 			return pc, nil
 		}
 		r.log.LogAttrs(ctx, slog.LevelWarn, "upstream connect failed",
@@ -474,7 +475,7 @@ type Stats struct {
 type UpstreamStats struct {
 	Name        string
 	Open        int   // connections open or being dialed now (idle + in use)
-	Connections int64 // connections opened since NewRouter
+	Connections int64 // connections opened for transactions (not Probe's) since NewRouter
 	Reuses      int64 // transactions that got an existing connection
 }
 
