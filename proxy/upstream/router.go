@@ -202,9 +202,8 @@ func (r *Router) Upstreams() []string {
 }
 
 // checkout takes the most recently used idle connection of u, or nil.
+// r.mu must be held.
 func (r *Router) checkout(u *upstream) *pconn {
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	for len(u.idle) > 0 {
 		pc := u.idle[len(u.idle)-1]
 		u.idle[len(u.idle)-1] = nil
@@ -221,8 +220,9 @@ func (r *Router) checkout(u *upstream) *pconn {
 	return nil
 }
 
-// release hands a connection back after a finished transaction: into the
-// pool when healthy and there is room, else closed (QUIT in the background
+// release hands a connection back after a finished transaction: to the
+// oldest waiting transaction, else into the pool when healthy and there is
+// room, else closed (QUIT in the background
 // when healthy, so the client's reply is not delayed).
 func (r *Router) release(pc *pconn) {
 	u := pc.up
@@ -363,15 +363,18 @@ var errBusy = errors.New("all max_connections in use")
 // (mustDial), waiting up to connect_timeout for either when u has
 // max_connections open. With fresh, the idle pool is skipped.
 func (r *Router) acquire(ctx context.Context, u *upstream, fresh bool) (pc *pconn, mustDial bool, _ error) {
-	if !fresh {
-		if pc := r.checkout(u); pc != nil {
-			return pc, false, nil
-		}
-	}
 	r.mu.Lock()
 	if r.closed {
 		r.mu.Unlock()
 		return nil, false, fmt.Errorf("upstream: router closed: %w", ErrUnavailable)
+	}
+	if !fresh {
+		// Under the same lock as the decision to wait: a connection
+		// returned just before is found here, not missed by a waiter.
+		if pc := r.checkout(u); pc != nil {
+			r.mu.Unlock()
+			return pc, false, nil
+		}
 	}
 	if u.open < u.cfg.MaxConnections {
 		u.open++
