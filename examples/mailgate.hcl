@@ -106,7 +106,10 @@ upstream "primary" {
   password = env("MAILGATE_UPSTREAM_PASS")
   helo     = "mailgate.example.com"      # default: hostname
 
-  pool_size                   = 8     # idle connections kept; 0 = no reuse (default 8)
+  max_connections             = 100   # open (idle + in use) at most; then a transaction waits
+                                      # up to connect_timeout for one, else 451 4.4.1 (default 100)
+  pool_size                   = 100   # idle connections kept, each until idle_timeout;
+                                      # 0 = no reuse (default: max_connections)
   max_messages_per_connection = 100   # then QUIT and reconnect (default 100)
   connect_timeout             = "30s" # dial + greeting + EHLO + TLS + AUTH (default "30s")
   command_timeout             = "5m"  # each command reply (default "5m")

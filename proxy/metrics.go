@@ -2,9 +2,12 @@ package proxy
 
 import (
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/mailgate/mailgate/proxy/upstream"
 )
 
 // Metrics are the proxy's Prometheus metrics. A nil *Metrics records
@@ -22,6 +25,7 @@ type Metrics struct {
 	upstreamErrs *prometheus.CounterVec
 	dkim         *prometheus.CounterVec
 	lockouts     prometheus.Counter
+	upstreams    *upstreamCollector
 }
 
 // Label values of mailgate_dkim_failures_total{reason}.
@@ -87,8 +91,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, r := range dkimReasons {
 		m.dkim.WithLabelValues(r) // exported at 0, so rate() sees the first failure
 	}
+	m.upstreams = &upstreamCollector{}
 	reg.MustRegister(m.connections, m.open, m.transactions, m.duration, m.size, m.auth, m.decisions, m.quota,
-		m.refusals, m.upstreamErrs, m.dkim, m.lockouts)
+		m.refusals, m.upstreamErrs, m.dkim, m.lockouts, m.upstreams)
 	return m
 }
 
@@ -169,4 +174,51 @@ func refusalRule(rule string) string {
 		}
 	}
 	return rule
+}
+
+// UpstreamCounters is implemented by a Relay whose upstream connections
+// are counted (the pooled upstream client, through UpstreamRelay). New
+// wires it to the metrics.
+type UpstreamCounters interface {
+	UpstreamStats() []upstream.UpstreamStats
+}
+
+// watchUpstreams makes the upstream pool's counters part of every scrape.
+func (m *Metrics) watchUpstreams(src UpstreamCounters) {
+	if m != nil {
+		m.upstreams.src.Store(&src)
+	}
+}
+
+// upstreamCollector reads the pool's own counters at scrape time: the
+// upstream package counts, the proxy owns the metric names.
+type upstreamCollector struct {
+	src atomic.Pointer[UpstreamCounters]
+}
+
+var (
+	upstreamConnsDesc = prometheus.NewDesc("mailgate_upstream_connections_total",
+		"Upstream connections opened for transactions (connected, greeted, TLS and AUTH done; readiness probes not counted), by upstream.", []string{"upstream"}, nil)
+	upstreamReusesDesc = prometheus.NewDesc("mailgate_upstream_reuses_total",
+		"Upstream transactions that got an already open connection, by upstream; reuses / (reuses + connections) is the reuse ratio.", []string{"upstream"}, nil)
+	upstreamOpenDesc = prometheus.NewDesc("mailgate_upstream_connections_open",
+		"Upstream connections open now (idle and in use, including those being opened), by upstream.", []string{"upstream"}, nil)
+)
+
+func (c *upstreamCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- upstreamConnsDesc
+	ch <- upstreamReusesDesc
+	ch <- upstreamOpenDesc
+}
+
+func (c *upstreamCollector) Collect(ch chan<- prometheus.Metric) {
+	src := c.src.Load()
+	if src == nil {
+		return
+	}
+	for _, s := range (*src).UpstreamStats() {
+		ch <- prometheus.MustNewConstMetric(upstreamConnsDesc, prometheus.CounterValue, float64(s.Connections), s.Name)
+		ch <- prometheus.MustNewConstMetric(upstreamReusesDesc, prometheus.CounterValue, float64(s.Reuses), s.Name)
+		ch <- prometheus.MustNewConstMetric(upstreamOpenDesc, prometheus.GaugeValue, float64(s.Open), s.Name)
+	}
 }

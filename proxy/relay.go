@@ -23,6 +23,9 @@ func (rr routerRelay) Begin(ctx context.Context, route, from string, opts *smtp.
 	return routerTx{tx}, nil
 }
 
+// UpstreamStats implements UpstreamCounters.
+func (rr routerRelay) UpstreamStats() []upstream.UpstreamStats { return rr.r.UpstreamStats() }
+
 // Offers implements ExtensionProber: true when every upstream offers ext.
 func (rr routerRelay) Offers(ctx context.Context, ext string) bool { return rr.r.Offer(ctx, ext) }
 

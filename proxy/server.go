@@ -54,6 +54,9 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	if deps.Relay == nil {
 		return nil, errors.New("proxy: no upstream relay")
 	}
+	if uc, ok := deps.Relay.(UpstreamCounters); ok {
+		deps.Metrics.watchUpstreams(uc)
+	}
 	for _, l := range cfg.Listeners {
 		if l.TLSMode() != TLSNone && deps.TLS == nil {
 			return nil, fmt.Errorf("proxy: listener %q: tls = %q needs a certificate", l.Name, l.TLSMode())

@@ -9,6 +9,7 @@
 //	mailgate dkim keygen|record|check …
 //	mailgate policy test|eval|check|bundle …
 //	mailgate quota show|reset …
+//	mailgate version                version, commit, Go version, DKIM RSA backend
 //
 // main only wires: the work is done in the proxy, policy and dkim packages.
 package main
@@ -58,6 +59,9 @@ var extraCommands = map[string]func(args []string, stdin io.Reader, stdout, stde
 	"quota": func(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		return quotaMain(args, stdout, stderr)
 	},
+	"version": func(args []string, _ io.Reader, stdout, stderr io.Writer) int {
+		return versionMain(args, stdout, stderr)
+	},
 }
 
 func usage(w io.Writer) {
@@ -69,5 +73,6 @@ func usage(w io.Writer) {
   mailgate dkim keygen|record|check DKIM key tools
   mailgate policy test|eval|bundle  run policy tests, explain a decision, build a bundle
   mailgate quota show|reset         show or reset quota counters
+  mailgate version                  version, commit, Go version, DKIM RSA backend
 `)
 }

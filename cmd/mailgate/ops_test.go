@@ -250,6 +250,10 @@ metrics {
 		`mailgate_dkim_failures_total{reason="no_key"} 1`,
 		`mailgate_auth_lockouts_total 1`,
 		`mailgate_auth_total{mechanism="PLAIN",result="failure"} 3`,
+		`mailgate_upstream_connections_total{upstream="sink"} `,
+		`mailgate_upstream_reuses_total{upstream="sink"} `,
+		`mailgate_upstream_connections_open{upstream="sink"} `,
+		`mailgate_upstream_connections_total{upstream="flaky"} 0`,
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("/metrics lacks %s", want)

@@ -20,7 +20,7 @@ usage: examples/bench/run.sh [flags]
   -scenarios LIST  comma list of ceiling,plain,rsa,ed25519,policy,quota,classic (default: all)
                      quota: the plain relay with three quotas counted in a
                      redis-server the script starts
-  -pool N          mailgate upstream pool_size (default 8, mailgate's default)
+  -pool N          mailgate upstream pool_size (default: unset, each build's own default)
   -baseline PATH   also run every mailgate scenario with another build, interleaved
                    (PATH: a mailgate binary, or a source tree to build); rows "@base"
   -out DIR         output directory (default ./mailgate-bench-YYYYmmdd-HHMMSS)
@@ -32,7 +32,7 @@ EOF
 
 # ---------------------------------------------------------------- flags
 N="" SIZE=4096 SESSIONS=20 REPS="" MODE=both SCENARIOS="ceiling,plain,rsa,ed25519,policy,quota,classic"
-POOL=8 OUT="" QUICK=0 KEEP=0 BASE=""
+POOL="" OUT="" QUICK=0 KEEP=0 BASE=""
 while [ $# -gt 0 ]; do
 	case "$1" in
 	-n) N="$2"; shift 2 ;;
@@ -61,7 +61,7 @@ for v in N SIZE SESSIONS REPS; do
 		exit 2
 	fi
 done
-[[ "$POOL" =~ ^[0-9]+$ ]] || { echo "run.sh: -pool must be an integer >= 0" >&2; exit 2; }
+[ -z "$POOL" ] || [[ "$POOL" =~ ^[0-9]+$ ]] || { echo "run.sh: -pool must be an integer >= 0" >&2; exit 2; }
 if [ -n "$BASE" ] && ! [ -d "$BASE" ] && ! [ -x "$BASE" ]; then
 	echo "run.sh: -baseline $BASE: not a source tree or a mailgate binary" >&2
 	exit 2
@@ -208,11 +208,15 @@ if [ -d /dev/shm ] && [ -w /dev/shm ]; then DUMP="$(mktemp -d /dev/shm/mailgate-
 SINK_ARGS=()
 if [ "$(id -u)" = 0 ]; then chown nobody "$DUMP"; SINK_ARGS=(-u nobody); fi
 SINK_PORT="$(free_port)"
-smtp-sink "${SINK_ARGS[@]}" -d "$DUMP/%H%M%S." "127.0.0.1:$SINK_PORT" 1024 >"$TMP/sink.log" 2>&1 &
+# -c: running counters ("sess=N quit=N mesg=N") in sink.log, for the
+# upstream connections each run opened (sink_sessions).
+smtp-sink "${SINK_ARGS[@]}" -c -d "$DUMP/%H%M%S." "127.0.0.1:$SINK_PORT" 1024 >"$TMP/sink.log" 2>&1 &
 SINK_PID=$!
 PIDS+=("$SINK_PID")
 wait_port "$SINK_PORT" "$SINK_PID" || die "smtp-sink did not start: $(cat "$TMP/sink.log")"
 sink_count() { find "$DUMP" -type f | wc -l; }
+# SMTP sessions the sink has seen end so far.
+sink_sessions() { local n; n=$(tr '\r' '\n' <"$TMP/sink.log" | sed -n 's/^sess=\([0-9]*\).*/\1/p' | tail -1); echo "${n:-0}"; }
 
 # ---------------------------------------------------------------- redis (scenario quota)
 if [ "$need_redis" = 1 ]; then
@@ -282,7 +286,7 @@ listener "relay" {
 upstream "sink" {
   address   = "127.0.0.1:$SINK_PORT"
   tls       = "none"
-  pool_size = $POOL
+  $([ -n "$POOL" ] && echo "pool_size = $POOL")
 }
 limits {
   # one load generator on one address
@@ -479,6 +483,8 @@ run_one() {
 	mkdir -p "$dir"
 	chmod 755 "$dir"
 	sink_clear
+	local sess0
+	sess0=$(sink_sessions)
 	case "$scen" in
 	ceiling) target="127.0.0.1:$SINK_PORT" ;;
 	classic) classic_start "$dir"; target="127.0.0.1:$PF_PORT" ;;
@@ -562,6 +568,12 @@ run_one() {
 	ceiling) ;;
 	*) stop_pid "$MG_PID"; forget_pid "$MG_PID" ;;
 	esac
+	if [ "$scen" != classic ]; then
+		# Every upstream session has ended (mailgate QUITs its pool on
+		# exit); the sink counts a session when it ends.
+		sleep 0.3
+		log "rep $rep $mode $scen: $(($(sink_sessions) - sess0)) connections at the sink for $N messages"
+	fi
 	if [ "$verified" != ok ]; then
 		FAILED=1
 		log "FAILED rep $rep $mode $scen: $verified (logs in $dir)"

@@ -69,6 +69,9 @@ type SinkOptions struct {
 	// Verbose logs every SMTP conversation to the sink's output (-v), which
 	// is shown when the test fails.
 	Verbose bool
+	// CountSessions makes the sink print its running counters (-c) for
+	// Sessions.
+	CountSessions bool
 }
 
 // Delay is a pause before the sink replies to Command.
@@ -128,6 +131,7 @@ func (o SinkOptions) args() ([]string, error) {
 		{o.NoESMTP, "-e"}, {o.No8BitMIME, "-8"}, {o.NoPipelining, "-p"},
 		{o.NoEnhancedStatusCodes, "-E"}, {o.NoDSN, "-N"}, {o.NoAuth, "-a"},
 		{o.NoXCLIENT, "-C"}, {o.NoXFORWARD, "-F"}, {o.Verbose, "-v"},
+		{o.CountSessions, "-c"},
 	} {
 		if f.on {
 			a = append(a, f.flag)
@@ -318,6 +322,27 @@ func (s *Sink) complete() ([]string, error) {
 		paths[i] = f.path
 	}
 	return paths, nil
+}
+
+// Sessions is the number of SMTP sessions (connections) the sink has seen
+// end, from smtp-sink's own counter (-c: "sess=N quit=N mesg=N", printed
+// whenever a session ends, a QUIT is executed or a "." is received). It
+// needs SinkOptions.CountSessions; a session still open is not counted.
+func (s *Sink) Sessions() int {
+	out := s.proc.out.String()
+	i := strings.LastIndex(out, "sess=")
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(out[i+len("sess="):])
+	if len(f) == 0 {
+		return 0
+	}
+	n, err := strconv.Atoi(f[0])
+	if err != nil {
+		s.t.Errorf("peertest: sink counters %q: %v", out[i:], err)
+	}
+	return n
 }
 
 // Count is the number of transactions the sink has completed. A

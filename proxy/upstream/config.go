@@ -20,8 +20,13 @@ const (
 
 // Defaults applied by Config.WithDefaults.
 const (
-	DefaultTLS                      = TLSStartTLS
-	DefaultPoolSize                 = 8
+	DefaultTLS = TLSStartTLS
+	// DefaultMaxConnections is Postfix's default_process_limit: a Postfix
+	// upstream runs at most 100 smtpd processes, so more connections than
+	// that would only wait in its listen backlog. It is far above what a
+	// listener's concurrent transactions need in practice (20 sessions
+	// hold at most 20), so the limit only bites on a real overload.
+	DefaultMaxConnections           = 100
 	DefaultMaxMessagesPerConnection = 100
 	DefaultConnectTimeout           = 30 * time.Second
 	DefaultCommandTimeout           = 5 * time.Minute // Postfix smtp_*_timeout = 300s
@@ -37,7 +42,8 @@ var ErrConfig = errors.New("upstream: invalid config")
 // ("15s", "5m"); they are parsed by Validate and by NewRouter.
 //
 // Zero values mean "use the default" (see WithDefaults), except PoolSize where
-// nil means default and an explicit 0 disables keeping idle connections.
+// nil means default (MaxConnections) and an explicit 0 disables keeping
+// idle connections.
 type Config struct {
 	Name     string `hcl:"name,label"`
 	Address  string `hcl:"address"`            // host:port, required
@@ -45,7 +51,13 @@ type Config struct {
 	Username string `hcl:"username,optional"`  // AUTH PLAIN (or LOGIN) when set
 	Password string `hcl:"password,optional"`  // never logged
 	Helo     string `hcl:"helo,optional"`      // EHLO name; default: WithHostname, else os.Hostname
-	PoolSize *int   `hcl:"pool_size,optional"` // idle connections kept (default 8)
+	PoolSize *int   `hcl:"pool_size,optional"` // idle connections kept (default max_connections)
+
+	// MaxConnections bounds the connections open to this upstream, idle
+	// and in use (default 100). A transaction that finds no idle
+	// connection dials only below it; otherwise it waits, at most
+	// connect_timeout, for a connection to come back.
+	MaxConnections int `hcl:"max_connections,optional"`
 
 	MaxMessagesPerConnection int `hcl:"max_messages_per_connection,optional"` // default 100
 
@@ -74,8 +86,16 @@ func (c Config) WithDefaults() Config {
 	if c.TLS == "" {
 		c.TLS = DefaultTLS
 	}
+	if c.MaxConnections == 0 {
+		c.MaxConnections = DefaultMaxConnections
+	}
 	if c.PoolSize == nil {
-		n := DefaultPoolSize
+		// Every connection the load needed stays for the next message
+		// until idle_timeout: a smaller idle bound closes connections
+		// that concurrent sessions need again a moment later (issue 13:
+		// with 8 and 20 sessions, 59-116 connections per 1,000 messages
+		// instead of 20).
+		n := c.MaxConnections
 		c.PoolSize = &n
 	}
 	if c.MaxMessagesPerConnection == 0 {
@@ -143,6 +163,9 @@ func (c Config) parse() (settings, error) {
 	}
 	if c.PoolSize == nil || *c.PoolSize < 0 {
 		bad("pool_size must be >= 0")
+	}
+	if c.MaxConnections < 1 {
+		bad("max_connections must be >= 1")
 	}
 	if c.MaxMessagesPerConnection < 1 {
 		bad("max_messages_per_connection must be >= 1")

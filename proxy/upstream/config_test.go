@@ -44,7 +44,8 @@ func TestConfigDecodeHCL(t *testing.T) {
 	if *b.PoolSize != 0 {
 		t.Errorf("explicit pool_size = 0 must disable pooling, got %d", *b.PoolSize)
 	}
-	if b.MaxMessagesPerConnection != DefaultMaxMessagesPerConnection || b.CommandTimeout != "5m0s" {
+	if b.MaxMessagesPerConnection != DefaultMaxMessagesPerConnection || b.CommandTimeout != "5m0s" ||
+		b.MaxConnections != DefaultMaxConnections {
 		t.Errorf("backup defaults = %+v", b)
 	}
 	s, _ := b.parse()
@@ -73,6 +74,7 @@ func TestConfigValidate(t *testing.T) {
 		}, ""},
 		{"negative_pool", func(c *Config) { n := -1; c.PoolSize = &n }, "pool_size"},
 		{"negative_max_messages", func(c *Config) { c.MaxMessagesPerConnection = -1 }, "max_messages"},
+		{"negative_max_connections", func(c *Config) { c.MaxConnections = -1 }, "max_connections"},
 		{"bad_duration", func(c *Config) { c.CommandTimeout = "soon" }, "command_timeout"},
 		{"zero_duration", func(c *Config) { c.DataTimeout = "0s" }, "data_timeout"},
 		{"missing_ca_file", func(c *Config) { c.CAFile = "/nonexistent/ca.pem" }, "ca_file"},

@@ -188,6 +188,7 @@ func (pc *pconn) close(graceful bool) {
 		}
 		_ = pc.c.Close()
 		pc.up.r.open.Add(-1)
+		pc.up.r.freeSlot(pc.up)
 	})
 }
 

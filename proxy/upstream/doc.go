@@ -19,7 +19,8 @@
 //     printable line of at most [MaxReplyLen] bytes. Exceptions: 552 at RCPT
 //     becomes 452 4.5.3 (RFC 5321 section 4.5.3.1.10), and 421 becomes 451
 //     (the upstream closing its channel must not close the client's);
-//   - transport trouble (no upstream reachable, TLS, drop, EOF) wraps
+//   - transport trouble (no upstream reachable, TLS, drop, EOF, or every one
+//     of max_connections still in use after connect_timeout) wraps
 //     [ErrUnavailable] (451 4.4.1); a timeout wraps [ErrTimeout] (451 4.4.2).
 //     Neither ever becomes a 5xx;
 //   - requests that can never succeed are refused locally without sending

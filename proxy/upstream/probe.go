@@ -40,7 +40,7 @@ func (r *Router) Probe(ctx context.Context) []ProbeResult {
 func (u *upstream) probe(ctx context.Context) ProbeResult {
 	p := ProbeResult{Upstream: u.name, Address: u.cfg.Address}
 	start := time.Now()
-	pc, err := u.dial(ctx)
+	pc, err := u.dialOutsideLimit(ctx)
 	p.Duration = time.Since(start)
 	if err != nil {
 		p.Err = err
@@ -70,12 +70,13 @@ func (u *upstream) probe(ctx context.Context) ProbeResult {
 // start-up, such as which extensions the proxy itself advertises.
 func (r *Router) Offer(ctx context.Context, ext string) bool {
 	for _, u := range r.ups {
-		pc, err := u.dial(ctx)
+		pc, err := u.dialOutsideLimit(ctx)
 		if err != nil {
 			r.log.LogAttrs(ctx, slog.LevelWarn, "upstream probe failed",
 				slog.String("upstream", u.name), slog.String("extension", ext), slog.Any("error", err))
 			return false
 		}
+		u.dials.Add(1) // it goes to the pool for a transaction
 		ok, _ := pc.c.Extension(ext)
 		r.release(pc)
 		if !ok {
@@ -83,4 +84,18 @@ func (r *Router) Offer(ctx context.Context, ext string) bool {
 		}
 	}
 	return len(r.ups) > 0
+}
+
+// dialOutsideLimit dials for a probe: the connection counts as open (it
+// is), but a probe never waits for max_connections, so it may exceed it
+// for the moment it lasts.
+func (u *upstream) dialOutsideLimit(ctx context.Context) (*pconn, error) {
+	u.r.mu.Lock()
+	u.open++
+	u.r.mu.Unlock()
+	pc, err := u.dial(ctx)
+	if err != nil {
+		u.r.freeSlot(u)
+	}
+	return pc, err
 }

@@ -40,6 +40,21 @@ type upstream struct {
 	tlsConfig *tls.Config
 	idle      []*pconn  // guarded by r.mu; most recently used last
 	downUntil time.Time // guarded by r.mu; last connect failed: try last until then
+	// open counts connections open or being dialed (guarded by r.mu):
+	// at most cfg.MaxConnections. waiters are the transactions waiting for
+	// one to come back, oldest first (guarded by r.mu).
+	open    int
+	waiters []*waiter
+
+	dials  atomic.Int64 // connections opened for transactions (Begin, Offer)
+	reuses atomic.Int64 // transactions that got an existing connection
+}
+
+// waiter is a transaction waiting for a connection to its upstream. It
+// receives exactly once on ch: a connection handed over by release, or nil
+// meaning "a slot was freed and reserved for you: dial".
+type waiter struct {
+	ch chan *pconn // buffered, 1
 }
 
 // holdDown is how long an upstream that failed to connect is tried after
@@ -187,9 +202,8 @@ func (r *Router) Upstreams() []string {
 }
 
 // checkout takes the most recently used idle connection of u, or nil.
+// r.mu must be held.
 func (r *Router) checkout(u *upstream) *pconn {
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	for len(u.idle) > 0 {
 		pc := u.idle[len(u.idle)-1]
 		u.idle[len(u.idle)-1] = nil
@@ -200,13 +214,15 @@ func (r *Router) checkout(u *upstream) *pconn {
 			continue
 		}
 		pc.reused = true
+		u.reuses.Add(1)
 		return pc
 	}
 	return nil
 }
 
-// release hands a connection back after a finished transaction: into the
-// pool when healthy and there is room, else closed (QUIT in the background
+// release hands a connection back after a finished transaction: to the
+// oldest waiting transaction, else into the pool when healthy and there is
+// room, else closed (QUIT in the background
 // when healthy, so the client's reply is not delayed).
 func (r *Router) release(pc *pconn) {
 	u := pc.up
@@ -218,7 +234,22 @@ func (r *Router) release(pc *pconn) {
 		return
 	}
 	defer r.mu.Unlock()
-	if pc.broken || pc.messages >= u.cfg.MaxMessagesPerConnection || len(u.idle) >= *u.cfg.PoolSize {
+	if pc.broken || pc.messages >= u.cfg.MaxMessagesPerConnection {
+		r.closeBackground(pc, true)
+		return
+	}
+	if len(u.waiters) > 0 {
+		// A transaction is waiting at max_connections: hand over
+		// directly, whatever the idle pool holds.
+		w := u.waiters[0]
+		u.waiters[0] = nil
+		u.waiters = u.waiters[1:]
+		pc.reused = true
+		u.reuses.Add(1)
+		w.ch <- pc
+		return
+	}
+	if len(u.idle) >= *u.cfg.PoolSize {
 		r.closeBackground(pc, true)
 		return
 	}
@@ -284,12 +315,23 @@ func (r *Router) connect(ctx context.Context, ups []*upstream, fresh bool) (*pco
 
 	var errs []error
 	for _, u := range order {
-		if !fresh {
-			if pc := r.checkout(u); pc != nil {
-				return pc, nil
+		pc, mustDial, err := r.acquire(ctx, u, fresh)
+		if err != nil {
+			r.log.LogAttrs(ctx, slog.LevelWarn, "upstream busy",
+				slog.String("upstream", u.name), slog.Int("max_connections", u.cfg.MaxConnections), slog.Any("error", err))
+			errs = append(errs, err)
+			if ctx.Err() != nil {
+				break
 			}
+			continue
 		}
-		pc, err := u.dial(ctx)
+		if !mustDial {
+			return pc, nil
+		}
+		pc, err = u.dial(ctx)
+		if err != nil {
+			r.freeSlot(u)
+		}
 		r.mu.Lock()
 		if err == nil {
 			u.downUntil = time.Time{}
@@ -298,6 +340,7 @@ func (r *Router) connect(ctx context.Context, ups []*upstream, fresh bool) (*pco
 		}
 		r.mu.Unlock()
 		if err == nil {
+			u.dials.Add(1)
 			return pc, nil
 		}
 		r.log.LogAttrs(ctx, slog.LevelWarn, "upstream connect failed",
@@ -312,6 +355,96 @@ func (r *Router) connect(ctx context.Context, ups []*upstream, fresh bool) (*pco
 	return nil, errors.Join(errs...)
 }
 
+// errBusy is the cause (wrapped with ErrUnavailable) when every one of an upstream's
+// max_connections stayed in use for connect_timeout.
+var errBusy = errors.New("all max_connections in use")
+
+// acquire gets u's idle connection (pc), or a reserved slot to dial
+// (mustDial), waiting up to connect_timeout for either when u has
+// max_connections open. With fresh, the idle pool is skipped.
+func (r *Router) acquire(ctx context.Context, u *upstream, fresh bool) (pc *pconn, mustDial bool, _ error) {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return nil, false, fmt.Errorf("upstream: router closed: %w", ErrUnavailable)
+	}
+	if !fresh {
+		// Under the same lock as the decision to wait: a connection
+		// returned just before is found here, not missed by a waiter.
+		if pc := r.checkout(u); pc != nil {
+			r.mu.Unlock()
+			return pc, false, nil
+		}
+	}
+	if u.open < u.cfg.MaxConnections {
+		u.open++
+		r.mu.Unlock()
+		return nil, true, nil
+	}
+	w := &waiter{ch: make(chan *pconn, 1)}
+	u.waiters = append(u.waiters, w)
+	r.mu.Unlock()
+
+	t := time.NewTimer(u.s.connectTimeout)
+	defer t.Stop()
+	var cause error
+	select {
+	case pc := <-w.ch:
+		return r.served(u, pc)
+	case <-t.C:
+		cause = context.DeadlineExceeded
+	case <-ctx.Done():
+		cause = context.Cause(ctx)
+	}
+	r.mu.Lock()
+	for i, x := range u.waiters {
+		if x == w {
+			u.waiters = append(u.waiters[:i], u.waiters[i+1:]...)
+			r.mu.Unlock()
+			sentinel := ErrUnavailable
+			if ctx.Err() != nil {
+				sentinel = classify(ctx, cause)
+			}
+			return nil, false, transportError(u.name, "wait", sentinel, fmt.Errorf("%w (%d) for %v", errBusy, u.cfg.MaxConnections, u.s.connectTimeout))
+		}
+	}
+	r.mu.Unlock()
+	// Served while giving up: take what was given rather than pass it on.
+	return r.served(u, <-w.ch)
+}
+
+// served is what a waiter got: a connection, or a reserved slot to dial
+// unless Close ran meanwhile (Close wakes waiters with slots).
+func (r *Router) served(u *upstream, pc *pconn) (*pconn, bool, error) {
+	if pc != nil {
+		return pc, false, nil
+	}
+	r.mu.Lock()
+	closed := r.closed
+	r.mu.Unlock()
+	if closed {
+		r.freeSlot(u)
+		return nil, false, fmt.Errorf("upstream: router closed: %w", ErrUnavailable)
+	}
+	return nil, true, nil
+}
+
+// freeSlot gives back a slot taken by acquire (dial failed, or a
+// connection closed): to the oldest waiter, reserved for it, else to the
+// pool of slots.
+func (r *Router) freeSlot(u *upstream) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(u.waiters) > 0 && !r.closed {
+		w := u.waiters[0]
+		u.waiters[0] = nil
+		u.waiters = u.waiters[1:]
+		w.ch <- nil // the slot stays counted in u.open, now the waiter's
+		return
+	}
+	u.open--
+}
+
 // Close closes every idle connection with QUIT and waits for background
 // closes. Connections in use by a Tx are closed when the Tx ends; later
 // Begin calls fail with ErrUnavailable.
@@ -324,16 +457,40 @@ func (r *Router) Close() error {
 			r.closeBackground(pc, true)
 		}
 		u.idle = nil
+		for _, w := range u.waiters {
+			u.open++ // the slot served gives back (freeSlot)
+			w.ch <- nil
+		}
+		u.waiters = nil
 	}
 	r.mu.Unlock()
 	r.bg.Wait()
 	return nil
 }
 
-// Stats are counters for metrics and leak checks.
+// Stats are gauges for leak checks.
 type Stats struct {
 	Open int // connections open now (idle + in use)
 	Idle int // idle connections in the pools
+}
+
+// UpstreamStats are one upstream's counters, for metrics.
+type UpstreamStats struct {
+	Name        string
+	Open        int   // connections open or being dialed now (idle + in use)
+	Connections int64 // connections opened for transactions (not Probe's) since NewRouter
+	Reuses      int64 // transactions that got an existing connection
+}
+
+// UpstreamStats returns every upstream's counters, in config order.
+func (r *Router) UpstreamStats() []UpstreamStats {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]UpstreamStats, len(r.ups))
+	for i, u := range r.ups {
+		out[i] = UpstreamStats{Name: u.name, Open: u.open, Connections: u.dials.Load(), Reuses: u.reuses.Load()}
+	}
+	return out
 }
 
 // Stats returns the current counters.
