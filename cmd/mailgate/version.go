@@ -5,6 +5,9 @@ import (
 	"io"
 	"runtime"
 	"runtime/debug"
+	"strings"
+
+	"github.com/mailgate/mailgate/dkim"
 )
 
 // buildInfo is what `mailgate version` reports about the running binary.
@@ -13,15 +16,20 @@ type buildInfo struct {
 	Commit    string // vcs.revision, "unknown" without VCS stamping
 	Modified  bool   // vcs.modified: built from a tree with uncommitted changes
 	GoVersion string
-	// RSABackend is the DKIM RSA signing implementation in this build:
-	// only "go" (crypto/rsa) exists today.
-	RSABackend string
+	// RSABackends are the DKIM RSA signing implementations built in
+	// ("go", and "openssl" with -tags openssl), OpenSSL the libcrypto
+	// linked at run time ("" without), RSADefault what rsa_backend =
+	// "auto" uses.
+	RSABackends []string
+	OpenSSL     string
+	RSADefault  string
 }
 
 // readBuildInfo reads the module and VCS stamps Go embeds in the binary
 // (go build stamps them from the checkout; `go run` and tests do not).
 func readBuildInfo() buildInfo {
-	bi := buildInfo{Version: "unknown", Commit: "unknown", GoVersion: runtime.Version(), RSABackend: "go"}
+	bi := buildInfo{Version: "unknown", Commit: "unknown", GoVersion: runtime.Version(),
+		RSABackends: dkim.RSABackends(), OpenSSL: dkim.OpenSSLVersion(), RSADefault: dkim.DefaultRSABackend()}
 	info, ok := debug.ReadBuildInfo()
 	if !ok {
 		return bi
@@ -45,7 +53,12 @@ func (bi buildInfo) write(w io.Writer) {
 	if bi.Modified {
 		commit += " (modified)"
 	}
-	fmt.Fprintf(w, "mailgate %s\ncommit: %s\ngo: %s\ndkim rsa backend: %s\n", bi.Version, commit, bi.GoVersion, bi.RSABackend)
+	backends := strings.Join(bi.RSABackends, ", ")
+	if bi.OpenSSL != "" {
+		backends += " (" + bi.OpenSSL + ")"
+	}
+	fmt.Fprintf(w, "mailgate %s\ncommit: %s\ngo: %s\ndkim rsa backends: %s; auto uses: %s\n",
+		bi.Version, commit, bi.GoVersion, backends, bi.RSADefault)
 }
 
 func versionMain(args []string, stdout, stderr io.Writer) int {
