@@ -5,12 +5,10 @@ package main
 // redis-server shared by two mailgate processes.
 
 import (
-	"bufio"
 	"bytes"
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -276,36 +274,13 @@ func mailgateProcess(t *testing.T, cfgPath, listener string) string {
 // signal it.
 func mailgateProcessCmd(t *testing.T, cfgPath, listener string) (string, *os.Process) {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), "MAILGATE_TEST_RUN_MAIN=1", "MAILGATE_TEST_ARGS=serve -config "+cfgPath)
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	addrRe := regexp.MustCompile(`msg=listening listener=` + regexp.QuoteMeta(listener) + ` address=(\S+)`)
-	found := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			if m := addrRe.FindStringSubmatch(sc.Text()); m != nil {
-				select {
-				case found <- m[1]:
-				default:
-				}
-			}
+	mp := startProcess(t, cfgPath)
+	addr := mp.waitLog(t, `msg=listening listener=`+regexp.QuoteMeta(listener)+` address=(\S+)`)
+	go func() { // keep the pipe drained; mp.all keeps every line
+		for range mp.logs {
 		}
 	}()
-	select {
-	case a := <-found:
-		return a, cmd.Process
-	case <-time.After(30 * time.Second):
-		t.Fatal("mailgate process did not start")
-	}
-	return "", nil
+	return addr, mp.cmd.Process
 }
 
 // TestE2EQuotaExactAcrossInstances: two mailgate processes share one
