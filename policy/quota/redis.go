@@ -243,6 +243,26 @@ local function rebuild(s, now, low, field)
 	s.dirty = true
 end
 
+-- dropold counts out the buckets of window hash k that left the window
+-- (indexes s.lo up to low-1, at most s.hi), marks them for deletion and
+-- moves s.lo to low.
+local function dropold(s, k, low)
+	local top = math.min(low - 1, s.hi)
+	if top >= s.lo then
+		local idxs = {}
+		for i = s.lo, top do idxs[#idxs + 1] = i end
+		local got = redis.call('HMGET', k, unpack(idxs))
+		for j = 1, #idxs do
+			if got[j] then
+				s.c = s.c - tonumber(got[j])
+				s.del[#s.del + 1] = idxs[j]
+			end
+		end
+	end
+	s.lo = low
+	s.dirty = true
+end
+
 -- load reads the totals of window hash k at now: s.c committed units of
 -- the buckets still counted, s.r units of the live reservations, s.mine
 -- those of field, s.bucket the count of bucket idx (when given). Nothing
@@ -268,24 +288,11 @@ local function load(k, now, width, span, field, idx)
 	-- every reservation field is live: s.r is exact
 	if v[8] then s.mine = parseres(v[8]) end
 	if low > s.lo then
-		local top = math.min(low - 1, s.hi)
-		if top - s.lo > span + 1 then
+		if math.min(low - 1, s.hi) - s.lo > span + 1 then
 			rebuild(s, now, low, field)
 			return s
 		end
-		if top >= s.lo then
-			local idxs = {}
-			for i = s.lo, top do idxs[#idxs + 1] = i end
-			local got = redis.call('HMGET', k, unpack(idxs))
-			for j = 1, #idxs do
-				if got[j] then
-					s.c = s.c - tonumber(got[j])
-					s.del[#s.del + 1] = idxs[j]
-				end
-			end
-		end
-		s.lo = low
-		s.dirty = true
+		dropold(s, k, low)
 	end
 	return s
 end
@@ -635,22 +642,7 @@ local function reservemany(rs)
 		check(r, function(k)
 			local s = states[k]
 			local low = math.floor(r.now / s.width) - s.span
-			if low > s.lo then
-				local top = math.min(low - 1, s.hi)
-				if top >= s.lo then
-					local idxs = {}
-					for i = s.lo, top do idxs[#idxs + 1] = i end
-					local got = redis.call('HMGET', k, unpack(idxs))
-					for j = 1, #idxs do
-						if got[j] then
-							s.c = s.c - tonumber(got[j])
-							s.del[#s.del + 1] = idxs[j]
-						end
-					end
-				end
-				s.lo = low
-				s.dirty = true
-			end
+			if low > s.lo then dropold(s, k, low) end
 			return s
 		end)
 		local exp = r.now + r.ttl
