@@ -291,25 +291,14 @@ func TestE2EQuotaExactAcrossInstances(t *testing.T) {
 	rs := peertest.StartRedis(t)
 	sink := peertest.StartSink(t, peertest.SinkOptions{})
 	cfg := filepath.Join(t.TempDir(), "mailgate.hcl")
-	writeFile(t, cfg, fmt.Sprintf(`hostname = "mailgate.test"
-listener "relay" {
-  address          = "127.0.0.1:0"
-  tls              = "none"
-  auth             = "none"
-  trusted_networks = ["127.0.0.0/8"]
-}
-upstream "sink" {
-  address = %q
-  tls     = "none"
-}
-redis {
+	writeFile(t, cfg, relayConfig(sink.Addr(), fmt.Sprintf(`redis {
   address = %q
 }
 quota "per-sender" {
   key      = envelope.from
   messages = ["50/1h"]
 }
-`, sink.Addr(), rs.Addr()))
+`, rs.Addr())))
 	a := mailgateProcess(t, cfg, "relay")
 	b := mailgateProcess(t, cfg, "relay")
 	delivered := 0
@@ -450,22 +439,11 @@ func TestE2EQuotaReloadOnSIGHUP(t *testing.T) {
 	sink := peertest.StartSink(t, peertest.SinkOptions{})
 	cfg := filepath.Join(t.TempDir(), "mailgate.hcl")
 	conf := func(limit string) string {
-		return fmt.Sprintf(`hostname = "mailgate.test"
-listener "relay" {
-  address          = "127.0.0.1:0"
-  tls              = "none"
-  auth             = "none"
-  trusted_networks = ["127.0.0.0/8"]
-}
-upstream "sink" {
-  address = %q
-  tls     = "none"
-}
-quota "per-sender" {
+		return relayConfig(sink.Addr(), fmt.Sprintf(`quota "per-sender" {
   key      = envelope.from
   messages = [%q]
 }
-`, sink.Addr(), limit)
+`, limit))
 	}
 	writeFile(t, cfg, conf("1/1h"))
 	addr, proc := mailgateProcessCmd(t, cfg, "relay")

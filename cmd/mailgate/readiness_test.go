@@ -59,18 +59,7 @@ func TestReadinessStartupAndSIGTERM(t *testing.T) {
 	rds.Stop()
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "mailgate.hcl")
-	writeFile(t, cfg, fmt.Sprintf(`hostname = "mailgate.test"
-listener "relay" {
-  address          = "127.0.0.1:0"
-  tls              = "none"
-  auth             = "none"
-  trusted_networks = ["127.0.0.0/8"]
-}
-upstream "sink" {
-  address = %q
-  tls     = "none"
-}
-redis {
+	writeFile(t, cfg, relayConfig(sink.Addr(), fmt.Sprintf(`redis {
   address = %q
 }
 metrics {
@@ -78,7 +67,7 @@ metrics {
   probe_interval = "200ms"
   shutdown_delay = "2s"
 }
-`, sink.Addr(), rds.Addr()))
+`, rds.Addr())))
 	mp := startProcess(t, cfg)
 	maddr := mp.waitLog(t, `msg=metrics address=(\S+)`)
 
@@ -127,23 +116,12 @@ func TestSecondSignalSkipsShutdownDelay(t *testing.T) {
 	peertest.Require(t, "smtp-sink")
 	sink := peertest.StartSink(t, peertest.SinkOptions{})
 	cfg := filepath.Join(t.TempDir(), "mailgate.hcl")
-	writeFile(t, cfg, fmt.Sprintf(`hostname = "mailgate.test"
-listener "relay" {
-  address          = "127.0.0.1:0"
-  tls              = "none"
-  auth             = "none"
-  trusted_networks = ["127.0.0.0/8"]
-}
-upstream "sink" {
-  address = %q
-  tls     = "none"
-}
-metrics {
+	writeFile(t, cfg, relayConfig(sink.Addr(), `metrics {
   address        = "127.0.0.1:0"
   probe_interval = "200ms"
   shutdown_delay = "4m"
 }
-`, sink.Addr()))
+`))
 	mp := startProcess(t, cfg)
 	maddr := mp.waitLog(t, `msg=metrics address=(\S+)`)
 	pollReadyz(t, maddr, "200", func(r readyz) bool { return r.code == 200 })

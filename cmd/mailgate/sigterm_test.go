@@ -39,18 +39,7 @@ func TestSIGTERMDrains(t *testing.T) {
 	sink := peertest.StartSink(t, peertest.SinkOptions{})
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "mailgate.hcl")
-	writeFile(t, cfg, fmt.Sprintf(`hostname = "mailgate.test"
-listener "relay" {
-  address          = "127.0.0.1:0"
-  tls              = "none"
-  auth             = "none"
-  trusted_networks = ["127.0.0.0/8"]
-}
-upstream "sink" {
-  address = %q
-  tls     = "none"
-}
-`, sink.Addr()))
+	writeFile(t, cfg, relayConfig(sink.Addr(), ""))
 	mp := startProcess(t, cfg)
 	addr := mp.waitLog(t, `msg=listening listener=relay address=(\S+)`)
 	cmd := mp.cmd
@@ -80,6 +69,24 @@ upstream "sink" {
 	if got := sink.Count(); got != 1 {
 		t.Fatalf("sink has %d messages, want 1", got)
 	}
+}
+
+// relayConfig is the configuration the process tests start from: one
+// trusted plaintext listener "relay" on a free port in front of the
+// upstream at sinkAddr, plus extra blocks.
+func relayConfig(sinkAddr, extra string) string {
+	return fmt.Sprintf(`hostname = "mailgate.test"
+listener "relay" {
+  address          = "127.0.0.1:0"
+  tls              = "none"
+  auth             = "none"
+  trusted_networks = ["127.0.0.0/8"]
+}
+upstream "sink" {
+  address = %q
+  tls     = "none"
+}
+`, sinkAddr) + extra
 }
 
 // childProcess is a real mailgate process (this test binary running
