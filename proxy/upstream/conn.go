@@ -167,6 +167,12 @@ func classify(ctx context.Context, err error) error {
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) {
 		return ErrTimeout
 	}
+	// The connection's deadline is ctx's deadline (see op), and the network
+	// poller can fire it before ctx's own timer has marked ctx done; go-smtp
+	// does not always wrap the net.Error it got, so look at the clock.
+	if dl, ok := ctx.Deadline(); ok && !time.Now().Before(dl) {
+		return ErrTimeout
+	}
 	if ctx.Err() != nil {
 		return ErrUnavailable // cancelled: the client went away
 	}
