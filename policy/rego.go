@@ -83,9 +83,24 @@ func loadRego(path string, tests bool, caps *ast.Capabilities) (map[string]*ast.
 	return res.ParsedModules(), inmem.NewFromObjectWithOpts(res.Documents, inmem.OptReturnASTValuesOnRead(true)), nil
 }
 
-// regoEngine evaluates one prepared query per stage call.
+// regoEngine evaluates one prepared query per stage call: the query of
+// the input's stage, which asks only for the results some rule can define
+// at that stage. A stage no rule can decide costs no evaluation at all.
 type regoEngine struct {
-	pq rego.PreparedEvalQuery
+	// stages holds the query of each stage; a nil query means no deny,
+	// defer, warn or actions rule applies at that stage.
+	stages map[Stage]*rego.PreparedEvalQuery
+	// all asks for every result; it serves an input of another stage.
+	all *rego.PreparedEvalQuery
+}
+
+// query returns the prepared query for stage, nil when nothing can be
+// decided there.
+func (e *regoEngine) query(stage Stage) *rego.PreparedEvalQuery {
+	if pq, ok := e.stages[stage]; ok {
+		return pq
+	}
+	return e.all
 }
 
 // newRegoEngine compiles the modules under s.path and prepares the single
@@ -117,6 +132,10 @@ func prepareRego(ctx context.Context, s engineSpec, mods map[string]*ast.Module,
 	// directly, the others through a comprehension that turns undefined
 	// into empty. Names no rule defines are left out of the query.
 	kinds := map[string]bool{}
+	// stages records, per result name, the stages its rules can define
+	// it at (see ruleStage); allStages when one rule is not bound to a
+	// stage.
+	stages := map[string]map[Stage]bool{}
 	for n, m := range mods {
 		names = append(names, n)
 		if m.Package.Path.String() != pkgRef {
@@ -133,28 +152,88 @@ func prepareRego(ctx context.Context, s engineSpec, mods map[string]*ast.Module,
 				multi = multi && prev
 			}
 			kinds[name] = multi
+			if stages[name] == nil {
+				stages[name] = map[Stage]bool{}
+			}
+			stages[name][ruleStage(r)] = true
 		}
 	}
 	if !found {
 		return nil, fmt.Errorf("policy: %s: no module declares package %s", s.id(), s.pkg)
 	}
 	sort.Strings(names)
-	q := resultQuery(pkgRef, kinds)
-	opts := []func(*rego.Rego){
-		rego.Query(q),
+	base := []func(*rego.Rego){
 		rego.Store(store),
 		rego.Capabilities(caps),
 		rego.StrictBuiltinErrors(true),
 		rego.SetRegoVersion(ast.RegoV1),
 	}
+	// The first query compiles the modules; the others share its
+	// compiler, so a policy is compiled once, not once per stage.
+	var compiler *ast.Compiler
+	opts := append(base, rego.Query(resultQuery(pkgRef, kinds)), rego.CompilerHook(func(c *ast.Compiler) { compiler = c }))
 	for _, n := range names {
 		opts = append(opts, rego.ParsedModule(mods[n]))
 	}
-	pq, err := rego.New(opts...).PrepareForEval(ctx)
+	all, err := rego.New(opts...).PrepareForEval(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("policy: %s: compile: %w", s.id(), err)
 	}
-	return &regoEngine{pq: pq}, nil
+	e := &regoEngine{all: &all, stages: map[Stage]*rego.PreparedEvalQuery{}}
+	for _, st := range []Stage{StageMail, StageRcpt, StageData} {
+		sk := map[string]bool{}
+		for name, multi := range kinds {
+			if stages[name][allStages] || stages[name][st] {
+				sk[name] = multi
+			}
+		}
+		if len(sk) == 0 {
+			e.stages[st] = nil
+			continue
+		}
+		pq, err := rego.New(append(base, rego.Query(resultQuery(pkgRef, sk)), rego.Compiler(compiler))...).PrepareForEval(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("policy: %s: compile stage %s: %w", s.id(), st, err)
+		}
+		e.stages[st] = &pq
+	}
+	return e, nil
+}
+
+// allStages marks a rule not bound to one stage.
+const allStages Stage = ""
+
+// inputStage is the reference a stage guard tests.
+var inputStage = ast.MustParseRef("input.stage")
+
+// ruleStage returns the one stage r can be defined at, or allStages. A rule
+// is bound to stage S when a conjunct of its body (not negated, without
+// with) is input.stage == "S" (or =, either side): at any other stage that
+// conjunct fails, so the rule defines nothing, and OPA's rule index skips
+// it without evaluating its body. Default rules and rules with an else
+// branch are never bound.
+func ruleStage(r *ast.Rule) Stage {
+	if r.Default || r.Else != nil {
+		return allStages
+	}
+	for _, x := range r.Body {
+		if x.Negated || len(x.With) > 0 || !x.IsCall() || len(x.Operands()) != 2 {
+			continue
+		}
+		if op := x.Operator(); !op.Equal(ast.Equal.Ref()) && !op.Equal(ast.Equality.Ref()) {
+			continue
+		}
+		a, b := x.Operand(0), x.Operand(1)
+		if _, ok := a.Value.(ast.Ref); !ok {
+			a, b = b, a
+		}
+		ref, ok := a.Value.(ast.Ref)
+		str, isStr := b.Value.(ast.String)
+		if ok && isStr && ref.Equal(inputStage) {
+			return Stage(str)
+		}
+	}
+	return allStages
 }
 
 // resultNames maps the rule names of the convention to query variables.
@@ -195,7 +274,11 @@ func (e *regoEngine) eval(ctx context.Context, doc *document) (engineResult, err
 		stop := context.AfterFunc(ctx, cancel.Cancel)
 		defer stop()
 	}
-	rs, err := e.pq.Eval(ctx, rego.EvalParsedInput(doc.ast()), rego.EvalMetrics(noMetrics), rego.EvalExternalCancel(cancel))
+	pq := e.query(doc.in.Stage)
+	if pq == nil {
+		return engineResult{}, nil
+	}
+	rs, err := pq.Eval(ctx, rego.EvalParsedInput(doc.ast()), rego.EvalMetrics(noMetrics), rego.EvalExternalCancel(cancel))
 	if err != nil {
 		return engineResult{}, err
 	}
