@@ -233,12 +233,16 @@ func (e *rulesEngine) eval(ctx context.Context, doc *document) (engineResult, er
 	if err := ctx.Err(); err != nil {
 		return res, err
 	}
-	rules := e.byStage[doc.in.Stage]
-	if len(rules) == 0 {
+	if len(e.byStage[doc.in.Stage]) == 0 {
 		return res, nil
 	}
-	ectx := &hcl.EvalContext{Variables: doc.ctyVars(e.vars[doc.in.Stage]), Functions: ruleFunctions}
-	for _, r := range rules {
+	return e.run(doc.in.Stage, &hcl.EvalContext{Variables: doc.ctyVars(e.vars[doc.in.Stage]), Functions: ruleFunctions})
+}
+
+// run evaluates the rules of stage in file order against ectx.
+func (e *rulesEngine) run(stage Stage, ectx *hcl.EvalContext) (engineResult, error) {
+	var res engineResult
+	for _, r := range e.byStage[stage] {
 		match, err := evalAs(r.when, ectx, cty.Bool)
 		if err != nil {
 			return engineResult{}, fmt.Errorf("rule %q: when: %w", r.name, err)
