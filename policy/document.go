@@ -133,56 +133,179 @@ func item(k string, v *ast.Term) [2]*ast.Term {
 	return ast.Item(kt, v)
 }
 
-// astValue builds the Rego input of a normalized Input. It matches the JSON
-// form of Input: rcpt and message are absent outside their stages, auth and
-// session.tls are null when unset.
-func astValue(in *Input) ast.Value {
-	tls := ast.InternedNullTerm
-	if in.Session.TLS != nil {
-		tls = ast.ObjectTerm(item("version", strTerm(in.Session.TLS.Version)), item("cipher", strTerm(in.Session.TLS.Cipher)))
+// inputShape is the part of the input document a Rego policy can observe:
+// the paths of its references to input. A node with all set is needed
+// whole; otherwise only its keys are, each with its own shape. Engines
+// compute it once at load (regoInputShape); astValue builds nothing
+// outside it.
+type inputShape struct {
+	all  bool
+	keys map[string]*inputShape
+}
+
+// fullShape needs the whole document.
+var fullShape = &inputShape{all: true}
+
+// get returns the shape of key k, nil when k is not needed.
+func (s *inputShape) get(k string) *inputShape {
+	if s.all {
+		return s
 	}
-	auth := ast.InternedNullTerm
-	if in.Auth != nil {
-		auth = ast.ObjectTerm(item("user", strTerm(in.Auth.User)), item("mechanism", strTerm(in.Auth.Mechanism)))
-	}
-	items := [][2]*ast.Term{
-		item("version", ast.InternedTerm(in.Version)),
-		item("stage", ast.InternedTerm(string(in.Stage))),
-		item("session", ast.ObjectTerm(
-			item("id", strTerm(in.Session.ID)),
-			item("listener", strTerm(in.Session.Listener)),
-			item("client_ip", strTerm(in.Session.ClientIP)),
-			item("helo", strTerm(in.Session.HELO)),
-			item("tls", tls),
-		)),
-		item("auth", auth),
-		item("envelope", ast.ObjectTerm(
-			item("from", strTerm(in.Envelope.From)),
-			item("from_domain", strTerm(in.Envelope.FromDomain)),
-			item("recipients", strArray(in.Envelope.Recipients)),
-			item("size", ast.InternedTerm(int(in.Envelope.Size))),
-			item("smtputf8", ast.InternedTerm(in.Envelope.SMTPUTF8)),
-		)),
-	}
-	if in.Rcpt != nil {
-		items = append(items, item("rcpt", ast.ObjectTerm(item("address", strTerm(in.Rcpt.Address)), item("domain", strTerm(in.Rcpt.Domain)))))
-	}
-	if in.Message != nil {
-		hs := make([][2]*ast.Term, 0, len(in.Message.Headers))
-		for k, v := range in.Message.Headers {
-			hs = append(hs, item(k, strArray(v)))
+	return s.keys[k]
+}
+
+// add records a reference to input: ref[1:] while its keys are strings;
+// the node it stops at is needed whole (a variable or number key ranges
+// over it, and a reference's value may be used whole).
+func (s *inputShape) add(ref ast.Ref) {
+	n := s
+	for _, t := range ref[1:] {
+		if n.all {
+			return
 		}
-		items = append(items, item("message", ast.ObjectTerm(
-			item("headers", ast.ObjectTerm(hs...)),
-			item("from_addresses", strArray(in.Message.FromAddresses)),
-			item("size", ast.InternedTerm(int(in.Message.Size))),
+		k, ok := t.Value.(ast.String)
+		if !ok {
+			break
+		}
+		c := n.keys[string(k)]
+		if c == nil {
+			if n.keys == nil {
+				n.keys = map[string]*inputShape{}
+			}
+			c = &inputShape{}
+			n.keys[string(k)] = c
+		}
+		n = c
+	}
+	n.all, n.keys = true, nil
+}
+
+// regoInputShape is the shape of input the compiled modules of c refer to.
+// The compiler has resolved imports (import input.envelope) into full
+// references, so every way a module can read input is a reference rooted
+// at input; a bare input (object.get(input, …), walk(input)) needs all.
+func regoInputShape(c *ast.Compiler) *inputShape {
+	s := &inputShape{}
+	for _, m := range c.Modules {
+		ast.WalkRefs(m, func(r ast.Ref) bool {
+			if r.HasPrefix(ast.InputRootRef) {
+				s.add(r)
+			}
+			return false
+		})
+	}
+	return s
+}
+
+// astValue builds the whole Rego input of a normalized Input.
+func astValue(in *Input) ast.Value { return astInput(in, fullShape) }
+
+// astInput builds the Rego input of a normalized Input, the parts in s
+// only. It matches the JSON form of Input: rcpt and message are absent
+// outside their stages, auth and session.tls are null when unset.
+func astInput(in *Input, s *inputShape) ast.Value {
+	items := make([][2]*ast.Term, 0, 8)
+	if s.get("version") != nil {
+		items = append(items, item("version", ast.InternedTerm(in.Version)))
+	}
+	if s.get("stage") != nil {
+		items = append(items, item("stage", ast.InternedTerm(string(in.Stage))))
+	}
+	if c := s.get("session"); c != nil {
+		items = append(items, item("session", sessionTerm(&in.Session, c)))
+	}
+	if c := s.get("auth"); c != nil {
+		auth := ast.InternedNullTerm
+		if in.Auth != nil {
+			auth = objectTerm(c, strItem("user", in.Auth.User), strItem("mechanism", in.Auth.Mechanism))
+		}
+		items = append(items, item("auth", auth))
+	}
+	if c := s.get("envelope"); c != nil {
+		e := &in.Envelope
+		items = append(items, item("envelope", objectTerm(c,
+			strItem("from", e.From),
+			strItem("from_domain", e.FromDomain),
+			lazyItem{"recipients", func() *ast.Term { return strArray(e.Recipients) }},
+			lazyItem{"size", func() *ast.Term { return ast.InternedTerm(int(e.Size)) }},
+			lazyItem{"smtputf8", func() *ast.Term { return ast.InternedTerm(e.SMTPUTF8) }},
 		)))
 	}
-	items = append(items, item("quota", quotaTerm(in.Quota)))
+	if c := s.get("rcpt"); c != nil && in.Rcpt != nil {
+		items = append(items, item("rcpt", objectTerm(c, strItem("address", in.Rcpt.Address), strItem("domain", in.Rcpt.Domain))))
+	}
+	if c := s.get("message"); c != nil && in.Message != nil {
+		m := in.Message
+		items = append(items, item("message", objectTerm(c,
+			lazyItem{"headers", func() *ast.Term { return headersTerm(m.Headers, c.get("headers")) }},
+			lazyItem{"from_addresses", func() *ast.Term { return strArray(m.FromAddresses) }},
+			lazyItem{"size", func() *ast.Term { return ast.InternedTerm(int(m.Size)) }},
+		)))
+	}
+	if c := s.get("quota"); c != nil {
+		items = append(items, item("quota", quotaTerm(in.Quota, c)))
+	}
 	return ast.NewObject(items...)
 }
 
-func quotaTerm(qs map[string]QuotaState) *ast.Term {
+// lazyItem is one key of an object and how to build its value, called
+// only when the shape needs the key.
+type lazyItem struct {
+	key   string
+	value func() *ast.Term
+}
+
+func strItem(k, v string) lazyItem {
+	return lazyItem{k, func() *ast.Term { return strTerm(v) }}
+}
+
+// objectTerm builds the object of the items s needs.
+func objectTerm(s *inputShape, items ...lazyItem) *ast.Term {
+	kv := make([][2]*ast.Term, 0, len(items))
+	for _, it := range items {
+		if s.get(it.key) != nil {
+			kv = append(kv, item(it.key, it.value()))
+		}
+	}
+	return ast.ObjectTerm(kv...)
+}
+
+func sessionTerm(ss *Session, s *inputShape) *ast.Term {
+	return objectTerm(s,
+		strItem("id", ss.ID),
+		strItem("listener", ss.Listener),
+		strItem("client_ip", ss.ClientIP),
+		strItem("helo", ss.HELO),
+		lazyItem{"tls", func() *ast.Term {
+			if ss.TLS == nil {
+				return ast.InternedNullTerm
+			}
+			return ast.ObjectTerm(item("version", strTerm(ss.TLS.Version)), item("cipher", strTerm(ss.TLS.Cipher)))
+		}},
+	)
+}
+
+// headersTerm builds the headers object: every header when s needs all,
+// else only the header names s names.
+func headersTerm(hs map[string][]string, s *inputShape) *ast.Term {
+	kv := make([][2]*ast.Term, 0, len(hs))
+	if s.all {
+		for k, v := range hs {
+			kv = append(kv, item(k, strArray(v)))
+		}
+	} else {
+		for k := range s.keys {
+			if v, ok := hs[k]; ok {
+				kv = append(kv, item(k, strArray(v)))
+			}
+		}
+	}
+	return ast.ObjectTerm(kv...)
+}
+
+// quotaTerm builds the quota object: every quota when s needs all, else
+// the quotas s names.
+func quotaTerm(qs map[string]QuotaState, s *inputShape) *ast.Term {
 	if len(qs) == 0 {
 		return ast.ObjectTerm()
 	}
@@ -200,6 +323,9 @@ func quotaTerm(qs map[string]QuotaState) *ast.Term {
 	}
 	items := make([][2]*ast.Term, 0, len(qs))
 	for name, q := range qs {
+		if s.get(name) == nil {
+			continue
+		}
 		items = append(items, item(name, ast.ObjectTerm(
 			item("key", strTerm(q.Key)), item("action", strTerm(q.Action)),
 			item("exceeded", ast.InternedTerm(q.Exceeded)),

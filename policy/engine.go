@@ -64,17 +64,28 @@ type engine interface {
 type document struct {
 	in Input // normalized
 
-	astVal ast.Value
-	cty    map[string]cty.Value // HCL variables built so far
+	astVals []shapedValue        // Rego inputs built so far
+	cty     map[string]cty.Value // HCL variables built so far
+}
+
+// shapedValue is the Rego input of one shape.
+type shapedValue struct {
+	shape *inputShape
+	val   ast.Value
 }
 
 func newDocument(in Input) *document { return &document{in: in.Normalize()} }
 
-func (d *document) ast() ast.Value {
-	if d.astVal == nil {
-		d.astVal = astValue(&d.in)
+// ast returns the Rego input of shape s, building it once.
+func (d *document) ast(s *inputShape) ast.Value {
+	for _, v := range d.astVals {
+		if v.shape == s {
+			return v.val
+		}
 	}
-	return d.astVal
+	v := astInput(&d.in, s)
+	d.astVals = append(d.astVals, shapedValue{s, v})
+	return v
 }
 
 // ctyVars returns the HCL variables names, building each once.

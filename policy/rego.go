@@ -92,6 +92,8 @@ type regoEngine struct {
 	stages map[Stage]*rego.PreparedEvalQuery
 	// all asks for every result; it serves an input of another stage.
 	all *rego.PreparedEvalQuery
+	// shape is the part of the input the modules refer to.
+	shape *inputShape
 }
 
 // query returns the prepared query for stage, nil when nothing can be
@@ -179,7 +181,7 @@ func prepareRego(ctx context.Context, s engineSpec, mods map[string]*ast.Module,
 	if err != nil {
 		return nil, fmt.Errorf("policy: %s: compile: %w", s.id(), err)
 	}
-	e := &regoEngine{all: &all, stages: map[Stage]*rego.PreparedEvalQuery{}}
+	e := &regoEngine{all: &all, stages: map[Stage]*rego.PreparedEvalQuery{}, shape: regoInputShape(compiler)}
 	for _, st := range []Stage{StageMail, StageRcpt, StageData} {
 		sk := map[string]bool{}
 		for name, multi := range kinds {
@@ -278,7 +280,7 @@ func (e *regoEngine) eval(ctx context.Context, doc *document) (engineResult, err
 	if pq == nil {
 		return engineResult{}, nil
 	}
-	rs, err := pq.Eval(ctx, rego.EvalParsedInput(doc.ast()), rego.EvalMetrics(noMetrics), rego.EvalExternalCancel(cancel))
+	rs, err := pq.Eval(ctx, rego.EvalParsedInput(doc.ast(e.shape)), rego.EvalMetrics(noMetrics), rego.EvalExternalCancel(cancel))
 	if err != nil {
 		return engineResult{}, err
 	}
