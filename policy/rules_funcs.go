@@ -14,6 +14,11 @@ import (
 
 // ruleFunctions are the functions HCL rule expressions may call. None does
 // I/O; all are deterministic.
+//
+// The parameters of our own functions allow marked values: mailgate marks
+// no value, and a parameter that does not allow them makes cty walk every
+// argument twice per call (ContainsMarked, UnmarkDeep) — a whole list or
+// map for contains and length.
 var ruleFunctions = map[string]function.Function{
 	"lower":         stdlib.LowerFunc,
 	"upper":         stdlib.UpperFunc,
@@ -37,7 +42,7 @@ var ruleFunctions = map[string]function.Function{
 
 func stringPredicate(f func(s, affix string) bool) function.Function {
 	return function.New(&function.Spec{
-		Params: []function.Parameter{{Name: "str", Type: cty.String}, {Name: "affix", Type: cty.String}},
+		Params: []function.Parameter{{Name: "str", Type: cty.String, AllowMarked: true}, {Name: "affix", Type: cty.String, AllowMarked: true}},
 		Type:   function.StaticReturnType(cty.Bool),
 		Impl: func(args []cty.Value, _ cty.Type) (cty.Value, error) {
 			return cty.BoolVal(f(args[0].AsString(), args[1].AsString())), nil
@@ -47,7 +52,7 @@ func stringPredicate(f func(s, affix string) bool) function.Function {
 
 // containsFunc is contains(string, substring) or contains(list, value).
 var containsFunc = function.New(&function.Spec{
-	Params: []function.Parameter{{Name: "haystack", Type: cty.DynamicPseudoType}, {Name: "needle", Type: cty.DynamicPseudoType}},
+	Params: []function.Parameter{{Name: "haystack", Type: cty.DynamicPseudoType, AllowMarked: true}, {Name: "needle", Type: cty.DynamicPseudoType, AllowMarked: true}},
 	Type:   function.StaticReturnType(cty.Bool),
 	Impl: func(args []cty.Value, _ cty.Type) (cty.Value, error) {
 		h, n := args[0], args[1]
@@ -81,35 +86,47 @@ var containsFunc = function.New(&function.Spec{
 	},
 })
 
+// memo caches a parse of rule constants: patterns and prefixes are almost
+// always literals, so each is parsed once per process. It keeps at most
+// 4096 entries.
+type memo[T any] struct {
+	mu sync.RWMutex
+	m  map[string]T
+}
+
+func (c *memo[T]) get(k string, parse func(string) (T, error)) (T, error) {
+	c.mu.RLock()
+	v, ok := c.m[k]
+	c.mu.RUnlock()
+	if ok {
+		return v, nil
+	}
+	v, err := parse(k)
+	if err != nil {
+		return v, err
+	}
+	c.mu.Lock()
+	if c.m == nil {
+		c.m = map[string]T{}
+	}
+	if len(c.m) < 4096 {
+		c.m[k] = v
+	}
+	c.mu.Unlock()
+	return v, nil
+}
+
 var (
-	regexCacheMu sync.RWMutex
-	regexCache   = map[string]*regexp.Regexp{}
+	regexCache  memo[*regexp.Regexp]
+	prefixCache memo[netip.Prefix]
 )
 
-// compileRegex caches compiled patterns: rule patterns are almost always
-// constants, so each compiles once per process.
-func compileRegex(p string) (*regexp.Regexp, error) {
-	regexCacheMu.RLock()
-	re := regexCache[p]
-	regexCacheMu.RUnlock()
-	if re != nil {
-		return re, nil
-	}
-	re, err := regexp.Compile(p)
-	if err != nil {
-		return nil, err
-	}
-	regexCacheMu.Lock()
-	if len(regexCache) < 4096 {
-		regexCache[p] = re
-	}
-	regexCacheMu.Unlock()
-	return re, nil
-}
+// compileRegex compiles p once per process.
+func compileRegex(p string) (*regexp.Regexp, error) { return regexCache.get(p, regexp.Compile) }
 
 // regexFunc is regex(pattern, string): whether the RE2 pattern matches.
 var regexFunc = function.New(&function.Spec{
-	Params: []function.Parameter{{Name: "pattern", Type: cty.String}, {Name: "str", Type: cty.String}},
+	Params: []function.Parameter{{Name: "pattern", Type: cty.String, AllowMarked: true}, {Name: "str", Type: cty.String, AllowMarked: true}},
 	Type:   function.StaticReturnType(cty.Bool),
 	Impl: func(args []cty.Value, _ cty.Type) (cty.Value, error) {
 		re, err := compileRegex(args[0].AsString())
@@ -122,7 +139,7 @@ var regexFunc = function.New(&function.Spec{
 
 // domainFunc is domain(address): the lower-cased domain part, "" if none.
 var domainFunc = function.New(&function.Spec{
-	Params: []function.Parameter{{Name: "address", Type: cty.String}},
+	Params: []function.Parameter{{Name: "address", Type: cty.String, AllowMarked: true}},
 	Type:   function.StaticReturnType(cty.String),
 	Impl: func(args []cty.Value, _ cty.Type) (cty.Value, error) {
 		return cty.StringVal(domainOf(args[0].AsString())), nil
@@ -131,10 +148,10 @@ var domainFunc = function.New(&function.Spec{
 
 // cidrContainsFunc is cidr_contains(prefix, ip).
 var cidrContainsFunc = function.New(&function.Spec{
-	Params: []function.Parameter{{Name: "prefix", Type: cty.String}, {Name: "ip", Type: cty.String}},
+	Params: []function.Parameter{{Name: "prefix", Type: cty.String, AllowMarked: true}, {Name: "ip", Type: cty.String, AllowMarked: true}},
 	Type:   function.StaticReturnType(cty.Bool),
 	Impl: func(args []cty.Value, _ cty.Type) (cty.Value, error) {
-		p, err := netip.ParsePrefix(args[0].AsString())
+		p, err := prefixCache.get(args[0].AsString(), netip.ParsePrefix)
 		if err != nil {
 			return cty.NilVal, function.NewArgError(0, err)
 		}
@@ -149,7 +166,7 @@ var cidrContainsFunc = function.New(&function.Spec{
 // lengthFunc is length(string | list | map | set | tuple | object): the
 // number of characters of a string, else of elements.
 var lengthFunc = function.New(&function.Spec{
-	Params: []function.Parameter{{Name: "value", Type: cty.DynamicPseudoType}},
+	Params: []function.Parameter{{Name: "value", Type: cty.DynamicPseudoType, AllowMarked: true}},
 	Type:   function.StaticReturnType(cty.Number),
 	Impl: func(args []cty.Value, _ cty.Type) (cty.Value, error) {
 		v := args[0]
