@@ -265,124 +265,11 @@ func (p *Policy) evaluate(ctx context.Context, in Input, explain bool) (Decision
 			doc.in.Quota = map[string]QuotaState{}
 		}
 	}
-	var (
-		results       []EngineResult
-		enforcedDefer *Decision
-		dryReject     *Decision
-		dryDefer      *Decision
-		warnings      []Warning
-		actions       Actions
-		revisions     []string
-		final         *Decision
-		finalErr      error
-		wantResults   = explain || p.dlog != nil
-	)
-	warnings = append(warnings, qc.warnings...)
-	engines := set.engines
-	if r := qc.refusal; r != nil {
-		// The quotas come first in the chain: a quota reject wins at once,
-		// a quota defer is the first defer (an engine's reject still wins).
-		results = appendResult(results, EngineResult{Engine: QuotaEngine, Mode: ModeEnforce, Outcome: r.Outcome,
-			Rule: r.Rule, Code: r.Code, EnhancedCode: r.EnhancedCode, Message: r.Message}, wantResults)
-		if r.Outcome == Reject {
-			final = r
-			results = skipRest(results, engines, wantResults)
-			engines = nil
-		} else {
-			enforcedDefer = r
-		}
+	var runs []engineRun
+	if r := qc.refusal; r == nil || r.Outcome != Reject {
+		runs = p.runEngines(ctx, set.engines, doc)
 	}
-	for i, ce := range engines {
-		name := ce.spec.id()
-		dry := ce.spec.mode == ModeDryRun
-		res, err := ce.eng.eval(ctx, doc)
-		er := EngineResult{Engine: name, Mode: ce.spec.mode, Outcome: Accept, Revision: res.revision}
-		if ce.spec.bundle != nil {
-			revisions = append(revisions, name+"="+res.revision)
-		}
-		if err != nil {
-			er.Error = err.Error()
-			if dry || ce.spec.onError == OnErrorAccept {
-				p.log.LogAttrs(ctx, slog.LevelError, "policy engine failed; continuing",
-					slog.String("engine", name), slog.String("session", doc.in.Session.ID),
-					slog.String("stage", string(doc.in.Stage)), slog.Bool("dry_run", dry), slog.Any("error", err))
-				results = appendResult(results, er, wantResults)
-				continue
-			}
-			er.Outcome, er.Code, er.EnhancedCode, er.Message = Defer, errorDeferCode, errorDeferEnh, errorDeferMsg
-			results = appendResult(results, er, wantResults)
-			final = &Decision{Outcome: Defer, Code: errorDeferCode, EnhancedCode: errorDeferEnh, Message: errorDeferMsg, Engine: name}
-			finalErr = fmt.Errorf("policy: %s: %w: %w", name, ErrEngine, err)
-			results = skipRest(results, engines[i+1:], wantResults)
-			break
-		}
-		for i := range res.warnings {
-			res.warnings[i].Engine = name
-		}
-		warnings = append(warnings, res.warnings...)
-		er.Warnings = res.warnings
-		er.Actions = res.actions
-		er.Rule = res.acceptRule
-		var v *verdict
-		var outcome Outcome
-		switch {
-		case res.reject != nil:
-			v, outcome = res.reject, Reject
-		case res.deferral != nil:
-			v, outcome = res.deferral, Defer
-		}
-		var dec *Decision
-		if v != nil {
-			fallback := "rejected by policy"
-			if outcome == Defer {
-				fallback = "deferred by policy, try again later"
-			}
-			dec = &Decision{Outcome: outcome, Code: v.code, EnhancedCode: v.enh,
-				Message: sanitizeMessage(v.message, fallback), Engine: name, Rule: v.rule}
-			er.Outcome, er.Rule, er.Code, er.EnhancedCode, er.Message = outcome, v.rule, v.code, v.enh, dec.Message
-		}
-		results = appendResult(results, er, wantResults)
-		if dry {
-			if dec != nil {
-				warnings = append(warnings, Warning{Engine: name, Rule: dec.Rule,
-					Message: fmt.Sprintf("dry-run: would %s (%d %s %s)", dec.Outcome, dec.Code, dec.EnhancedCode, dec.Message)})
-				if dec.Outcome == Reject && dryReject == nil {
-					dryReject = dec
-				} else if dec.Outcome == Defer && dryDefer == nil {
-					dryDefer = dec
-				}
-			}
-			continue
-		}
-		actions.Merge(res.actions)
-		if dec != nil && dec.Outcome == Reject {
-			final = dec
-			results = skipRest(results, engines[i+1:], wantResults)
-			break
-		}
-		if dec != nil && enforcedDefer == nil {
-			enforcedDefer = dec
-		}
-	}
-	if final == nil {
-		switch {
-		case enforcedDefer != nil:
-			final = enforcedDefer
-		case dryReject != nil:
-			final = dryReject
-			final.DryRun = true
-		case dryDefer != nil:
-			final = dryDefer
-			final.DryRun = true
-		default:
-			final = &Decision{Outcome: Accept}
-		}
-	}
-	if final.Outcome == Accept || final.DryRun {
-		final.Actions = actions
-	}
-	final.Warnings = warnings
-	final.Revision = strings.Join(revisions, " ")
+	final, results, finalErr := combine(qc.refusal, qc.warnings, set.engines, runs, explain || p.dlog != nil)
 	if qc.res != nil {
 		if final.Enforced() == Accept {
 			final.Reservation = qc.res
@@ -391,11 +278,173 @@ func (p *Policy) evaluate(ctx context.Context, in Input, explain bool) (Decision
 		}
 	}
 	final.Quota = doc.in.Quota
-	p.logDecision(ctx, &doc.in, final, results, finalErr)
+	p.logDecision(ctx, &doc.in, &final, results, finalErr)
 	if !explain {
 		results = nil
 	}
+	return final, results, finalErr
+}
+
+// engineRun is what running one engine of the chain produced.
+type engineRun struct {
+	ce  compiledEngine
+	res engineResult
+	err error
+}
+
+// stops says whether run ends the chain: an enforcing engine that rejected,
+// or that failed with on_error = "defer" (fail closed).
+func (run *engineRun) stops() bool {
+	if run.ce.spec.mode == ModeDryRun {
+		return false
+	}
+	if run.err != nil {
+		return run.ce.spec.onError != OnErrorAccept
+	}
+	return run.res.reject != nil
+}
+
+// runEngines evaluates engines in order on doc until one stops the chain,
+// and names each warning with its engine. A failure that does not stop the
+// chain (dry-run, on_error = "accept") is logged here.
+func (p *Policy) runEngines(ctx context.Context, engines []compiledEngine, doc *document) []engineRun {
+	runs := make([]engineRun, 0, len(engines))
+	for _, ce := range engines {
+		res, err := ce.eng.eval(ctx, doc)
+		run := engineRun{ce: ce, res: res, err: err}
+		name := ce.spec.id()
+		for i := range run.res.warnings {
+			run.res.warnings[i].Engine = name
+		}
+		runs = append(runs, run)
+		if run.stops() {
+			break
+		}
+		if err != nil {
+			p.log.LogAttrs(ctx, slog.LevelError, "policy engine failed; continuing",
+				slog.String("engine", name), slog.String("session", doc.in.Session.ID),
+				slog.String("stage", string(doc.in.Stage)), slog.Bool("dry_run", ce.spec.mode == ModeDryRun), slog.Any("error", err))
+		}
+	}
+	return runs
+}
+
+// combine is the decision of a chain, given the quotas' refusal (nil: the
+// quotas had room) and warnings and what the engines produced, in chain
+// order; engines that have no run are reported skipped. The first reject
+// wins (a quota's first of all), then the first enforced defer, then a
+// dry-run reject, then a dry-run defer (DryRun set), else accept. Actions
+// of enforcing engines are merged and kept with accept and dry-run
+// outcomes. results are built only when want is set. It does no I/O.
+func combine(quota *Decision, quotaWarnings []Warning, engines []compiledEngine, runs []engineRun, want bool) (Decision, []EngineResult, error) {
+	var (
+		results       []EngineResult
+		final         *Decision
+		finalErr      error
+		enforcedDefer *Decision
+		dryReject     *Decision
+		dryDefer      *Decision
+		actions       Actions
+		revisions     []string
+		ran           int
+	)
+	warnings := append([]Warning(nil), quotaWarnings...)
+	if quota != nil {
+		// The quotas come first in the chain: a quota reject wins at once,
+		// a quota defer is the first defer (an engine's reject still wins).
+		results = appendResult(results, EngineResult{Engine: QuotaEngine, Mode: ModeEnforce, Outcome: quota.Outcome,
+			Rule: quota.Rule, Code: quota.Code, EnhancedCode: quota.EnhancedCode, Message: quota.Message}, want)
+		q := *quota
+		if q.Outcome == Reject {
+			final = &q
+		} else {
+			enforcedDefer = &q
+		}
+	}
+	for i := range runs {
+		if final != nil {
+			break
+		}
+		run := &runs[i]
+		ran++
+		name := run.ce.spec.id()
+		dry := run.ce.spec.mode == ModeDryRun
+		er := EngineResult{Engine: name, Mode: run.ce.spec.mode, Outcome: Accept, Revision: run.res.revision}
+		if run.ce.spec.bundle != nil {
+			revisions = append(revisions, name+"="+run.res.revision)
+		}
+		if run.err != nil {
+			er.Error = run.err.Error()
+			if run.stops() {
+				er.Outcome, er.Code, er.EnhancedCode, er.Message = Defer, errorDeferCode, errorDeferEnh, errorDeferMsg
+				final = &Decision{Outcome: Defer, Code: errorDeferCode, EnhancedCode: errorDeferEnh, Message: errorDeferMsg, Engine: name}
+				finalErr = fmt.Errorf("policy: %s: %w: %w", name, ErrEngine, run.err)
+			}
+			results = appendResult(results, er, want)
+			continue
+		}
+		warnings = append(warnings, run.res.warnings...)
+		er.Warnings, er.Actions, er.Rule = run.res.warnings, run.res.actions, run.res.acceptRule
+		dec := runDecision(name, &run.res)
+		if dec != nil {
+			er.Outcome, er.Rule, er.Code, er.EnhancedCode, er.Message = dec.Outcome, dec.Rule, dec.Code, dec.EnhancedCode, dec.Message
+		}
+		results = appendResult(results, er, want)
+		switch {
+		case dry && dec != nil:
+			warnings = append(warnings, Warning{Engine: name, Rule: dec.Rule,
+				Message: fmt.Sprintf("dry-run: would %s (%d %s %s)", dec.Outcome, dec.Code, dec.EnhancedCode, dec.Message)})
+			if dec.Outcome == Reject && dryReject == nil {
+				dryReject = dec
+			} else if dec.Outcome == Defer && dryDefer == nil {
+				dryDefer = dec
+			}
+		case dry:
+		case dec != nil && dec.Outcome == Reject:
+			actions.Merge(run.res.actions)
+			final = dec
+		default:
+			actions.Merge(run.res.actions)
+			if dec != nil && enforcedDefer == nil {
+				enforcedDefer = dec
+			}
+		}
+	}
+	// runs are a prefix of engines: those after the ones that ran did not.
+	results = skipRest(results, engines[min(ran, len(engines)):], want)
+	switch {
+	case final != nil:
+	case enforcedDefer != nil:
+		final = enforcedDefer
+	case dryReject != nil:
+		final = dryReject
+		final.DryRun = true
+	case dryDefer != nil:
+		final = dryDefer
+		final.DryRun = true
+	default:
+		final = &Decision{Outcome: Accept}
+	}
+	if final.Outcome == Accept || final.DryRun {
+		final.Actions = actions
+	}
+	final.Warnings = warnings
+	final.Revision = strings.Join(revisions, " ")
 	return *final, results, finalErr
+}
+
+// runDecision is the reject or defer an engine's result makes, nil when it
+// accepts.
+func runDecision(engine string, res *engineResult) *Decision {
+	v, outcome, fallback := res.reject, Reject, "rejected by policy"
+	if v == nil {
+		v, outcome, fallback = res.deferral, Defer, "deferred by policy, try again later"
+	}
+	if v == nil {
+		return nil
+	}
+	return &Decision{Outcome: outcome, Code: v.code, EnhancedCode: v.enh,
+		Message: sanitizeMessage(v.message, fallback), Engine: engine, Rule: v.rule}
 }
 
 func appendResult(rs []EngineResult, r EngineResult, want bool) []EngineResult {
