@@ -46,8 +46,8 @@ func TestCombine(t *testing.T) {
 	}{
 		{name: "no engines", want: Decision{Outcome: Accept}},
 		{name: "all accept, actions merged", engines: []compiledEngine{a, b},
-			runs: []engineRun{{ce: a, res: engineResult{actions: sign, warnings: warn}}, {ce: b, res: engineResult{actions: Actions{DKIMDomain: "other.example", Upstream: "u"}}}},
-			want: Decision{Outcome: Accept, Warnings: warn, Actions: Actions{DKIMDomain: "example.com", Upstream: "u", AddHeaders: sign.AddHeaders}},
+			runs:         []engineRun{{ce: a, res: engineResult{actions: sign, warnings: warn}}, {ce: b, res: engineResult{actions: Actions{DKIMDomain: "other.example", Upstream: "u"}}}},
+			want:         Decision{Outcome: Accept, Warnings: warn, Actions: Actions{DKIMDomain: "example.com", Upstream: "u", AddHeaders: sign.AddHeaders}},
 			wantOutcomes: []string{"accept", "accept"}},
 		{name: "reject ends the chain, actions dropped", engines: []compiledEngine{a, b},
 			runs:         []engineRun{{ce: a, res: engineResult{reject: reject, actions: sign}}},
