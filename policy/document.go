@@ -405,21 +405,24 @@ func ctyVar(in *Input, name string) cty.Value {
 		if in.Message == nil {
 			return cty.NullVal(messageType)
 		}
-		hs := cty.MapValEmpty(cty.List(cty.String))
-		if len(in.Message.Headers) > 0 {
-			m := make(map[string]cty.Value, len(in.Message.Headers))
-			for k, v := range in.Message.Headers {
-				m[k] = strList(v)
-			}
-			hs = cty.MapVal(m)
-		}
 		return cty.ObjectVal(map[string]cty.Value{
-			"headers": hs, "from_addresses": strList(in.Message.FromAddresses), "size": cty.NumberIntVal(in.Message.Size),
+			"headers": headersCty(in.Message.Headers), "from_addresses": strList(in.Message.FromAddresses), "size": cty.NumberIntVal(in.Message.Size),
 		})
 	case "quota":
 		return quotaCty(in.Quota)
 	}
 	return cty.NilVal
+}
+
+func headersCty(hs map[string][]string) cty.Value {
+	if len(hs) == 0 {
+		return cty.MapValEmpty(cty.List(cty.String))
+	}
+	m := make(map[string]cty.Value, len(hs))
+	for k, v := range hs {
+		m[k] = strList(v)
+	}
+	return cty.MapVal(m)
 }
 
 func quotaCty(qs map[string]QuotaState) cty.Value {

@@ -8,7 +8,6 @@ import (
 	"strings"
 
 	"github.com/open-policy-agent/opa/v1/ast"
-	"github.com/zclconf/go-cty/cty"
 )
 
 // ErrEngine marks a policy engine failure at evaluation time. Evaluate
@@ -64,8 +63,7 @@ type engine interface {
 type document struct {
 	in Input // normalized
 
-	astVals []shapedValue        // Rego inputs built so far
-	cty     map[string]cty.Value // HCL variables built so far
+	astVals []shapedValue // Rego inputs built so far
 }
 
 // shapedValue is the Rego input of one shape.
@@ -86,19 +84,6 @@ func (d *document) ast(s *inputShape) ast.Value {
 	v := astInput(&d.in, s)
 	d.astVals = append(d.astVals, shapedValue{s, v})
 	return v
-}
-
-// ctyVars returns the HCL variables names, building each once.
-func (d *document) ctyVars(names []string) map[string]cty.Value {
-	if d.cty == nil {
-		d.cty = make(map[string]cty.Value, len(schemaTypes))
-	}
-	for _, n := range names {
-		if _, ok := d.cty[n]; !ok {
-			d.cty[n] = ctyVar(&d.in, n)
-		}
-	}
-	return d.cty
 }
 
 // sanitizeMessage makes s safe to show an SMTP client: one line of

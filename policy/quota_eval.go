@@ -355,12 +355,18 @@ type varSpec struct {
 // whole document for one attribute costs more than the rest of the check.
 // The expressions are still evaluated by HCL, on a smaller value.
 func traversalSpecs(trs []hcl.Traversal) []varSpec {
+	return varSpecs(trs, func(root string) bool { return root == "quota" || root == "message" })
+}
+
+// varSpecs lists the input variables trs refer to, except those skip
+// names, as traversalSpecs.
+func varSpecs(trs []hcl.Traversal, skip func(root string) bool) []varSpec {
 	attrs := map[string]map[string]bool{}
 	whole := map[string]bool{}
 	for _, tr := range trs {
 		{
 			root := tr.RootName()
-			if _, ok := schemaTypes[root]; !ok || root == "quota" || root == "message" {
+			if _, ok := schemaTypes[root]; !ok || skip(root) {
 				continue
 			}
 			if len(tr) < 2 {
@@ -402,7 +408,7 @@ func traversalSpecs(trs []hcl.Traversal) []varSpec {
 func partialVars(in *Input, specs []varSpec) map[string]cty.Value {
 	vars := make(map[string]cty.Value, len(specs))
 	for _, s := range specs {
-		if s.attrs == nil || (s.name == "auth" && in.Auth == nil) || (s.name == "rcpt" && in.Rcpt == nil) {
+		if s.attrs == nil || (s.name == "auth" && in.Auth == nil) || (s.name == "rcpt" && in.Rcpt == nil) || (s.name == "message" && in.Message == nil) {
 			vars[s.name] = ctyVar(in, s.name)
 			continue
 		}
@@ -448,6 +454,12 @@ func ctyAttr(in *Input, root, attr string) cty.Value {
 		return cty.StringVal(in.Rcpt.Address)
 	case "rcpt.domain":
 		return cty.StringVal(in.Rcpt.Domain)
+	case "envelope.recipients":
+		return strList(in.Envelope.Recipients)
+	case "message.from_addresses":
+		return strList(in.Message.FromAddresses)
+	case "message.headers":
+		return headersCty(in.Message.Headers)
 	}
 	return ctyVar(in, root).GetAttr(attr)
 }

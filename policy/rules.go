@@ -70,9 +70,10 @@ type rule struct {
 // rulesEngine evaluates HCL rules in file order.
 type rulesEngine struct {
 	byStage map[Stage][]*rule
-	// vars lists, per stage, the input variables its rules reference, so
-	// a stage builds only those (a mail rule never pays for headers).
-	vars map[Stage][]string
+	// vars lists, per stage, the input variables its rules reference and
+	// the attributes they read, so a stage builds only those (a mail rule
+	// never pays for headers, nor for the session fields it does not read).
+	vars map[Stage][]varSpec
 }
 
 // rulesFiles lists the rule files of path: the file itself, or the *.hcl
@@ -141,29 +142,21 @@ func compileRuleFiles(files []string) (*rulesEngine, error) {
 	if diags.HasErrors() {
 		return nil, &DiagnosticsError{Diagnostics: diags, Files: p.Files()}
 	}
-	e.vars = map[Stage][]string{}
+	e.vars = map[Stage][]varSpec{}
 	for stage, rules := range e.byStage {
-		used := map[string]bool{}
+		var trs []hcl.Traversal
 		for _, r := range rules {
 			exprs := []hcl.Expression{r.when, r.message}
 			for _, a := range r.acts {
 				exprs = append(exprs, a)
 			}
 			for _, x := range exprs {
-				if x == nil {
-					continue
-				}
-				for _, tr := range x.Variables() {
-					used[tr.RootName()] = true
+				if x != nil {
+					trs = append(trs, x.Variables()...)
 				}
 			}
 		}
-		for n := range used {
-			if _, ok := schemaTypes[n]; ok {
-				e.vars[stage] = append(e.vars[stage], n)
-			}
-		}
-		sort.Strings(e.vars[stage])
+		e.vars[stage] = varSpecs(trs, func(string) bool { return false })
 	}
 	return e, nil
 }
@@ -236,7 +229,7 @@ func (e *rulesEngine) eval(ctx context.Context, doc *document) (engineResult, er
 	if len(e.byStage[doc.in.Stage]) == 0 {
 		return res, nil
 	}
-	return e.run(doc.in.Stage, &hcl.EvalContext{Variables: doc.ctyVars(e.vars[doc.in.Stage]), Functions: ruleFunctions})
+	return e.run(doc.in.Stage, &hcl.EvalContext{Variables: partialVars(&doc.in, e.vars[doc.in.Stage]), Functions: ruleFunctions})
 }
 
 // run evaluates the rules of stage in file order against ectx.
