@@ -1,0 +1,60 @@
+# The example HCL rules as first written: the reference of the differential
+# test (differential_test.go). Do not edit; examples/policies/rules.hcl may
+# change its form, never its decisions.
+
+# Example HCL rules for mailgate. Rules run in file order for their stage;
+# the first matching reject ends evaluation, an accept ends it too
+# (allow-list), defer and warn rules let evaluation continue.
+
+# The monitoring probe on localhost may submit without authentication.
+rule "local-monitoring" {
+  stage  = "mail"
+  when   = auth == null && cidr_contains("127.0.0.0/8", session.client_ip) && envelope.from == "monitor@example.com"
+  action = "accept"
+}
+
+rule "sender-matches-login" {
+  stage         = "mail"
+  when          = auth != null && lower(envelope.from) != lower(auth.user) && domain(envelope.from) != domain(auth.user)
+  action        = "reject"
+  code          = 550
+  enhanced_code = "5.7.1"
+  message       = "you may only send as ${auth.user}"
+}
+
+rule "from-header-matches-login" {
+  stage   = "data"
+  when    = auth != null && length([for a in message.from_addresses : a if domain(a) != domain(auth.user)]) > 0
+  action  = "reject"
+  message = "From: must be in ${domain(auth.user)}"
+}
+
+rule "incident-paused-domain" {
+  stage         = "rcpt"
+  when          = contains(["broken.example"], rcpt.domain)
+  action        = "defer"
+  enhanced_code = "4.7.1"
+  message       = "mail to ${rcpt.domain} is paused, retry later"
+}
+
+rule "no-bare-ip-helo" {
+  stage   = "mail"
+  when    = regex("^\\[?[0-9.]+\\]?$", session.helo)
+  action  = "warn"
+  message = "client greeted with a bare IP address"
+}
+
+rule "bulk-list-unsubscribe" {
+  stage   = "data"
+  when    = auth != null && startswith(lower(auth.user), "news@") && !contains(keys(message.headers), "list-unsubscribe")
+  action  = "warn"
+  message = "bulk mail without List-Unsubscribe"
+}
+
+rule "tag-and-sign" {
+  stage       = "data"
+  when        = endswith(envelope.from_domain, "example.com")
+  action      = "accept"
+  add_headers = { "X-Mailgate-Policy" = "local" }
+  dkim_domain = envelope.from_domain
+}
