@@ -204,85 +204,104 @@ func astValue(in *Input) ast.Value { return astInput(in, fullShape) }
 // only. It matches the JSON form of Input: rcpt and message are absent
 // outside their stages, auth and session.tls are null when unset.
 func astInput(in *Input, s *inputShape) ast.Value {
-	items := make([][2]*ast.Term, 0, 8)
-	if s.get("version") != nil {
-		items = append(items, item("version", ast.InternedTerm(in.Version)))
+	o := newObject(s, 8)
+	if o.want("version") {
+		o.add("version", ast.InternedTerm(in.Version))
 	}
-	if s.get("stage") != nil {
-		items = append(items, item("stage", ast.InternedTerm(string(in.Stage))))
+	if o.want("stage") {
+		o.add("stage", ast.InternedTerm(string(in.Stage)))
 	}
 	if c := s.get("session"); c != nil {
-		items = append(items, item("session", sessionTerm(&in.Session, c)))
+		o.add("session", sessionTerm(&in.Session, c))
 	}
 	if c := s.get("auth"); c != nil {
 		auth := ast.InternedNullTerm
 		if in.Auth != nil {
-			auth = objectTerm(c, strItem("user", in.Auth.User), strItem("mechanism", in.Auth.Mechanism))
+			a := newObject(c, 2)
+			a.str("user", in.Auth.User)
+			a.str("mechanism", in.Auth.Mechanism)
+			auth = a.term()
 		}
-		items = append(items, item("auth", auth))
+		o.add("auth", auth)
 	}
 	if c := s.get("envelope"); c != nil {
-		e := &in.Envelope
-		items = append(items, item("envelope", objectTerm(c,
-			strItem("from", e.From),
-			strItem("from_domain", e.FromDomain),
-			lazyItem{"recipients", func() *ast.Term { return strArray(e.Recipients) }},
-			lazyItem{"size", func() *ast.Term { return ast.InternedTerm(int(e.Size)) }},
-			lazyItem{"smtputf8", func() *ast.Term { return ast.InternedTerm(e.SMTPUTF8) }},
-		)))
+		e, env := &in.Envelope, newObject(c, 5)
+		env.str("from", e.From)
+		env.str("from_domain", e.FromDomain)
+		if env.want("recipients") {
+			env.add("recipients", strArray(e.Recipients))
+		}
+		if env.want("size") {
+			env.add("size", ast.InternedTerm(int(e.Size)))
+		}
+		if env.want("smtputf8") {
+			env.add("smtputf8", ast.InternedTerm(e.SMTPUTF8))
+		}
+		o.add("envelope", env.term())
 	}
 	if c := s.get("rcpt"); c != nil && in.Rcpt != nil {
-		items = append(items, item("rcpt", objectTerm(c, strItem("address", in.Rcpt.Address), strItem("domain", in.Rcpt.Domain))))
+		r := newObject(c, 2)
+		r.str("address", in.Rcpt.Address)
+		r.str("domain", in.Rcpt.Domain)
+		o.add("rcpt", r.term())
 	}
 	if c := s.get("message"); c != nil && in.Message != nil {
-		m := in.Message
-		items = append(items, item("message", objectTerm(c,
-			lazyItem{"headers", func() *ast.Term { return headersTerm(m.Headers, c.get("headers")) }},
-			lazyItem{"from_addresses", func() *ast.Term { return strArray(m.FromAddresses) }},
-			lazyItem{"size", func() *ast.Term { return ast.InternedTerm(int(m.Size)) }},
-		)))
+		m, msg := in.Message, newObject(c, 3)
+		if hs := c.get("headers"); hs != nil {
+			msg.add("headers", headersTerm(m.Headers, hs))
+		}
+		if msg.want("from_addresses") {
+			msg.add("from_addresses", strArray(m.FromAddresses))
+		}
+		if msg.want("size") {
+			msg.add("size", ast.InternedTerm(int(m.Size)))
+		}
+		o.add("message", msg.term())
 	}
 	if c := s.get("quota"); c != nil {
-		items = append(items, item("quota", quotaTerm(in.Quota, c)))
+		o.add("quota", quotaTerm(in.Quota, c))
 	}
-	return ast.NewObject(items...)
+	return ast.NewObject(o.kv...)
 }
 
-// lazyItem is one key of an object and how to build its value, called
-// only when the shape needs the key.
-type lazyItem struct {
-	key   string
-	value func() *ast.Term
+// object collects the items of one object of the input that its shape
+// needs.
+type object struct {
+	s  *inputShape
+	kv [][2]*ast.Term
 }
 
-func strItem(k, v string) lazyItem {
-	return lazyItem{k, func() *ast.Term { return strTerm(v) }}
+func newObject(s *inputShape, n int) object {
+	return object{s: s, kv: make([][2]*ast.Term, 0, n)}
 }
 
-// objectTerm builds the object of the items s needs.
-func objectTerm(s *inputShape, items ...lazyItem) *ast.Term {
-	kv := make([][2]*ast.Term, 0, len(items))
-	for _, it := range items {
-		if s.get(it.key) != nil {
-			kv = append(kv, item(it.key, it.value()))
-		}
+func (o *object) want(k string) bool { return o.s.get(k) != nil }
+
+func (o *object) add(k string, v *ast.Term) { o.kv = append(o.kv, item(k, v)) }
+
+// str adds a string item when the shape needs it.
+func (o *object) str(k, v string) {
+	if o.want(k) {
+		o.add(k, strTerm(v))
 	}
-	return ast.ObjectTerm(kv...)
 }
+
+func (o *object) term() *ast.Term { return ast.ObjectTerm(o.kv...) }
 
 func sessionTerm(ss *Session, s *inputShape) *ast.Term {
-	return objectTerm(s,
-		strItem("id", ss.ID),
-		strItem("listener", ss.Listener),
-		strItem("client_ip", ss.ClientIP),
-		strItem("helo", ss.HELO),
-		lazyItem{"tls", func() *ast.Term {
-			if ss.TLS == nil {
-				return ast.InternedNullTerm
-			}
-			return ast.ObjectTerm(item("version", strTerm(ss.TLS.Version)), item("cipher", strTerm(ss.TLS.Cipher)))
-		}},
-	)
+	o := newObject(s, 5)
+	o.str("id", ss.ID)
+	o.str("listener", ss.Listener)
+	o.str("client_ip", ss.ClientIP)
+	o.str("helo", ss.HELO)
+	if o.want("tls") {
+		tls := ast.InternedNullTerm
+		if ss.TLS != nil {
+			tls = ast.ObjectTerm(item("version", strTerm(ss.TLS.Version)), item("cipher", strTerm(ss.TLS.Cipher)))
+		}
+		o.add("tls", tls)
+	}
+	return o.term()
 }
 
 // headersTerm builds the headers object: every header when s needs all,
