@@ -60,6 +60,9 @@ type rule struct {
 	name    string
 	stage   Stage
 	when    hcl.Expression
+	// and holds the operands of a when expression a && b && … (nil for
+	// another form): see conjuncts and match.
+	and     []hcl.Expression
 	action  string
 	code    int
 	enh     string
@@ -196,6 +199,9 @@ func compileRule(b ruleBlock) (*rule, hcl.Diagnostics) {
 		}
 	}
 	diags := typeCheck(b.When, r.stage, cty.Bool, nil)
+	if !diags.HasErrors() {
+		r.and = conjuncts(b.When, checkContext(r.stage))
+	}
 	if b.Message != nil {
 		r.message = b.Message.Expr
 		diags = append(diags, typeCheck(r.message, r.stage, cty.String, b.When)...)
@@ -236,7 +242,7 @@ func (e *rulesEngine) eval(ctx context.Context, doc *document) (engineResult, er
 func (e *rulesEngine) run(stage Stage, ectx *hcl.EvalContext) (engineResult, error) {
 	var res engineResult
 	for _, r := range e.byStage[stage] {
-		match, err := evalAs(r.when, ectx, cty.Bool)
+		match, err := r.match(ectx)
 		if err != nil {
 			return engineResult{}, fmt.Errorf("rule %q: when: %w", r.name, err)
 		}
@@ -276,6 +282,28 @@ func (e *rulesEngine) run(stage Stage, ectx *hcl.EvalContext) (engineResult, err
 		}
 	}
 	return res, nil
+}
+
+// match evaluates the rule's when expression. A conjunction is evaluated
+// operand by operand, each by HCL, and is false at the first false one: the
+// result HCL's && gives (a false operand decides, the others' errors
+// dropped) without evaluating the rest. An operand that fails or is not a
+// known bool sends the whole expression to HCL as written, so errors and
+// odd values are HCL's own.
+func (r *rule) match(ectx *hcl.EvalContext) (cty.Value, error) {
+	for i, x := range r.and {
+		v, diags := x.Value(ectx)
+		if diags.HasErrors() || !v.IsKnown() || v.IsNull() || v.Type() != cty.Bool {
+			break
+		}
+		if v.False() {
+			return cty.False, nil
+		}
+		if i == len(r.and)-1 {
+			return cty.True, nil
+		}
+	}
+	return evalAs(r.when, ectx, cty.Bool)
 }
 
 func (r *rule) actions(ectx *hcl.EvalContext) (Actions, error) {

@@ -28,19 +28,8 @@ import (
 // message or action is skipped when the guard is false for such a session
 // (the expression is then never evaluated with a null auth).
 func typeCheck(expr hcl.Expression, stage Stage, want cty.Type, guard hcl.Expression) hcl.Diagnostics {
-	vars := map[string]cty.Value{}
-	for name, t := range schemaTypes {
-		vars[name] = cty.UnknownVal(t)
-	}
-	vars["stage"] = cty.StringVal(string(stage))
-	vars["version"] = cty.NumberIntVal(InputVersion)
-	if stage != StageRcpt {
-		vars["rcpt"] = cty.NullVal(rcptType)
-	}
-	if stage != StageData {
-		vars["message"] = cty.NullVal(messageType)
-	}
-	ectx := &hcl.EvalContext{Variables: vars, Functions: ruleFunctions}
+	ectx := checkContext(stage)
+	vars := ectx.Variables
 
 	var diags hcl.Diagnostics
 	seen := map[string]bool{}
@@ -106,6 +95,48 @@ func typeCheck(expr hcl.Expression, stage Stage, want cty.Type, guard hcl.Expres
 	_, ds = expr.Value(nullCtx)
 	add(ds, "when auth or session.tls is null: guard with auth != null")
 	return diags
+}
+
+// checkContext is the evaluation context of the load-time checks of a
+// stage's expressions: every input variable unknown, of its schema type,
+// except stage and version, and rcpt and message null outside their
+// stages.
+func checkContext(stage Stage) *hcl.EvalContext {
+	vars := map[string]cty.Value{}
+	for name, t := range schemaTypes {
+		vars[name] = cty.UnknownVal(t)
+	}
+	vars["stage"] = cty.StringVal(string(stage))
+	vars["version"] = cty.NumberIntVal(InputVersion)
+	if stage != StageRcpt {
+		vars["rcpt"] = cty.NullVal(rcptType)
+	}
+	if stage != StageData {
+		vars["message"] = cty.NullVal(messageType)
+	}
+	return &hcl.EvalContext{Variables: vars, Functions: ruleFunctions}
+}
+
+// conjuncts splits a when expression a && b && … into its operands, left
+// to right, so evaluation can stop at the first false one as HCL's own &&
+// would conclude (HCL evaluates both operands of && and then drops the
+// right one's errors when the left is false). It returns nil unless every
+// right operand has type bool at load time: HCL reports an operand it
+// cannot convert to bool even when the other is false, and only a bool
+// operand is sure to convert.
+func conjuncts(expr hcl.Expression, ectx *hcl.EvalContext) []hcl.Expression {
+	and, ok := expr.(*hclsyntax.BinaryOpExpr)
+	if !ok || and.Op != hclsyntax.OpLogicalAnd {
+		return nil
+	}
+	if v, diags := and.RHS.Value(ectx); diags.HasErrors() || v.Type() != cty.Bool {
+		return nil
+	}
+	left := conjuncts(and.LHS, ectx)
+	if left == nil {
+		left = []hcl.Expression{and.LHS}
+	}
+	return append(left, and.RHS)
 }
 
 // subExprWalker evaluates each sub-expression alone (see typeCheck).
