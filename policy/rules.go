@@ -57,9 +57,9 @@ type ruleBlock struct {
 
 // rule is one compiled, type-checked rule.
 type rule struct {
-	name    string
-	stage   Stage
-	when    hcl.Expression
+	name  string
+	stage Stage
+	when  hcl.Expression
 	// and holds the operands of a when expression a && b && … (nil for
 	// another form): see conjuncts and match.
 	and     []hcl.Expression
