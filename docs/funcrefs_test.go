@@ -279,15 +279,7 @@ func (u *upstream) dial() {}
 		"policy/decision.go":  "package policy\ntype Decision struct{}\nfunc (d Decision) Enforced() {}\n",
 		"testdata/skipped.go": "package skipped\nfunc hidden() {}\n",
 	}
-	for name, src := range files {
-		p := filepath.Join(dir, filepath.FromSlash(name))
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(src), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	writeTree(t, dir, files)
 	x := newIndex()
 	if err := x.addTree(dir, ""); err != nil {
 		t.Fatal(err)

@@ -419,21 +419,11 @@ func TestCheckLinks(t *testing.T) {
 		{name: "non_markdown_anchor_not_checked", a: "[code](main.go#L12)\n", files: map[string]string{"main.go": "package x\n"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			dir := t.TempDir()
-			root := filepath.Join(dir, "repo")
-			write := func(name, content string) {
-				p := filepath.Join(root, filepath.FromSlash(name))
-				if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-					t.Fatal(err)
-				}
-				if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			write("a.md", tc.a)
-			for name, content := range tc.files {
-				write(name, content)
-			}
+			// A level below the temporary directory, so that "../x" is
+			// outside the tree but still a path that can be checked.
+			root := filepath.Join(t.TempDir(), "repo")
+			writeTree(t, root, map[string]string{"a.md": tc.a})
+			writeTree(t, root, tc.files)
 			got := checkLinks(root, []string{"a.md"}, tc.allow)
 			if len(got) != len(tc.want) {
 				t.Fatalf("got %d problems, want %d:\n%s", len(got), len(tc.want), strings.Join(got, "\n"))
@@ -444,5 +434,20 @@ func TestCheckLinks(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// writeTree writes files (slash-separated paths relative to root → content)
+// under root, making directories as needed.
+func writeTree(t *testing.T, root string, files map[string]string) {
+	t.Helper()
+	for name, content := range files {
+		p := filepath.Join(root, filepath.FromSlash(name))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
