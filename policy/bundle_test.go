@@ -313,8 +313,8 @@ func TestBundle_UnsignedWithoutVerification(t *testing.T) {
 	}
 }
 
-// TestBundle_SignedWithoutVerificationRefused pins OPA's behaviour that the
-// README documents: without a verification block an unsigned bundle loads,
+// TestBundle_SignedWithoutVerificationRefused pins OPA's behaviour that
+// docs/policy.md ("Policies from a bundle server") documents: without a verification block an unsigned bundle loads,
 // but a signed one is refused ("verification key not provided"), so
 // signing cannot be turned on before the instances have the key.
 func TestBundle_SignedWithoutVerificationRefused(t *testing.T) {

@@ -241,7 +241,7 @@ type deadlineConn struct {
 func (c *deadlineConn) Read(b []byte) (int, error)        { return copy(b, "NOOP\r\n"), nil }
 func (c *deadlineConn) SetReadDeadline(t time.Time) error { c.set = append(c.set, t); return nil }
 
-// TestReadDeadlineGranularity backs the README's "a silent client is cut
+// TestReadDeadlineGranularity backs docs/security.md's "a silent client is cut
 // off between 94 % and 100 % of the timeout": before every read the
 // deadline in force is at least 15/16 of the timeout away, while reads in
 // quick succession do not re-arm it; drain forces the next read to set it.

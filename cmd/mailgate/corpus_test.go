@@ -60,7 +60,8 @@ type corpusItem struct {
 }
 
 // refusedShapes are the messages mailgate refuses, with the reply code;
-// README "Messages mailgate refuses" explains each.
+// docs/security.md ("Unusual messages: relayed, or refused and why")
+// explains each.
 var refusedShapes = []struct {
 	name string
 	data string

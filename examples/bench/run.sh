@@ -27,7 +27,9 @@ usage: examples/bench/run.sh [flags]
   -pool N          mailgate upstream pool_size (default: unset, each build's own default)
   -baseline PATH   also run every mailgate scenario with another build, interleaved
                    (PATH: a mailgate binary, or a source tree to build); rows "@base"
-  -out DIR         output directory (default ./mailgate-bench-YYYYmmdd-HHMMSS)
+  -out DIR         write table.md and raw.csv to DIR (default: the repository's
+                   docs/performance/, as results-YYYY-mm-dd-HHMMSS.csv and .md,
+                   next to RESULTS.md)
   -quick           2000 messages, 1 rep (explicit -n/-reps still win)
   -keep            keep the temporary directory (configs, logs, dumps)
   -h               this help
@@ -184,7 +186,15 @@ hwm_kb() { awk '/^VmHWM:/{print $2; f=1} END{if(!f)print 0}' "/proc/$1/status" 2
 CLK_TCK="$(getconf CLK_TCK)"
 
 # ---------------------------------------------------------------- build, keys
-OUT="${OUT:-$PWD/mailgate-bench-$(date +%Y%m%d-%H%M%S)}"
+# Without -out, the results go next to the measured results they are compared
+# with (docs/performance/RESULTS.md), named by date like the ones there.
+if [ -n "$OUT" ]; then
+	CSV="$OUT/raw.csv" TABLE="$OUT/table.md"
+else
+	OUT="$REPO/docs/performance"
+	stamp="results-$(date +%Y-%m-%d-%H%M%S)"
+	CSV="$OUT/$stamp.csv" TABLE="$OUT/$stamp.md"
+fi
 mkdir -p "$OUT"
 log "building mailgate"
 (cd "$REPO" && GOTOOLCHAIN=local go build -o "$TMP/mailgate" ./cmd/mailgate) || die "go build failed"
@@ -494,7 +504,6 @@ print("ok")
 verify_sample() { "$PY" -c "$VERIFY_PY" "$1" "$DUMP" "$DNS_JSON" 2>&1 | tail -3; }
 
 # ---------------------------------------------------------------- one run
-CSV="$OUT/raw.csv"
 echo "rep,mode,scenario,messages,size,sessions,accept_seconds,deliver_seconds,accept_msgs_per_s,deliver_msgs_per_s,cpu_seconds,cpu_s_per_1k,peak_rss_kb,peak_pss_kb,machine_busy_pct,other_load_pct,sink_count,verified" >"$CSV"
 FAILED=0
 
@@ -658,7 +667,7 @@ if [ "$need_openssl" = 1 ]; then
 fi
 
 # ---------------------------------------------------------------- table
-"$PY" - "$CSV" "$MACHINE" "$ELAPSED" "$FLOOR0" "$FLOOR1" >"$OUT/table.md" <<'EOF'
+"$PY" - "$CSV" "$MACHINE" "$ELAPSED" "$FLOOR0" "$FLOOR1" >"$TABLE" <<'EOF'
 import csv, statistics, sys
 path, machine, elapsed = sys.argv[1], sys.argv[2], int(sys.argv[3])
 floors = [float(x) for x in sys.argv[4:6] if x]
@@ -756,6 +765,6 @@ print("machine busy: all CPUs, everything (load generator and sink included), du
 print("user+system time not from the system under test, smtp-sink or this script's children (smtp-source…):")
 print("foreign load. Short runs make it noisy (10 ms ticks).")
 EOF
-cat "$OUT/table.md"
-log "raw numbers: $CSV; table: $OUT/table.md; $ELAPSED s"
+cat "$TABLE"
+log "raw numbers: $CSV; table: $TABLE; $ELAPSED s"
 [ "$FAILED" = 0 ] || die "some runs failed verification (see above)"
