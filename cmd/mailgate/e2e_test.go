@@ -24,9 +24,9 @@ import (
 	"time"
 
 	"github.com/mailgate/mailgate/dkim"
+	"github.com/mailgate/mailgate/internal/peertest"
 	"github.com/mailgate/mailgate/proxy"
 	"github.com/mailgate/mailgate/proxy/auth"
-	"github.com/mailgate/mailgate/proxy/peertest"
 )
 
 const (
