@@ -1,45 +1,25 @@
 package peertest
 
 import (
-	"bytes"
 	"errors"
 	"net"
 	"os/exec"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 )
 
-// syncBuffer collects a child's output from its copy goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // process is a started child in its own process group.
 type process struct {
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *Buffer
 	done chan struct{} // closed when the child has been reaped
 	err  error         // Wait's result, valid after done
 }
 
 // startProcess starts path in a new process group with output captured.
 func startProcess(path string, args ...string) (*process, error) {
-	p := &process{out: &syncBuffer{}, done: make(chan struct{})}
+	p := &process{out: &Buffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(path, args...)
 	p.cmd.Stdout = p.out
 	p.cmd.Stderr = p.out
@@ -96,6 +76,16 @@ func waitListening(p *process, addr string, timeout time.Duration) error {
 			return err
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// WaitListening waits until addr ("127.0.0.1:port") accepts a TCP
+// connection, for a server the test started itself, and fails the test
+// when it does not within timeout. Call it from the test's goroutine.
+func WaitListening(t testing.TB, addr string, timeout time.Duration) {
+	t.Helper()
+	if err := waitListening(nil, addr, timeout); err != nil {
+		t.Fatalf("peertest: nothing listening on %s after %v: %v", addr, timeout, err)
 	}
 }
 
