@@ -111,7 +111,7 @@ backend mg
 			t.Logf("haproxy:\n%s", logs.String())
 		}
 	})
-	waitPort(t, front)
+	peertest.WaitListening(t, front, 10*time.Second)
 	waitServerState(t, sock, "UP")
 	o, code := peertest.Swaks(t, "--server", front, "--from", e2eUser, "--to", "bob@example.net", "--timeout", "20")
 	if code != 0 {

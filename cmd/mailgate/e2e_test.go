@@ -159,20 +159,6 @@ func (w tLog) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func waitPort(t *testing.T, addr string) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
-		if err == nil {
-			c.Close()
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("mailgate is not listening on %s", addr)
-}
-
 func upstreamBlock(addr string) string {
 	return fmt.Sprintf(`upstream "sink" {
   address = %q
