@@ -25,6 +25,12 @@ import (
 	"github.com/mailgate/mailgate/proxy/upstream"
 )
 
+// The test environment of package proxy: env, a running proxy.Server with
+// three listeners in front of recUpstream (a real go-smtp server in
+// process that records every transaction and injects faults), and
+// rawClient, a line-level SMTP client for asserting exact replies. Real
+// external peers (smtp-sink, Postfix, swaks) come from internal/peertest.
+
 // recUpstream is the upstream of the unit tests: a real go-smtp server,
 // in process, recording every transaction and able to inject faults.
 type recUpstream struct {

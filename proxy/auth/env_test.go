@@ -6,6 +6,10 @@ import (
 	"testing"
 )
 
+// The test environment of package auth shared by its test files; the
+// authenticator's own (startEnv, dial) lives beside its tests in
+// authenticator_test.go, and external tools come from internal/peertest.
+
 // writeFile writes content to name in a fresh temp dir and returns its path.
 func writeFile(t testing.TB, name, content string) string {
 	t.Helper()

@@ -28,6 +28,11 @@ import (
 	"github.com/emersion/go-smtp"
 )
 
+// The test environment of package upstream: fakeUpstream, a real go-smtp
+// server in process that records commands and transactions and injects
+// faults, the Router built on it (newTestRouter, with checkLeaks), and
+// message and TLS helpers. The real smtp-sink comes from internal/peertest.
+
 // fault is what the fake upstream does instead of accepting a command.
 type fault struct {
 	err   *smtp.SMTPError // reply with this error
