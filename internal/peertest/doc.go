@@ -7,9 +7,10 @@
 //     redis-server ([StartRedis]).
 //   - Tool wrappers: swaks, smtp-source, curl, Python (smtplib), dkimpy's
 //     and OpenDKIM's verifiers, and [RunTool] for any other known tool.
-//   - Plumbing: [Require] and [Path] for the tools a test needs, [FreePort],
-//     [WaitListening] for a server to accept connections, [Buffer] for log
-//     output written by several goroutines.
+//   - Plumbing: [Require] and [Path] for the tools a test needs, [Start]
+//     for any other child process, [FreePort], [WaitListening] for a server
+//     to accept connections, [Buffer] for log output written by several
+//     goroutines.
 //
 // It imports nothing of mailgate, so any package's tests may use it, and it
 // is imported only from _test.go files; nothing in the mailgate binary
@@ -22,7 +23,7 @@
 // 127.0.0.1 on a free port, runs in its own process group and is stopped by
 // PID in t.Cleanup; its output is logged when the test failed.
 //
-// Helpers that may skip or fail the test (Require, Path, WaitListening, StartSink,
+// Helpers that may skip or fail the test (Require, Path, Start, WaitListening, StartSink,
 // StartPostfix, StartRedis, WaitCount, WaitQueueEmpty) must be called from
 // the test's own goroutine, as with t.Skip and t.Fatal. The command wrappers
 // (Swaks, Curl, PythonSMTP, DKIMVerify) only report through t.Errorf once

@@ -19,20 +19,71 @@ type process struct {
 
 // startProcess starts path in a new process group with output captured.
 func startProcess(path string, args ...string) (*process, error) {
-	p := &process{out: &Buffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(path, args...)
-	p.cmd.Stdout = p.out
-	p.cmd.Stderr = p.out
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := p.cmd.Start(); err != nil {
+	return startCmd(exec.Command(path, args...))
+}
+
+// startCmd starts cmd in a new process group. Unless cmd has its own
+// Stdout or Stderr, both are captured in out.
+func startCmd(cmd *exec.Cmd) (*process, error) {
+	p := &process{cmd: cmd, out: &Buffer{}, done: make(chan struct{})}
+	if cmd.Stdout == nil && cmd.Stderr == nil {
+		cmd.Stdout = p.out
+		cmd.Stderr = p.out
+	}
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Setpgid = true
+	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
 	go func() {
-		p.err = p.cmd.Wait()
+		p.err = cmd.Wait()
 		close(p.done)
 	}()
 	return p, nil
 }
+
+// Process is a child process a test started with [Start].
+type Process struct {
+	p     *process
+	grace time.Duration
+}
+
+// Start starts cmd (built by the caller with its path, arguments,
+// environment and directory) in its own process group, and stops it by PID
+// when the test ends: SIGTERM to the group, SIGKILL after grace. Unless cmd
+// has its own Stdout or Stderr, both are collected in [Process.Output],
+// which is logged when the test failed. For a server, follow with
+// [WaitListening]. Call it from the test's goroutine.
+func Start(t testing.TB, cmd *exec.Cmd, grace time.Duration) *Process {
+	t.Helper()
+	collect := cmd.Stdout == nil && cmd.Stderr == nil
+	p, err := startCmd(cmd)
+	if err != nil {
+		t.Fatalf("peertest: start %s: %v", cmd.Path, err)
+	}
+	pr := &Process{p: p, grace: grace}
+	t.Cleanup(pr.Stop)
+	if collect {
+		logOnFailure(t, cmd.Path, p.out.String)
+	}
+	return pr
+}
+
+// Pid is the child's process ID, which is also its process group's.
+func (pr *Process) Pid() int { return pr.p.cmd.Process.Pid }
+
+// Output is what the child wrote so far, when Start collected it.
+func (pr *Process) Output() string { return pr.p.out.String() }
+
+// Exited reports whether the child has ended.
+func (pr *Process) Exited() bool { return pr.p.exited() }
+
+// Stop stops the child's process group now, as the test's end would:
+// SIGTERM, SIGKILL after the grace given to Start. It returns once the
+// child has been reaped; stopping a stopped child does nothing.
+func (pr *Process) Stop() { pr.p.stop(pr.grace) }
 
 func (p *process) exited() bool {
 	select {
