@@ -50,6 +50,7 @@ var tools = map[string]tool{
 	"smtp-sink":        {bin: "smtp-sink", pkg: "postfix"},
 	"smtp-source":      {bin: "smtp-source", pkg: "postfix"},
 	"postfix":          {bin: "postfix", pkg: "postfix"},
+	"postconf":         {bin: "postconf", pkg: "postfix"},
 	"swaks":            {bin: "swaks", pkg: "swaks libio-socket-ssl-perl libnet-ssleay-perl libauthen-sasl-perl"},
 	"curl":             {bin: "curl", pkg: "curl"},
 	"python3":          {bin: "python3", pkg: "python3"},
@@ -152,15 +153,15 @@ func probeTool(name string, tl tool) (string, error) {
 
 // Require skips the test, loudly, unless every named tool is installed; with
 // CI=true it fails the test instead. Valid names are listed by [Tools]:
-// smtp-sink, smtp-source, postfix, swaks, curl, python3 (the first in
-// PATH, as a script runs it), python3-dkim (meaning /usr/bin/python3 can
-// import dkim and nacl, which dkimpy needs for Ed25519), opendkim,
-// opendkim-testkey, redis-server, openssl, haproxy, promtool, bash, and the
-// submission clients msmtp, mutt, nodemailer (node can require Debian's
-// nodemailer from [NodePath]), phpmailer (php and Debian's PHPMailer,
-// [PHPMailerAutoload]) and jakarta-mail (java and Debian's Jakarta Mail
-// jars, [JakartaMailClasspath]). An unknown name is a bug in the test and
-// fails it.
+// smtp-sink, smtp-source, postfix, postconf, swaks, curl, python3 (the
+// first in PATH, as a script runs it), python3-dkim (meaning
+// /usr/bin/python3 can import dkim and nacl, which dkimpy needs for
+// Ed25519), opendkim, opendkim-testkey, redis-server, openssl, haproxy,
+// promtool, bash, and the submission clients msmtp, mutt, nodemailer (node
+// can require Debian's nodemailer from [NodePath]), phpmailer (php and
+// Debian's PHPMailer, [PHPMailerAutoload]) and jakarta-mail (java and
+// Debian's Jakarta Mail jars, [JakartaMailClasspath]). An unknown name is a
+// bug in the test and fails it.
 func Require(t testing.TB, names ...string) {
 	t.Helper()
 	require(t, tools, names...)
