@@ -217,7 +217,7 @@ func newEnvUp(t *testing.T, up *recUpstream, opts ...envOption) *env {
 		t.Fatal(err)
 	}
 	logs := &peertest.Buffer{}
-	logger := slog.New(slog.NewJSONHandler(io.MultiWriter(logs, testWriter{t}), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	logger := slog.New(slog.NewJSONHandler(io.MultiWriter(logs, peertest.LogWriter(t)), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	authn, err := auth.New(auth.Config{UsersFile: users}.WithDefaults(), auth.WithLogger(logger))
 	if err != nil {
 		t.Fatal(err)
@@ -266,13 +266,6 @@ func newTestRouter(t *testing.T, addr string, logger *slog.Logger) *upstream.Rou
 // of the recording one.
 func withUpstream(t *testing.T, addr string) envOption {
 	return func(_ *proxy.Config, d *proxy.Deps) { d.Relay = proxy.UpstreamRelay(newTestRouter(t, addr, d.Logger)) }
-}
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
 }
 
 // rawClient speaks SMTP byte by byte, so tests can send what no library

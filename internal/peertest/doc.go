@@ -10,7 +10,7 @@
 //   - Plumbing: [Require] and [Path] for the tools a test needs, [Start]
 //     for any other child process, [FreePort], [WaitListening] for a server
 //     to accept connections, [Buffer] for log output written by several
-//     goroutines.
+//     goroutines, [LogWriter] for a logger that writes into the test's log.
 //
 // It imports nothing of mailgate, so any package's tests may use it, and it
 // is imported only from _test.go files; nothing in the mailgate binary
