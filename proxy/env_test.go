@@ -312,7 +312,18 @@ func (c *rawClient) send(s string) {
 // connection ended.
 func (c *rawClient) reply() (int, string) {
 	c.t.Helper()
-	_ = c.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	return c.replyWithin(10 * time.Second)
+}
+
+// replyWithin is reply with its own read deadline. When no reply came in
+// time, the code is 0 and the text contains "timeout" (net's "i/o
+// timeout"); a deadline already passed reads nothing.
+func (c *rawClient) replyWithin(d time.Duration) (int, string) {
+	c.t.Helper()
+	if d <= 0 {
+		return 0, "timeout"
+	}
+	_ = c.c.SetReadDeadline(time.Now().Add(d))
 	var lines []string
 	for {
 		line, err := c.r.ReadString('\n')
