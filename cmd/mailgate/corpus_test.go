@@ -18,7 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mailgate/mailgate/proxy/peertest"
+	"github.com/mailgate/mailgate/internal/peertest"
 )
 
 // corpusScript sends every message of the JSON manifest in argv[1] on its

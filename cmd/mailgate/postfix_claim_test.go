@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mailgate/mailgate/proxy/peertest"
+	"github.com/mailgate/mailgate/internal/peertest"
 )
 
 // TestPostfixUpstreamDoesNotStopBareLFSmuggling backs docs/security.md's "Debian's
@@ -20,11 +20,7 @@ import (
 // (TestE2EClients/bare_lf_smuggling_refused: through mailgate, none.)
 func TestPostfixUpstreamDoesNotStopBareLFSmuggling(t *testing.T) {
 	peertest.Require(t, "postfix", "smtp-sink")
-	postconf, err := exec.LookPath("postconf")
-	if err != nil {
-		postconf = "/usr/sbin/postconf" // not in a non-root PATH
-	}
-	out, err := exec.Command(postconf, "-d", "smtpd_forbid_bare_newline", "smtpd_forbid_bare_newline_exclusions").CombinedOutput()
+	out, err := exec.Command(peertest.Path(t, "postconf"), "-d", "smtpd_forbid_bare_newline", "smtpd_forbid_bare_newline_exclusions").CombinedOutput()
 	if err != nil {
 		t.Fatalf("postconf -d: %v\n%s", err, out)
 	}

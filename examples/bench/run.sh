@@ -338,7 +338,7 @@ $(cat "$dir/mailgate.log")"
 
 # ---------------------------------------------------------------- classic stack
 # Postfix relaying to the sink, signing through a private OpenDKIM milter.
-# Recipe from proxy/peertest/postfix.go.
+# Recipe from internal/peertest/postfix.go.
 PF_MASTER_CF='%s inet n - n - - smtpd
 pickup    unix  n       -       n       60      1       pickup
 cleanup   unix  n       -       n       -       0       cleanup
