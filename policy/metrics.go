@@ -33,25 +33,21 @@ func newPolicyMetrics() *policyMetrics {
 // mailgate_policy_decision_log_dropped_total and
 // mailgate_policy_decision_log_write_errors_total.
 func (p *Policy) Collector() prometheus.Collector {
+	logCounter := func(name, help string, n func(*decisionLog) uint64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 {
+			if p.dlog == nil {
+				return 0
+			}
+			return float64(n(p.dlog))
+		})
+	}
 	cs := []prometheus.Collector{p.metrics.disagreements, p.metrics.shadowErrors,
-		prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "mailgate_policy_decision_log_dropped_total",
-			Help: "Decision log records dropped because the writer's queue was full (the disk did not keep up).",
-		}, func() float64 {
-			if p.dlog == nil {
-				return 0
-			}
-			return float64(p.dlog.dropped.Load())
-		}),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "mailgate_policy_decision_log_write_errors_total",
-			Help: "Decision log writes, flushes or reopens the file system refused.",
-		}, func() float64 {
-			if p.dlog == nil {
-				return 0
-			}
-			return float64(p.dlog.writeErrs.Load())
-		}),
+		logCounter("mailgate_policy_decision_log_dropped_total",
+			"Decision log records dropped because the writer's queue was full (the disk did not keep up).",
+			func(l *decisionLog) uint64 { return l.dropped.Load() }),
+		logCounter("mailgate_policy_decision_log_write_errors_total",
+			"Decision log writes, flushes or reopens the file system refused.",
+			func(l *decisionLog) uint64 { return l.writeErrs.Load() }),
 	}
 	return collectors(cs)
 }
