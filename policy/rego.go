@@ -207,11 +207,15 @@ func (e *regoEngine) eval(ctx context.Context, doc *document) (engineResult, err
 		stop := context.AfterFunc(ctx, cancel.Cancel)
 		defer stop()
 	}
-	opts := []rego.EvalOption{rego.EvalParsedInput(doc.ast()), rego.EvalMetrics(noMetrics), rego.EvalExternalCancel(cancel)}
+	var (
+		rs  rego.ResultSet
+		err error
+	)
 	if t, ok := ctx.Value(evalTimeKey{}).(time.Time); ok {
-		opts = append(opts, rego.EvalTime(t))
+		rs, err = e.pq.Eval(ctx, rego.EvalParsedInput(doc.ast()), rego.EvalMetrics(noMetrics), rego.EvalExternalCancel(cancel), rego.EvalTime(t))
+	} else {
+		rs, err = e.pq.Eval(ctx, rego.EvalParsedInput(doc.ast()), rego.EvalMetrics(noMetrics), rego.EvalExternalCancel(cancel))
 	}
-	rs, err := e.pq.Eval(ctx, opts...)
 	if err != nil {
 		return engineResult{}, err
 	}
