@@ -140,7 +140,7 @@ func New(cfg Config, baseDir string, opts ...Option) (*Policy, error) {
 	}
 	p.set.Store(set)
 	if cfg.Shadow != nil {
-		if p.shadow, err = newShadow(*cfg.Shadow, baseDir, p.log, p.metrics); err != nil {
+		if p.shadow, err = newShadow(*cfg.Shadow, cfg.WatchInterval, baseDir, p.log, p.metrics); err != nil {
 			return nil, err
 		}
 	}
@@ -511,10 +511,14 @@ func (p *Policy) Reload() error {
 }
 
 // Watch polls the policy files every watch interval (file list, sizes and
-// modification times) and reloads when they change, until ctx is done. A
+// modification times) and reloads when they change, until ctx is done (the
+// shadow chain's files too, by a Watch of its own). A
 // failed reload is logged and the old set keeps running; it is retried
 // only after the files change again.
 func (p *Policy) Watch(ctx context.Context) {
+	if p.shadow != nil {
+		go p.shadow.p.Watch(ctx)
+	}
 	t := time.NewTicker(p.interval)
 	defer t.Stop()
 	last := p.set.Load().fingerprint

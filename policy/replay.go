@@ -77,6 +77,9 @@ type ReplayReport struct {
 	// HeadersOmitted counts replayed data-stage records logged with
 	// log_headers = false: rules reading header values saw empty values.
 	HeadersOmitted int64 `json:"headers_omitted"`
+	// QuotaUnavailable counts records deferred because the quota store
+	// failed: nothing to replay.
+	QuotaUnavailable int64 `json:"quota_unavailable"`
 	// CandidateErrors counts decisions where the candidate failed (its
 	// fail-closed defer is compared like any decision).
 	CandidateErrors int64             `json:"candidate_errors"`
@@ -274,6 +277,12 @@ func (r *Replayer) replayLine(ctx context.Context, line []byte) {
 	}
 	if (!r.opts.Since.IsZero() && rec.Time.Before(r.opts.Since)) || (!r.opts.Until.IsZero() && !rec.Time.Before(r.opts.Until)) {
 		r.rep.OutOfRange++
+		return
+	}
+	if rec.Engine == QuotaEngine && rec.Input.Stage != StageData && quotaRefusalFromStates(rec.Input.Quota) == nil {
+		// The quota store failed (or a key did not evaluate): the logged
+		// defer says nothing a candidate policy could change.
+		r.rep.QuotaUnavailable++
 		return
 	}
 	r.replay(ctx, &rec)

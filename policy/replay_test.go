@@ -201,12 +201,14 @@ func TestReplay_Deterministic(t *testing.T) {
 	log.WriteString(rec(cutoff.Add(-time.Hour), "accept", "", "", 0, "", 1))
 	log.WriteString(rec(cutoff.Add(time.Hour), "reject", "rego:org", "late", 550, "5.7.1", 1))
 	log.WriteString(rec(cutoff.Add(-time.Hour), "defer", "rules:local", "nearly-full", 451, "4.7.1", 9))
+	// The quota store was down: a defer no candidate could change.
+	log.WriteString(rec(cutoff.Add(-time.Hour), "defer", "quota", "hourly", 451, "4.7.1", 0))
 	r := NewReplayer(p, ReplayOptions{})
 	if err := r.Feed(context.Background(), &log); err != nil {
 		t.Fatal(err)
 	}
 	rep := r.Report()
-	if rep.Replayed != 3 || rep.Changed != 0 || rep.Unparsable != 0 {
+	if rep.Replayed != 3 || rep.Changed != 0 || rep.Unparsable != 0 || rep.QuotaUnavailable != 1 {
 		t.Fatalf("%+v %+v", rep, rep.Changes)
 	}
 }

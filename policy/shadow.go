@@ -62,9 +62,9 @@ type shadow struct {
 	log *slog.Logger
 }
 
-func newShadow(cfg ShadowConfig, baseDir string, log *slog.Logger, m *policyMetrics) (*shadow, error) {
+func newShadow(cfg ShadowConfig, watchInterval, baseDir string, log *slog.Logger, m *policyMetrics) (*shadow, error) {
 	log = log.With(slog.Bool("shadow", true))
-	p, err := New(Config{Rego: cfg.Rego, Rules: cfg.Rules}, baseDir, WithLogger(log))
+	p, err := New(Config{Rego: cfg.Rego, Rules: cfg.Rules, WatchInterval: watchInterval}, baseDir, WithLogger(log))
 	if err != nil {
 		return nil, fmt.Errorf("policy: shadow: %w", err)
 	}
@@ -132,9 +132,15 @@ func quotaRefusalFromStates(qs map[string]QuotaState) *Decision {
 // store, so in.Quota reaches the engines as given) and combines the result
 // with the quota refusal in.Quota records, as Evaluate combines a live
 // quota check: a quota reject wins without evaluating the engines; a quota
-// defer loses only to an enforced reject or a failing engine.
+// defer loses only to an enforced reject or a failing engine. Quotas are
+// checked at stages mail and rcpt only: at stage data, in.Quota holds the
+// earlier stages' levels (an exceeded one there refused a recipient, not
+// the message).
 func evaluateWithQuotaStates(ctx context.Context, p *Policy, in Input, explain bool) (Decision, []EngineResult, error) {
-	r := quotaRefusalFromStates(in.Quota)
+	var r *Decision
+	if in.Stage != StageData {
+		r = quotaRefusalFromStates(in.Quota)
+	}
 	if r != nil && r.Outcome == Reject {
 		return *r, nil, nil
 	}

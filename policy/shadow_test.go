@@ -106,4 +106,9 @@ func TestShadow_QuotaRefusalFromStates(t *testing.T) {
 	if d, _, _ := evaluateWithQuotaStates(context.Background(), p, in, false); d.Outcome != Defer || d.Rule != "soft" {
 		t.Fatalf("%+v: want the quota's defer", d)
 	}
+	data := dataInput("", "good@example.com", nil, nil)
+	data.Quota = in.Quota // a recipient was refused by the quota; the message goes on
+	if d, _, _ := evaluateWithQuotaStates(context.Background(), p, data, false); d.Outcome != Accept {
+		t.Fatalf("data stage %+v: quotas refuse at mail and rcpt only", d)
+	}
 }

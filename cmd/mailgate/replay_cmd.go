@@ -275,6 +275,7 @@ func writeReplayText(w io.Writer, rep policy.ReplayReport, cfgPath string) {
 	add(rep.NewerVer, "records of a newer version")
 	add(rep.OutOfRange, "records outside -since/-until")
 	add(int64(rep.TruncatedFiles), "truncated compressed files")
+	add(rep.QuotaUnavailable, "deferred by an unavailable quota store")
 	if len(notes) > 0 {
 		fmt.Fprintf(w, "skipped: %s\n", strings.Join(notes, ", "))
 	}
