@@ -172,6 +172,9 @@ s.quit()
 		if strings.Count(stdout, "→ reject") != 1 || strings.Contains(stdout, "skipped") {
 			t.Errorf("more than the one change reported:\n%s", stdout)
 		}
+		if stderr != "" {
+			t.Errorf("stderr is not a terminal, yet replay wrote %q", stderr)
+		}
 	})
 	t.Run("policy A: nothing changed, exit 0", func(t *testing.T) {
 		stdout, stderr, code := runMailgate(t, "policy", "replay", "-config", cfgA, "-log", log)
@@ -218,6 +221,37 @@ s.quit()
 		if code != 1 || rep.Replayed != 12 || rep.Changed != 2 || len(rep.Changes) != 1 || rep.Changes[0].To != "reject" ||
 			rep.Changes[0].Rule != "block" || rep.Changes[0].Senders != 2 {
 			t.Fatalf("exit %d %+v", code, rep)
+		}
+	})
+	t.Run("progress on a terminal", func(t *testing.T) {
+		long := filepath.Join(dir, "long.jsonl")
+		writeFile(t, long, strings.Repeat(string(raw), 300)) // 3,600 records
+		out, code := peertest.PythonSMTP(t, fmt.Sprintf(`
+import os, pty, subprocess, sys
+master, slave = pty.openpty()
+env = dict(os.environ, MAILGATE_TEST_RUN_MAIN="1", MAILGATE_TEST_ARGS=%q)
+p = subprocess.Popen([%q, "-test.run=^$"], stdout=subprocess.PIPE, stderr=slave, env=env)
+os.close(slave)
+tty = b""
+while True:
+    try:
+        chunk = os.read(master, 4096)
+    except OSError:
+        break
+    if not chunk:
+        break
+    tty += chunk
+stdout = p.stdout.read()
+p.wait()
+print("EXIT", p.returncode)
+print("TTY", repr(tty))
+print("STDOUT", stdout.decode())
+`, "policy replay -config "+cfgB+" -log "+long, os.Args[0]))
+		if code != 0 || !strings.Contains(out, "EXIT 1") || !strings.Contains(out, "changed: 600") {
+			t.Fatalf("exit %d\n%s", code, out)
+		}
+		if !strings.Contains(out, "replaying long.jsonl: ") || !strings.Contains(out, " lines, ") {
+			t.Fatalf("no progress line on the terminal:\n%s", out)
 		}
 	})
 	t.Run("errors exit 2", func(t *testing.T) {
