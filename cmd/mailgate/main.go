@@ -71,8 +71,8 @@ func usage(w io.Writer) {
   mailgate check -config FILE       validate a configuration and probe its upstreams
   mailgate passwd [-user NAME]      read a password on stdin, print a users-file hash
   mailgate dkim keygen|record|check DKIM key tools
-  mailgate policy test|eval|bundle|replay  run policy tests, explain a decision, build a bundle,
-                                    replay a decision log with a new policy
+  mailgate policy test|eval|bundle  run policy tests, explain a decision, build a bundle
+  mailgate policy replay            replay a decision log with a candidate policy
   mailgate quota show|reset         show or reset quota counters
   mailgate version                  version, commit, Go version, DKIM RSA backend
 `)
