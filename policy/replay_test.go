@@ -286,3 +286,24 @@ func TestReplay_BoundedMemory(t *testing.T) {
 		t.Fatalf("heap grew from %d to %d bytes over a %d-byte log", early, late, fi.Size())
 	}
 }
+
+// TestReplay_IOBuiltinsOff: a candidate using http.send does not compile
+// for replay even with allow_io = true, and the error says why.
+func TestReplay_IOBuiltinsOff(t *testing.T) {
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{"p.rego": `package mailgate
+deny contains "x" if http.send({"method": "GET", "url": "http://127.0.0.1:1/"}).status_code == 200
+`})
+	cfg := Config{Rego: []RegoConfig{{Name: "org", Path: "p.rego", AllowIO: true}}}
+	p, err := New(cfg, dir, WithLogger(quietLogger()))
+	if err != nil {
+		t.Fatalf("with allow_io the module compiles for serving: %v", err)
+	}
+	p.Close()
+	if _, err := NewForReplay(cfg, dir, WithLogger(quietLogger())); err == nil || !strings.Contains(err.Error(), "I/O built-ins are off during replay") {
+		t.Fatalf("NewForReplay: %v, want the I/O built-ins refused", err)
+	}
+	if !cfg.Rego[0].AllowIO {
+		t.Error("NewForReplay changed the caller's configuration")
+	}
+}
