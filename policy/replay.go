@@ -299,7 +299,10 @@ func (r *Replayer) replay(ctx context.Context, rec *replayRecord) {
 	if in.Stage == StageRcpt && in.Rcpt == nil {
 		in.Rcpt = &Rcpt{}
 	}
-	got, _, err := evaluateWithQuotaStates(withEvalTime(ctx, rec.Time), r.p, in, false)
+	if !rec.Time.IsZero() {
+		ctx = withEvalTime(ctx, rec.Time)
+	}
+	got, _, err := evaluateWithQuotaStates(ctx, r.p, in, false)
 	r.rep.Replayed++
 	if r.rep.First.IsZero() || rec.Time.Before(r.rep.First) {
 		r.rep.First = rec.Time
