@@ -27,3 +27,28 @@ func BenchmarkDecisionLog(b *testing.B) {
 	}
 	b.ReportMetric(float64(cpuTime()-start)/float64(b.N), "cpu-ns/op")
 }
+
+// BenchmarkShadow is BenchmarkMessage with the example chain running as
+// its own shadow too: what a shadow adds per message.
+func BenchmarkShadow(b *testing.B) {
+	cfg := loadExampleConfig(b)
+	cfg.Shadow = &ShadowConfig{Rego: cfg.Rego, Rules: cfg.Rules}
+	p := benchPolicy(b, cfg)
+	defer p.Close()
+	ins := benchInputs()
+	stages := []Input{ins["mail"], ins["rcpt"], ins["data"]}
+	ctx := context.Background()
+	b.ReportAllocs()
+	start := cpuTime()
+	for b.Loop() {
+		for _, in := range stages {
+			if _, err := p.Evaluate(ctx, in); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.ReportMetric(float64(cpuTime()-start)/float64(b.N), "cpu-ns/op")
+	if n := counterValue(b, p, "mailgate_policy_shadow_disagreements_total", nil); n > 0 {
+		b.Fatalf("the chain disagrees with itself %v times", n)
+	}
+}

@@ -195,7 +195,7 @@ func TestDecisionLog_SlowDiskNeverStalls(t *testing.T) {
 
 // counterValue gathers p's metrics and returns the counter name with the
 // labels (all of them given), or -1 when there is none.
-func counterValue(t *testing.T, p *Policy, name string, labels map[string]string) float64 {
+func counterValue(t testing.TB, p *Policy, name string, labels map[string]string) float64 {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(p.Collector())
