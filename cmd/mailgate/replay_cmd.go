@@ -97,6 +97,12 @@ func policyReplay(ctx context.Context, args []string, stdout, stderr io.Writer, 
 	}
 	prog.clear()
 	rep := r.Report()
+	if rep.Replayed == 0 && rep.Lines > 0 && rep.Unparsable == rep.Lines {
+		// Single bad lines are skipped; a log with no record at all is
+		// the wrong file, and must not pass a CI gate as "no change".
+		fmt.Fprintf(stderr, "mailgate policy replay: none of the %d lines is a decision record\n", rep.Lines)
+		return 2
+	}
 	if *format == "json" {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")

@@ -261,6 +261,11 @@ print("STDOUT", stdout.decode())
 		if _, _, code := runMailgate(t, "policy", "replay", "-config", filepath.Join(dir, "missing.hcl"), "-log", log); code != 2 {
 			t.Errorf("no config: exit %d, want 2", code)
 		}
+		notALog := filepath.Join(dir, "mailgate.log")
+		writeFile(t, notALog, mp.all.String())
+		if _, stderr, code := runMailgate(t, "policy", "replay", "-config", cfgB, "-log", notALog); code != 2 || !strings.Contains(stderr, "is a decision record") {
+			t.Errorf("a file with no decision record: exit %d (%s), want 2", code, stderr)
+		}
 	})
 }
 
