@@ -56,6 +56,7 @@ const (
 	decisionLogQueue    = 8192            // records waiting for the writer
 	decisionLogBuffer   = 64 << 10        // bufio buffer in front of the file
 	decisionLogInterval = 1 * time.Second // longest a written record waits in the buffer
+	decisionLogReopen   = 5 * time.Second // longest SIGHUP waits for the writer to reopen
 )
 
 // decisionLog appends JSON lines to a file through one writer goroutine,
@@ -79,6 +80,7 @@ type decisionLog struct {
 	writeErrs   atomic.Uint64 // lines the file refused
 	lastDropLog atomic.Int64  // unix seconds of the last drop reported
 	onError     func(error)   // reports a write failure (the writer's own)
+	reopenWait  time.Duration // longest reopen waits for the writer
 }
 
 // logItem is a line to append, or a reopen request (reopen not nil).
@@ -100,7 +102,8 @@ func openDecisionLog(path string, onError func(error)) (*decisionLog, error) {
 	if err != nil {
 		return nil, err
 	}
-	l := &decisionLog{path: path, q: make(chan logItem, decisionLogQueue), done: make(chan struct{}), onError: onError}
+	l := &decisionLog{path: path, q: make(chan logItem, decisionLogQueue), done: make(chan struct{}), onError: onError,
+		reopenWait: decisionLogReopen}
 	go l.run(f)
 	return l, nil
 }
@@ -191,18 +194,35 @@ func (l *decisionLog) write(rec *decisionRecord) error {
 	return nil
 }
 
+// errReopenPending: the writer did not get to a reopen in time.
+var errReopenPending = errors.New("policy: decision log: the writer is stalled (slow disk); reopen pending")
+
 // reopen closes the file and opens the path again, after the lines queued
-// so far are written to the old file. It waits for the writer.
+// so far are written to the old file. It waits for the writer at most
+// reopenWait: on a stalled disk it returns errReopenPending (the reopen
+// happens when the writer gets to it), so SIGHUP's other reloads go on.
 func (l *decisionLog) reopen() error {
 	done := make(chan error, 1)
+	t := time.NewTimer(l.reopenWait)
+	defer t.Stop()
 	l.mu.RLock()
 	if l.closed {
 		l.mu.RUnlock()
 		return errClosed
 	}
-	l.q <- logItem{reopen: done}
+	select {
+	case l.q <- logItem{reopen: done}:
+	case <-t.C:
+		l.mu.RUnlock()
+		return fmt.Errorf("%w: the queue is full", errReopenPending)
+	}
 	l.mu.RUnlock()
-	return <-done
+	select {
+	case err := <-done:
+		return err
+	case <-t.C:
+		return errReopenPending
+	}
 }
 
 // close writes and flushes every queued line, then closes the file.

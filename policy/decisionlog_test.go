@@ -12,6 +12,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -176,6 +177,11 @@ func TestDecisionLog_SlowDiskNeverStalls(t *testing.T) {
 	}
 	if got := counterValue(t, p, "mailgate_policy_decision_log_dropped_total", nil); uint64(got) != dropped {
 		t.Errorf("mailgate_policy_decision_log_dropped_total = %v, want %d", got, dropped)
+	}
+	// SIGHUP on a stuck disk: the reopen does not hang the reload.
+	p.dlog.reopenWait = 50 * time.Millisecond
+	if err := p.ReopenDecisionLog(); !errors.Is(err, errReopenPending) {
+		t.Errorf("reopen on a stuck disk: %v, want errReopenPending", err)
 	}
 	close(release)
 	if err := p.Close(); err != nil {
