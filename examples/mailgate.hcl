@@ -209,7 +209,7 @@ policy {
     allow_io = false      # http.send and other I/O builtins (default false)
   }
   # Or, for a fleet, the Rego policy from an OPA bundle server instead of path
-  # (build it with "mailgate policy bundle"; see the README, "Policies from a bundle server"):
+  # (build it with "mailgate policy bundle"; see docs/policy.md, "Policies from a bundle server"):
   # rego {
   #   name = "org"
   #   bundle {
@@ -230,8 +230,26 @@ policy {
     mode     = "enforce"
     on_error = "defer"
   }
-  decision_log   = ""   # JSON lines, one record per decision (default: none)
+  decision_log   = ""   # JSON lines, one record per decision (default: none). Written by a
+  #                     # background writer, flushed at least every second and on shutdown;
+  #                     # reopened on SIGHUP (logrotate: rename, then SIGHUP). Replay it
+  #                     # against a candidate policy with "mailgate policy replay"; see docs/replay.md.
+  log_headers    = true # false: records of stage data keep header names, not values (default true)
   watch_interval = "5s" # how often policy files are checked for changes (default "5s")
+  # A shadow chain: evaluated beside the enforcing one on the same input, never
+  # enforced; disagreements are counted (mailgate_policy_shadow_disagreements_total)
+  # and each decision log record carries "shadow": {...}. Same blocks as above;
+  # name an engine like the enforcing engine it is a candidate for. (default: none)
+  # shadow {
+  #   rego {
+  #     name = "org"
+  #     path = "policies-next"
+  #   }
+  #   rules {
+  #     name = "local"
+  #     path = "policies-next/rules.hcl"
+  #   }
+  # }
 }
 
 # ---------------------------------------------------------------------------
@@ -242,7 +260,7 @@ policy {
 # for messages, each RCPT for recipients) and counted only when the
 # upstream says 250: refused, failed, reset or dropped transactions cost
 # nothing. Counters live in memory, or in Redis with a redis block (exact
-# across instances). Reloaded from this file on SIGHUP. See README "Quotas".
+# across instances). Reloaded from this file on SIGHUP. See docs/quotas.md.
 quota "per-login" {
   key        = auth.user                # one counter per login
   when       = auth != null             # optional: which transactions it applies to (default: all)
@@ -268,7 +286,7 @@ quota "first-time-recipients" {
 # duration, relayed message sizes, AUTH results and lockouts, policy
 # decisions by stage, policy refusals by rule, quota refusals by quota,
 # upstream errors by upstream, DKIM failures by reason, plus Go runtime and
-# process metrics (README "Operations"; a dashboard in examples/grafana,
+# process metrics (docs/operations.md; a dashboard in examples/grafana,
 # alerts in examples/prometheus). The same listener serves GET /healthz (200
 # while the process serves) and GET /readyz (200 when the listeners are
 # bound, the policy is loaded, an upstream answered its last probe and Redis

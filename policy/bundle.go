@@ -166,6 +166,13 @@ type bundleEngine struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 	closed sync.Once
+
+	// OPA's Downloader.Trigger returns when its context is cancelled but
+	// leaves the download running in a goroutine of its own, which may
+	// still call update: update holds mu and does nothing once closing
+	// is set, so nothing is activated or written to the cache after close.
+	mu      sync.Mutex
+	closing bool
 }
 
 var _ engine = (*bundleEngine)(nil)
@@ -272,11 +279,22 @@ func (e *bundleEngine) close() {
 			e.cancel()
 			<-e.done
 		}
+		e.mu.Lock()
+		e.closing = true
+		e.mu.Unlock()
 	})
 }
 
-// update is the downloader's callback, called by the poll loop only.
+var errBundleClosed = errors.New("policy: bundle engine closed")
+
+// update is the downloader's callback, run by a download the poll loop triggered
+// (possibly still running after the loop gave up on it: see mu).
 func (e *bundleEngine) update(ctx context.Context, u download.Update) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closing {
+		return errBundleClosed
+	}
 	if u.Error != nil {
 		e.log.LogAttrs(ctx, slog.LevelError, "policy bundle not activated; keeping the running policy",
 			slog.String("revision", e.revision()), slog.Any("error", u.Error))

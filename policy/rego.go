@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/open-policy-agent/opa/v1/ast"
@@ -263,24 +264,39 @@ func resultQuery(pkgRef string, kinds map[string]bool) string {
 	return strings.Join(parts, "; ")
 }
 
+// evalTimeKey carries, in a replay's context, the time the replayed
+// decision was made: time.now_ns and the other time built-ins see it, so a
+// replay decides as the original evaluation did. A context value because
+// it belongs to one evaluation, not to the engine, and replay is its only
+// setter (withEvalTime, unexported).
+type evalTimeKey struct{}
+
+func withEvalTime(ctx context.Context, t time.Time) context.Context {
+	return context.WithValue(ctx, evalTimeKey{}, t)
+}
+
 // noMetrics is shared by every evaluation: nothing reads OPA's metrics, and
 // a fresh metrics set per evaluation costs allocations and a lock per timer.
 var noMetrics = metrics.NoOp()
 
 func (e *regoEngine) eval(ctx context.Context, doc *document) (engineResult, error) {
-	// Without an external cancel, OPA starts a goroutine per evaluation to
+	// A stage no rule is bound to is not evaluated. Without an external cancel, OPA starts a goroutine per evaluation to
 	// watch ctx; context.AfterFunc costs nothing when ctx cannot be
 	// cancelled, and nothing more than a registration when it can.
+	pq := e.query(doc.in.Stage)
+	if pq == nil {
+		return engineResult{}, nil
+	}
 	cancel := topdown.NewCancel()
 	if ctx.Done() != nil {
 		stop := context.AfterFunc(ctx, cancel.Cancel)
 		defer stop()
 	}
-	pq := e.query(doc.in.Stage)
-	if pq == nil {
-		return engineResult{}, nil
+	opts := []rego.EvalOption{rego.EvalParsedInput(doc.ast(e.shape)), rego.EvalMetrics(noMetrics), rego.EvalExternalCancel(cancel)}
+	if t, ok := ctx.Value(evalTimeKey{}).(time.Time); ok {
+		opts = append(opts, rego.EvalTime(t))
 	}
-	rs, err := pq.Eval(ctx, rego.EvalParsedInput(doc.ast(e.shape)), rego.EvalMetrics(noMetrics), rego.EvalExternalCancel(cancel))
+	rs, err := pq.Eval(ctx, opts...)
 	if err != nil {
 		return engineResult{}, err
 	}

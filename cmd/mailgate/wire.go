@@ -160,7 +160,9 @@ func wire(cfg *config, logger *slog.Logger) (_ *wiring, err error) {
 		}
 		w.deps.Policy = p
 		w.policy = p
-		w.reloads = append(w.reloads, p.Reload) // polls bundle servers too
+		// SIGHUP reopens the decision log first (logrotate renamed it),
+		// then recompiles; a failed reload keeps logging to the new file.
+		w.reloads = append(w.reloads, p.ReopenDecisionLog, p.Reload) // Reload polls bundle servers too
 		if p.Revisions() != nil {
 			w.probes = append(w.probes, func(_ context.Context, out io.Writer) bool { return probeBundles(p, out) })
 		}
