@@ -347,6 +347,9 @@ func (t *tripLog) clear(name, key string) {
 type varSpec struct {
 	name  string
 	attrs []string
+	// headers are the header names read as message.headers["name"] when
+	// that is the only way message.headers is read (nil: all headers).
+	headers []string
 }
 
 // traversalSpecs lists the input variables trs refer to. A variable only
@@ -363,6 +366,7 @@ func traversalSpecs(trs []hcl.Traversal) []varSpec {
 func varSpecs(trs []hcl.Traversal, skip func(root string) bool) []varSpec {
 	attrs := map[string]map[string]bool{}
 	whole := map[string]bool{}
+	headers, allHeaders := map[string]bool{}, false
 	for _, tr := range trs {
 		{
 			root := tr.RootName()
@@ -382,6 +386,13 @@ func varSpecs(trs []hcl.Traversal, skip func(root string) bool) []varSpec {
 				attrs[root] = map[string]bool{}
 			}
 			attrs[root][a.Name] = true
+			if root == "message" && a.Name == "headers" {
+				if k, ok := headerKey(tr); ok {
+					headers[k] = true
+				} else {
+					allHeaders = true
+				}
+			}
 		}
 	}
 	var specs []varSpec
@@ -396,9 +407,28 @@ func varSpecs(trs []hcl.Traversal, skip func(root string) bool) []varSpec {
 		for a := range as {
 			vs.attrs = append(vs.attrs, a)
 		}
+		if root == "message" && as["headers"] && !allHeaders {
+			vs.headers = []string{}
+			for k := range headers {
+				vs.headers = append(vs.headers, k)
+			}
+		}
 		specs = append(specs, vs)
 	}
 	return specs
+}
+
+// headerKey returns name when tr is message.headers["name"]… (a literal
+// string index).
+func headerKey(tr hcl.Traversal) (string, bool) {
+	if len(tr) < 3 {
+		return "", false
+	}
+	ix, ok := tr[2].(hcl.TraverseIndex)
+	if !ok || !ix.Key.IsKnown() || ix.Key.IsNull() || ix.Key.Type() != cty.String {
+		return "", false
+	}
+	return ix.Key.AsString(), true
 }
 
 // partialVars builds the variables of specs from in: whole values as
@@ -415,7 +445,12 @@ func partialVars(in *Input, specs []varSpec) map[string]cty.Value {
 		m := make(map[string]cty.Value, len(s.attrs))
 		strs := true
 		for _, a := range s.attrs {
-			v := ctyAttr(in, s.name, a)
+			var v cty.Value
+			if s.headers != nil && a == "headers" {
+				v = headersCty(someHeaders(in.Message.Headers, s.headers))
+			} else {
+				v = ctyAttr(in, s.name, a)
+			}
 			strs = strs && v.Type() == cty.String
 			m[a] = v
 		}
@@ -428,6 +463,17 @@ func partialVars(in *Input, specs []varSpec) map[string]cty.Value {
 		}
 	}
 	return vars
+}
+
+// someHeaders returns the headers of hs named in names.
+func someHeaders(hs map[string][]string, names []string) map[string][]string {
+	some := make(map[string][]string, len(names))
+	for _, n := range names {
+		if v, ok := hs[n]; ok {
+			some[n] = v
+		}
+	}
+	return some
 }
 
 // ctyAttr is ctyVar(in, root).GetAttr(attr) without building the rest of
