@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+
+	"github.com/mailgate/mailgate/proxy/replies"
 )
 
 // Server runs every configured listener.
@@ -225,14 +227,14 @@ func (s *Server) handover(l *listener, raw net.Conn) {
 	if len(l.cfg.trusted) > 0 && !inPrefixes(remote, l.cfg.trusted) {
 		s.deps.Metrics.connection(l.cfg.Name, "refused_network")
 		s.log.Warn("connection refused: not in trusted_networks", "listener", l.cfg.Name, "remote", remote.String())
-		writeLine(raw, "554 5.7.1 Access denied")
+		writeReply(raw, replies.AccessDenied)
 		raw.Close()
 		return
 	}
-	if reason := s.admit(remote); reason != "" {
+	if reason, refusal := s.admit(remote); refusal != nil {
 		s.deps.Metrics.connection(l.cfg.Name, "refused_limit")
 		s.log.Warn("connection refused: "+reason, "listener", l.cfg.Name, "remote", remote.String())
-		writeLine(raw, "421 4.7.0 "+reason+", try again later")
+		writeReply(raw, refusal)
 		raw.Close()
 		return
 	}
@@ -304,13 +306,13 @@ func (s *Server) handover(l *listener, raw net.Conn) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		cc.replyAndClose("421 4.3.2 Service shutting down, try again later")
+		cc.replyAndClose(replies.ShuttingDown)
 		return
 	}
 	s.conns[cc] = struct{}{}
 	s.mu.Unlock()
 	if !l.ch.push(cc) {
-		cc.replyAndClose("421 4.3.2 Service shutting down, try again later")
+		cc.replyAndClose(replies.ShuttingDown)
 	}
 }
 
@@ -325,22 +327,23 @@ func handshakeContext(timeout time.Duration, loginDeadline time.Time) (context.C
 }
 
 // admit counts a new connection against max_connections and
-// max_connections_per_ip; it returns a reason when over a limit.
-func (s *Server) admit(ip netip.Addr) string {
+// max_connections_per_ip; over a limit, it returns the reason (for the
+// log) and the reply.
+func (s *Server) admit(ip netip.Addr) (reason string, refusal *smtp.SMTPError) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		return "Service shutting down"
+		return "Service shutting down", replies.RefusedShuttingDown
 	}
 	if s.total >= s.cfg.Limits.MaxConnections {
-		return "Too many connections"
+		return "Too many connections", replies.TooManyConnections
 	}
 	if s.perIP[ip] >= s.cfg.Limits.MaxConnectionsPerIP {
-		return "Too many connections from your address"
+		return "Too many connections from your address", replies.TooManyFromAddress
 	}
 	s.perIP[ip]++
 	s.total++
-	return ""
+	return "", nil
 }
 
 func (s *Server) release(ip netip.Addr) {
@@ -378,7 +381,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	// dialogue hold no transaction: tell them and close.
 	s.mu.Lock()
 	for c := range s.pending {
-		writeLine(c, "421 4.3.2 Service shutting down, try again later")
+		writeReply(c, replies.ShuttingDown)
 		c.Close()
 	}
 	s.mu.Unlock()
@@ -507,9 +510,10 @@ func inPrefixes(ip netip.Addr, ps []netip.Prefix) bool {
 	return false
 }
 
-func writeLine(c net.Conn, line string) {
+// writeReply writes r to a connection go-smtp does not have (yet).
+func writeReply(c net.Conn, r *smtp.SMTPError) {
 	_ = c.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	_, _ = c.Write([]byte(line + "\r\n"))
+	_, _ = c.Write([]byte(replies.Line(r) + "\r\n"))
 }
 
 // slogWriter adapts go-smtp's ErrorLog to slog.

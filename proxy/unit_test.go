@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/mailgate/mailgate/policy"
+	"github.com/mailgate/mailgate/proxy/replies"
 )
 
 func TestMailboxReserialization(t *testing.T) {
@@ -69,7 +70,7 @@ func TestDecisionReplyClass(t *testing.T) {
 	}
 	for _, tc := range cases {
 		r := decisionReply(tc.d)
-		got := formatReply(r)
+		got := replies.Line(r)
 		if r.Code != tc.code || !strings.Contains(got, tc.enh) || !strings.Contains(got, tc.inMsg) || strings.ContainsAny(r.Message, "\r\n") {
 			t.Errorf("%+v → %q", tc.d, got)
 		}
@@ -99,11 +100,11 @@ func TestReadHeader(t *testing.T) {
 		"no_colon":           "From a@example.com\r\n\r\n",
 		"space_in_name":      "Bad Name: x\r\n\r\n",
 	} {
-		if _, err := readHeader(bufio.NewReader(strings.NewReader(bad)), 1000); err != errBadHeader {
+		if _, err := readHeader(bufio.NewReader(strings.NewReader(bad)), 1000); err != replies.BadHeader {
 			t.Errorf("%s: %v", name, err)
 		}
 	}
-	if _, err := readHeader(bufio.NewReader(strings.NewReader(strings.Repeat("X-A: b\r\n", 200)+"\r\n")), 1000); err != errHeaderTooBig {
+	if _, err := readHeader(bufio.NewReader(strings.NewReader(strings.Repeat("X-A: b\r\n", 200)+"\r\n")), 1000); err != replies.HeaderTooBig {
 		t.Errorf("big header: %v", err)
 	}
 }
@@ -138,7 +139,7 @@ func TestScanLineEndings(t *testing.T) {
 	if a, err := cc.scan([]byte("12345678\r\n1234"), modeData); a != -1 || err != nil {
 		t.Errorf("10-byte line refused: %d %v", a, err)
 	}
-	if a, err := cc.scan([]byte("56789\r\n"), modeData); err != errLineTooLong || a != 0 {
+	if a, err := cc.scan([]byte("56789\r\n"), modeData); err != replies.LineTooLong || a != 0 {
 		t.Errorf("11-byte line across reads: %d %v", a, err)
 	}
 	// Source routes are neutralised in MAIL and RCPT only.
@@ -221,9 +222,9 @@ func FuzzScan(f *testing.F) {
 		switch {
 		case want == -1 && got != -1:
 			t.Fatalf("%q split %d: refused at %d (%v), reference accepts", data, cut, got, err)
-		case want >= 0 && (got == -1 || err == errLineTooLong && got > want):
+		case want >= 0 && (got == -1 || err == replies.LineTooLong && got > want):
 			t.Fatalf("%q split %d: got %d (%v), reference refuses at %d", data, cut, got, err, want)
-		case want >= 0 && err == errBareLineEnding && got != want:
+		case want >= 0 && err == replies.BareLineEnding && got != want:
 			t.Fatalf("%q split %d: bare line ending at %d, reference %d", data, cut, got, want)
 		case want == -2 && got == -1:
 			t.Fatalf("%q split %d: long line accepted", data, cut)
