@@ -215,13 +215,44 @@ func (s *Server) acceptLoop(l *listener) error {
 	}
 }
 
+// handover prepares one accepted connection for go-smtp, step by step:
+// the PROXY header and trusted_networks (screen), the connection limits
+// (admitConn), the listener's TLS mode (secure), then the strict
+// connection wrapper (prepare) that goes to go-smtp (start). A connection
+// is in s.pending until it reaches go-smtp or fails, so that Shutdown can
+// tell it 421; from admitConn on it counts against the limits until it
+// closes.
 func (s *Server) handover(l *listener, raw net.Conn) {
 	accepted := time.Now()
+	remote, ok := s.screen(l, raw)
+	if !ok {
+		return
+	}
+	if !s.admitConn(l, raw, remote) {
+		return
+	}
+	defer s.trackPending(raw)()
+	// Everything up to a login (TLS, STARTTLS, EHLO, AUTH) must be done
+	// by then; see clientConn.
+	loginDeadline := accepted.Add(s.cfg.Limits.loginTimeout)
+	sc, ok := s.secure(l, raw, remote, loginDeadline)
+	if !ok {
+		raw.Close()
+		s.release(remote)
+		return
+	}
+	s.start(l, s.prepare(l, sc, remote, loginDeadline))
+}
+
+// screen refuses a connection without a valid PROXY header (on a
+// listener behind a proxy) or from outside trusted_networks, and returns
+// the client's address.
+func (s *Server) screen(l *listener, raw net.Conn) (netip.Addr, bool) {
 	if !proxyHeaderOK(raw) {
 		s.log.Warn("connection refused: no valid PROXY protocol header", "listener", l.cfg.Name,
 			"peer", raw.RemoteAddr().String())
 		raw.Close()
-		return
+		return netip.Addr{}, false
 	}
 	remote := addrOf(raw.RemoteAddr())
 	if len(l.cfg.trusted) > 0 && !inPrefixes(remote, l.cfg.trusted) {
@@ -229,37 +260,50 @@ func (s *Server) handover(l *listener, raw net.Conn) {
 		s.log.Warn("connection refused: not in trusted_networks", "listener", l.cfg.Name, "remote", remote.String())
 		writeReply(raw, replies.AccessDenied)
 		raw.Close()
-		return
+		return remote, false
 	}
-	if reason, refusal := s.admit(remote); refusal != nil {
-		s.deps.Metrics.connection(l.cfg.Name, "refused_limit")
-		s.log.Warn("connection refused: "+reason, "listener", l.cfg.Name, "remote", remote.String())
-		writeReply(raw, refusal)
-		raw.Close()
-		return
+	return remote, true
+}
+
+// admitConn counts the connection against the limits (admit), or refuses
+// it with 421.
+func (s *Server) admitConn(l *listener, raw net.Conn, remote netip.Addr) bool {
+	reason, refusal := s.admit(remote)
+	if refusal == nil {
+		return true
 	}
+	s.deps.Metrics.connection(l.cfg.Name, "refused_limit")
+	s.log.Warn("connection refused: "+reason, "listener", l.cfg.Name, "remote", remote.String())
+	writeReply(raw, refusal)
+	raw.Close()
+	return false
+}
+
+// trackPending puts raw in s.pending and returns the function that takes
+// it out.
+func (s *Server) trackPending(raw net.Conn) (untrack func()) {
 	s.mu.Lock()
 	s.pending[raw] = struct{}{}
 	s.mu.Unlock()
-	defer func() {
+	return func() {
 		s.mu.Lock()
 		delete(s.pending, raw)
 		s.mu.Unlock()
-	}()
-	released := false
-	release := func() {
-		if !released {
-			released = true
-			s.release(remote)
-		}
 	}
+}
+
+// secured is a connection after its listener's TLS mode applied.
+type secured struct {
+	conn         net.Conn             // what go-smtp is to speak on
+	state        *tls.ConnectionState // nil without TLS
+	dropGreeting bool                 // STARTTLS: the client was greeted already
+}
+
+// secure applies the listener's TLS mode: the implicit-TLS handshake, or
+// the plaintext dialogue up to STARTTLS and its handshake (startTLS). ok
+// is false when the client failed or left; the caller closes raw.
+func (s *Server) secure(l *listener, raw net.Conn, remote netip.Addr, loginDeadline time.Time) (_ secured, ok bool) {
 	lim := &s.cfg.Limits
-	// Everything up to a login (TLS, STARTTLS, EHLO, AUTH) must be done
-	// by then; see clientConn.
-	loginDeadline := accepted.Add(lim.loginTimeout)
-	var conn net.Conn = raw
-	var state *tls.ConnectionState
-	dropGreeting := false
 	switch l.cfg.TLSMode() {
 	case TLSImplicit:
 		tc := tls.Server(raw, s.deps.TLS)
@@ -269,31 +313,35 @@ func (s *Server) handover(l *listener, raw net.Conn) {
 		if err != nil {
 			s.deps.Metrics.connection(l.cfg.Name, "tls_failed")
 			s.log.Info("TLS handshake failed", "listener", l.cfg.Name, "remote", remote.String(), "err", err)
-			raw.Close()
-			release()
-			return
+			return secured{}, false
 		}
 		st := tc.ConnectionState()
-		conn, state = tc, &st
+		return secured{conn: tc, state: &st}, true
 	case TLSStartTLS:
 		tc, err := s.startTLS(l, raw, loginDeadline)
 		if err != nil {
 			if !errors.Is(err, errClientQuit) {
 				s.log.Info("before STARTTLS", "listener", l.cfg.Name, "remote", remote.String(), "err", err)
 			}
-			raw.Close()
-			release()
-			return
+			return secured{}, false
 		}
 		st := tc.ConnectionState()
-		conn, state, dropGreeting = tc, &st, true
+		return secured{conn: tc, state: &st, dropGreeting: true}, true
 	}
-	cc := newClientConn(conn, remote, lim.MaxLineLength, lim.commandTimeout, lim.dataTimeout)
+	return secured{conn: raw}, true
+}
+
+// prepare wraps sc in the strict clientConn with the listener's limits,
+// and counts it open until it closes, when it also releases its place
+// under the connection limits.
+func (s *Server) prepare(l *listener, sc secured, remote netip.Addr, loginDeadline time.Time) *clientConn {
+	lim := &s.cfg.Limits
+	cc := newClientConn(sc.conn, remote, lim.MaxLineLength, lim.commandTimeout, lim.dataTimeout)
 	cc.minDataRate = int64(lim.MinDataRate)
 	cc.loginDeadline = loginDeadline
 	cc.log = s.log.With("listener", l.cfg.Name, "remote", remote.String())
-	cc.tlsState = state
-	cc.dropGreeting = dropGreeting
+	cc.tlsState = sc.state
+	cc.dropGreeting = sc.dropGreeting
 	s.deps.Metrics.connection(l.cfg.Name, "accepted")
 	s.deps.Metrics.openDelta(l.cfg.Name, 1)
 	cc.onClose = func() {
@@ -301,8 +349,14 @@ func (s *Server) handover(l *listener, raw net.Conn) {
 		s.mu.Lock()
 		delete(s.conns, cc)
 		s.mu.Unlock()
-		release()
+		s.release(remote)
 	}
+	return cc
+}
+
+// start registers cc with the server and hands it to the listener's
+// go-smtp server; on shutdown it tells the client 421 instead.
+func (s *Server) start(l *listener, cc *clientConn) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
