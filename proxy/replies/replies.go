@@ -4,7 +4,8 @@
 // RFC 3207 (STARTTLS), RFC 4954 (AUTH), RFC 6531 (SMTPUTF8), RFC 3030
 // (BDAT) and RFC 8689 (REQUIRETLS). A reader finds every reply here, as in
 // mox's smtp/codes.go and go-smtp's backend.go; docs/replies.md documents
-// them, and TestCatalogueMatchesDocs holds the two together.
+// them, and TestCatalogueMatchesDocs (proxy/catalogue_test.go) holds the
+// two together.
 //
 // The replies of policy decisions are the policy package's: a rule's own
 // text, or the defaults a Decision owns (policy.RejectMessage and the rest,
