@@ -226,3 +226,23 @@ func TestReplyLine(t *testing.T) {
 		}
 	}
 }
+
+// TestTemplateAppendLine: the allocation-free AppendLine writes what Line
+// writes, single-line or not.
+func TestTemplateAppendLine(t *testing.T) {
+	for _, tc := range []struct {
+		t    replies.Template
+		args []any
+	}{
+		{replies.SenderOK, []any{[]byte("a@b.test")}},
+		{replies.RecipientOK, []any{"jörg@b.test"}},
+		{replies.Queued, []any{"abc"}},
+		{replies.Greeting, []any{"mx.example"}},
+		{replies.EHLOBeforeTLS, []any{"mx.example", int64(1 << 20)}},
+	} {
+		want := replies.Line(tc.t.With(tc.args...))
+		if got := string(tc.t.AppendLine([]byte(nil), tc.args...)); got != want {
+			t.Errorf("AppendLine = %q, Line = %q", got, want)
+		}
+	}
+}

@@ -134,8 +134,9 @@ func policyUnavailable(id string) *smtp.SMTPError {
 // upgrade that changes a text fails it.
 var goSMTPReplies = []struct {
 	prefix, suffix string // go-smtp's line, around the echoed address
-	// ours is the catalogue's reply, given the address when there is one.
-	ours func(addr []byte) *smtp.SMTPError
+	// ours appends the catalogue's reply line to b, given the address
+	// when there is one.
+	ours func(b, addr []byte) []byte
 }{
 	{"250 2.0.0 Roger, accepting mail from <", ">", withAddr(replies.SenderOK)},
 	{"250 2.0.0 I'll make sure <", "> gets this", withAddr(replies.RecipientOK)},
@@ -146,12 +147,12 @@ var goSMTPReplies = []struct {
 	{"500 5.5.1 Too many errors. Quiting now", "", fixed(replies.TooManyErrors)},
 }
 
-func fixed(r *smtp.SMTPError) func([]byte) *smtp.SMTPError {
-	return func([]byte) *smtp.SMTPError { return r }
+func fixed(r *smtp.SMTPError) func(b, addr []byte) []byte {
+	return func(b, _ []byte) []byte { return replies.AppendLine(b, r) }
 }
 
-func withAddr(t replies.Template) func([]byte) *smtp.SMTPError {
-	return func(addr []byte) *smtp.SMTPError { return t.With(addr) }
+func withAddr(t replies.Template) func(b, addr []byte) []byte {
+	return func(b, addr []byte) []byte { return t.AppendLine(b, addr) }
 }
 
 // rewriteReply returns the conventional text for one of go-smtp's own
@@ -170,7 +171,7 @@ func rewriteReply(line []byte) []byte {
 			continue
 		}
 		addr := body[len(r.prefix) : len(body)-len(r.suffix)]
-		return []byte(replies.Line(r.ours(addr)) + "\r\n")
+		return append(r.ours(make([]byte, 0, len(body)+16), addr), "\r\n"...)
 	}
 	return line
 }

@@ -45,36 +45,58 @@ func (t Template) With(args ...any) *smtp.SMTPError {
 	return &smtp.SMTPError{Code: t.Code, EnhancedCode: t.EnhancedCode, Message: fmt.Sprintf(t.Format, args...)}
 }
 
+// AppendLine appends t filled with args, as Line formats it, to b: the
+// same as Line(t.With(args...)) without the allocations, for the replies
+// written on every message.
+func (t Template) AppendLine(b []byte, args ...any) []byte {
+	if strings.Contains(t.Format, "\n") {
+		return AppendLine(b, t.With(args...))
+	}
+	b = appendHead(b, t.Code, false, t.EnhancedCode)
+	return fmt.Appendf(b, t.Format, args...)
+}
+
 // Line formats r as written on the wire, without the final CRLF: "550
 // 5.7.1 text", "220 text" for a reply without an enhanced code, and the
 // lines of a multi-line text as "250-first\r\n250 last" (RFC 5321 section
 // 4.2.1).
 func Line(r *smtp.SMTPError) string {
-	b := make([]byte, 0, len(r.Message)+16)
+	return string(AppendLine(make([]byte, 0, len(r.Message)+16), r))
+}
+
+// AppendLine appends r, as Line formats it, to b.
+func AppendLine(b []byte, r *smtp.SMTPError) []byte {
 	msg := r.Message
 	for {
 		line, rest, more := strings.Cut(msg, "\n")
-		b = strconv.AppendInt(b, int64(r.Code), 10)
-		if more {
-			b = append(b, '-')
-		} else {
-			b = append(b, ' ')
-		}
-		if ec := r.EnhancedCode; ec != smtp.NoEnhancedCode {
-			b = strconv.AppendInt(b, int64(ec[0]), 10)
-			b = append(b, '.')
-			b = strconv.AppendInt(b, int64(ec[1]), 10)
-			b = append(b, '.')
-			b = strconv.AppendInt(b, int64(ec[2]), 10)
-			b = append(b, ' ')
-		}
+		b = appendHead(b, r.Code, more, r.EnhancedCode)
 		b = append(b, line...)
 		if !more {
-			return string(b)
+			return b
 		}
 		b = append(b, "\r\n"...)
 		msg = rest
 	}
+}
+
+// appendHead appends a reply line's code, "-" before more lines (else a
+// space) and the enhanced code with its space, if any.
+func appendHead(b []byte, code int, more bool, ec smtp.EnhancedCode) []byte {
+	b = strconv.AppendInt(b, int64(code), 10)
+	if more {
+		b = append(b, '-')
+	} else {
+		b = append(b, ' ')
+	}
+	if ec != smtp.NoEnhancedCode {
+		b = strconv.AppendInt(b, int64(ec[0]), 10)
+		b = append(b, '.')
+		b = strconv.AppendInt(b, int64(ec[1]), 10)
+		b = append(b, '.')
+		b = strconv.AppendInt(b, int64(ec[2]), 10)
+		b = append(b, ' ')
+	}
+	return b
 }
 
 // Connection: refused at accept, ended by mailgate (server.go, conn.go).
