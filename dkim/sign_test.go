@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -504,7 +505,7 @@ func TestIOError(t *testing.T) {
 	boom := errors.New("disk on fire")
 	r := iotest.ErrReader(boom)
 	msg := strings.NewReader(readMessage(t, "basic.eml"))
-	_, err := s.Sign(context.Background(), "", ioMulti(msg, r))
+	_, err := s.Sign(context.Background(), "", io.MultiReader(msg, r))
 	if !errors.Is(err, boom) {
 		t.Fatalf("err = %v, want %v", err, boom)
 	}

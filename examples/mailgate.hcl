@@ -209,7 +209,7 @@ policy {
     allow_io = false      # http.send and other I/O builtins (default false)
   }
   # Or, for a fleet, the Rego policy from an OPA bundle server instead of path
-  # (build it with "mailgate policy bundle"; see the README, "Policies from a bundle server"):
+  # (build it with "mailgate policy bundle"; see docs/policy.md, "Policies from a bundle server"):
   # rego {
   #   name = "org"
   #   bundle {
@@ -242,7 +242,7 @@ policy {
 # for messages, each RCPT for recipients) and counted only when the
 # upstream says 250: refused, failed, reset or dropped transactions cost
 # nothing. Counters live in memory, or in Redis with a redis block (exact
-# across instances). Reloaded from this file on SIGHUP. See README "Quotas".
+# across instances). Reloaded from this file on SIGHUP. See docs/quotas.md.
 quota "per-login" {
   key        = auth.user                # one counter per login
   when       = auth != null             # optional: which transactions it applies to (default: all)
@@ -268,7 +268,7 @@ quota "first-time-recipients" {
 # duration, relayed message sizes, AUTH results and lockouts, policy
 # decisions by stage, policy refusals by rule, quota refusals by quota,
 # upstream errors by upstream, DKIM failures by reason, plus Go runtime and
-# process metrics (README "Operations"; a dashboard in examples/grafana,
+# process metrics (docs/operations.md; a dashboard in examples/grafana,
 # alerts in examples/prometheus). The same listener serves GET /healthz (200
 # while the process serves) and GET /readyz (200 when the listeners are
 # bound, the policy is loaded, an upstream answered its last probe and Redis

@@ -24,6 +24,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/mailgate/mailgate/internal/peertest"
 )
 
 // bundlePolicy is a policy whose deny message names its version, so a
@@ -193,24 +195,6 @@ func (f bundleFixture) config(url string, verify bool) Config {
 	return Config{Rego: []RegoConfig{{Name: "org", Bundle: bc}}}
 }
 
-// logBuffer collects log lines for assertions.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 func openBundlePolicy(t *testing.T, cfg Config, logs io.Writer, opts ...Option) *Policy {
 	t.Helper()
 	if logs == nil {
@@ -280,7 +264,7 @@ func TestBundle_RefusedBundlesKeepThePreviousPolicy(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			srv := newBundleServer(t)
 			srv.publish(good)
-			var logs logBuffer
+			var logs peertest.Buffer
 			p := openBundlePolicy(t, f.config(srv.url(), true), &logs)
 			if err := p.Reload(); err != nil {
 				t.Fatalf("Reload: %v", err)
@@ -313,8 +297,8 @@ func TestBundle_UnsignedWithoutVerification(t *testing.T) {
 	}
 }
 
-// TestBundle_SignedWithoutVerificationRefused pins OPA's behaviour that the
-// README documents: without a verification block an unsigned bundle loads,
+// TestBundle_SignedWithoutVerificationRefused pins OPA's behaviour that
+// docs/policy.md ("Policies from a bundle server") documents: without a verification block an unsigned bundle loads,
 // but a signed one is refused ("verification key not provided"), so
 // signing cannot be turned on before the instances have the key.
 func TestBundle_SignedWithoutVerificationRefused(t *testing.T) {
@@ -388,7 +372,7 @@ func TestBundle_StartFromCacheWhenServerIsDown(t *testing.T) {
 	_ = p.Close()
 	srv.Close()
 
-	var logs logBuffer
+	var logs peertest.Buffer
 	p2 := openBundlePolicy(t, f.config(srv.url(), true), &logs)
 	if err := p2.Ready(); err != nil {
 		t.Fatalf("Ready after a restart with a cache: %v", err)
@@ -559,7 +543,7 @@ func TestBundle_RestartSendsTheCachedETag(t *testing.T) {
 	_ = p.Close()
 	before := srv.notModified()
 
-	var logs logBuffer
+	var logs peertest.Buffer
 	p2 := openBundlePolicy(t, f.config(srv.url(), true), &logs)
 	if err := p2.Reload(); err != nil { // after the start poll
 		t.Fatal(err)

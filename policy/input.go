@@ -23,8 +23,8 @@ const (
 )
 
 // Input is the document every engine evaluates. Its JSON form is the policy
-// contract documented in the README; field names never change within a
-// version.
+// contract documented in docs/policy.md ("The input document"); field names
+// never change within a version.
 type Input struct {
 	Version  int      `json:"version"`
 	Stage    Stage    `json:"stage"`

@@ -16,10 +16,10 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/mailgate/mailgate/dkim"
+	"github.com/mailgate/mailgate/internal/peertest"
 	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/policy/quota"
 	"github.com/mailgate/mailgate/proxy"
-	"github.com/mailgate/mailgate/proxy/peertest"
 	"github.com/mailgate/mailgate/proxy/upstream"
 )
 

@@ -110,3 +110,50 @@ func TestBodyDeadlineCredit(t *testing.T) {
 		t.Fatalf("no rate: %v, want %v", c.bodyDeadline, want)
 	}
 }
+
+// deadlineConn answers every Read with one line and records the read
+// deadlines set on it.
+type deadlineConn struct {
+	net.Conn
+	set []time.Time
+}
+
+func (c *deadlineConn) Read(b []byte) (int, error)        { return copy(b, "NOOP\r\n"), nil }
+func (c *deadlineConn) SetReadDeadline(t time.Time) error { c.set = append(c.set, t); return nil }
+
+// TestReadDeadlineGranularity backs docs/security.md's "a silent client is cut
+// off between 94 % and 100 % of the timeout": before every read the
+// deadline in force is at least 15/16 of the timeout away, while reads in
+// quick succession do not re-arm it; drain forces the next read to set it.
+func TestReadDeadlineGranularity(t *testing.T) {
+	const timeout = 320 * time.Millisecond
+	dc := &deadlineConn{}
+	c := newClientConn(dc, netip.Addr{}, 1000, timeout, timeout)
+	buf := make([]byte, 64)
+	start := time.Now()
+	for i := 0; i < 40; i++ {
+		before := time.Now()
+		if _, err := c.Read(buf); err != nil {
+			t.Fatal(err)
+		}
+		if left := dc.set[len(dc.set)-1].Sub(before); left < timeout*15/16 {
+			t.Fatalf("read %d: deadline %v away, want at least %v", i, left, timeout*15/16)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	// The deadline moves about every 20 ms (1/16 of the timeout), not on
+	// each of the 40 reads.
+	most := int(time.Since(start)/(timeout/16)) + 2
+	if n := len(dc.set); n < 2 || n > most {
+		t.Errorf("deadline set %d times for 40 reads in %v, want 2..%d", n, time.Since(start), most)
+	}
+	n := len(dc.set)
+	c.drain() // sets a deadline of now to wake the reader
+	c.draining.Store(false)
+	if _, err := c.Read(buf); err != nil {
+		t.Fatal(err)
+	}
+	if len(dc.set) != n+2 {
+		t.Errorf("after drain: %d deadlines set, want the drain's and a fresh one", len(dc.set)-n)
+	}
+}

@@ -6,7 +6,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
-	"github.com/mailgate/mailgate/proxy/peertest"
+	"github.com/mailgate/mailgate/internal/peertest"
 )
 
 // dsnScript sends one message with smtplib and the DSN parameters of

@@ -11,8 +11,8 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/mailgate/mailgate/internal/peertest"
 	"github.com/mailgate/mailgate/proxy"
-	"github.com/mailgate/mailgate/proxy/peertest"
 	"github.com/mailgate/mailgate/proxy/upstream"
 )
 

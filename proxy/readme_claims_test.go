@@ -1,7 +1,7 @@
 package proxy_test
 
-// Tests named after README claims ("How a message flows", "Security
-// behaviour") that no other test pinned. They assert reply codes and
+// Tests named after documented claims (README.md "How a message flows",
+// docs/upstreams.md "Replies", docs/security.md) that no other test pinned. They assert reply codes and
 // enhanced codes, not reply texts.
 
 import (

@@ -3,7 +3,6 @@ package proxy_test
 import (
 	"bufio"
 	"errors"
-	"fmt"
 	"net"
 	"runtime"
 	"strings"
@@ -271,33 +270,6 @@ func expectLoginCut(t *testing.T, c *rawClient) {
 		}
 		t.Logf("cut off after %v: %s", time.Since(start).Round(time.Millisecond), text)
 		return
-	}
-}
-
-// replyWithin is reply with its own read deadline.
-func (c *rawClient) replyWithin(d time.Duration) (int, string) {
-	c.t.Helper()
-	if d <= 0 {
-		return 0, "timeout"
-	}
-	_ = c.c.SetReadDeadline(time.Now().Add(d))
-	var lines []string
-	for {
-		line, err := c.r.ReadString('\n')
-		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				return 0, "timeout"
-			}
-			return 0, strings.Join(append(lines, "EOF: "+err.Error()), "\n")
-		}
-		line = strings.TrimRight(line, "\r\n")
-		lines = append(lines, line)
-		if len(line) < 4 || line[3] != '-' {
-			var code int
-			fmt.Sscanf(line, "%d", &code)
-			return code, strings.Join(lines, "\n")
-		}
 	}
 }
 

@@ -9,9 +9,9 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/mailgate/mailgate/internal/peertest"
 	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/proxy"
-	"github.com/mailgate/mailgate/proxy/peertest"
 )
 
 // smtputf8Seen is a policy that accepts everything and records the

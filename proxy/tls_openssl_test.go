@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mailgate/mailgate/internal/peertest"
 	"github.com/mailgate/mailgate/proxy"
-	"github.com/mailgate/mailgate/proxy/peertest"
 	"github.com/mailgate/mailgate/proxy/tlspolicy"
 )
 

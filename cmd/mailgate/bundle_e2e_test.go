@@ -23,7 +23,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mailgate/mailgate/proxy/peertest"
+	"github.com/mailgate/mailgate/internal/peertest"
 )
 
 // serveBundleDir serves the files of dir over HTTP with a content ETag and

@@ -32,7 +32,7 @@ import (
 
 	gosmtp "github.com/emersion/go-smtp"
 
-	"github.com/mailgate/mailgate/proxy/peertest"
+	"github.com/mailgate/mailgate/internal/peertest"
 )
 
 // matrixUpstream records what arrives, with the MAIL parameters each

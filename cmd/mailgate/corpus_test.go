@@ -18,7 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mailgate/mailgate/proxy/peertest"
+	"github.com/mailgate/mailgate/internal/peertest"
 )
 
 // corpusScript sends every message of the JSON manifest in argv[1] on its
@@ -60,7 +60,8 @@ type corpusItem struct {
 }
 
 // refusedShapes are the messages mailgate refuses, with the reply code;
-// README "Messages mailgate refuses" explains each.
+// docs/security.md ("Unusual messages: relayed, or refused and why")
+// explains each.
 var refusedShapes = []struct {
 	name string
 	data string

@@ -6,7 +6,7 @@
 #     and every From: address must be the login;
 #   - DKIM signing for the user's domain with an RSA-2048 and an Ed25519
 #     key made at start (their DNS TXT records are printed);
-#   - a sending quota: 100 messages an hour per login (README "Quotas");
+#   - a sending quota: 100 messages an hour per login (docs/quotas.md);
 #   - an outbox that writes every accepted message into ./mailgate-outbox
 #     (a Maildir) instead of relaying it, printing each file's path.
 # Users file, keys and policy live in a private temporary directory that

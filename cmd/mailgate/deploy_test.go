@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mailgate/mailgate/proxy/peertest"
+	"github.com/mailgate/mailgate/internal/peertest"
 )
 
 // TestSystemdUnitCommands: every mailgate command line in the example
@@ -65,7 +65,7 @@ func TestHAProxyExample(t *testing.T) {
 			t.Errorf("the example lacks %q", want)
 		}
 	}
-	out, err := exec.Command("haproxy", "-c", "-f", "../../examples/haproxy/haproxy.cfg").CombinedOutput()
+	out, err := exec.Command(peertest.Path(t, "haproxy"), "-c", "-f", "../../examples/haproxy/haproxy.cfg").CombinedOutput()
 	if err != nil {
 		t.Fatalf("haproxy -c rejects the example:\n%s", out)
 	}
@@ -98,20 +98,8 @@ backend mg
 `, sock, front, mp, mport)
 	path := filepath.Join(dir, "haproxy.cfg")
 	writeFile(t, path, cfg)
-	cmd := exec.Command("haproxy", "-db", "-f", path)
-	var logs peertest.Buffer
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-		if t.Failed() {
-			t.Logf("haproxy:\n%s", logs.String())
-		}
-	})
-	waitPort(t, front)
+	peertest.Start(t, exec.Command(peertest.Path(t, "haproxy"), "-db", "-f", path), 5*time.Second)
+	peertest.WaitListening(t, front, 10*time.Second)
 	waitServerState(t, sock, "UP")
 	o, code := peertest.Swaks(t, "--server", front, "--from", e2eUser, "--to", "bob@example.net", "--timeout", "20")
 	if code != 0 {

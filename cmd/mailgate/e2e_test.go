@@ -24,9 +24,9 @@ import (
 	"time"
 
 	"github.com/mailgate/mailgate/dkim"
+	"github.com/mailgate/mailgate/internal/peertest"
 	"github.com/mailgate/mailgate/proxy"
 	"github.com/mailgate/mailgate/proxy/auth"
-	"github.com/mailgate/mailgate/proxy/peertest"
 )
 
 const (
@@ -124,7 +124,7 @@ log {
 	if err != nil {
 		t.Fatalf("%v\n%s", err, diag.String())
 	}
-	logger := slog.New(slog.NewJSONHandler(io.MultiWriter(m.logs, tLog{t}), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	logger := slog.New(slog.NewJSONHandler(io.MultiWriter(m.logs, peertest.LogWriter(t)), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	// Port 0 everywhere: serve reports the bound addresses, so no test
@@ -150,27 +150,6 @@ log {
 	}
 	m.sub, m.smtps, m.relay = m.extra["submission"], m.extra["submissions"], m.extra["relay"]
 	return m
-}
-
-type tLog struct{ t *testing.T }
-
-func (w tLog) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimSpace(string(p)))
-	return len(p), nil
-}
-
-func waitPort(t *testing.T, addr string) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
-		if err == nil {
-			c.Close()
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("mailgate is not listening on %s", addr)
 }
 
 func upstreamBlock(addr string) string {

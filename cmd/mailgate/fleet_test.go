@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mailgate/mailgate/proxy/peertest"
+	"github.com/mailgate/mailgate/internal/peertest"
 )
 
 const (
@@ -34,7 +34,6 @@ type fleet struct {
 	dir, front string
 	smtp       []string // each instance's own SMTP address (mg1, mg2, mg3)
 	env        []string // run.sh's environment, for publish.sh
-	cmd        *exec.Cmd
 	out        *peertest.Buffer
 }
 
@@ -61,24 +60,7 @@ func startFleet(t *testing.T, sink string) *fleet {
 		"FLEET_UPSTREAM="+sink, "FLEET_SMTP_PORTS="+smtpPorts, "FLEET_METRICS_PORTS="+ports(3),
 		"FLEET_BUNDLE_PORT="+ports(1), "FLEET_BUNDLE_POLLING="+fleetPolling.String(),
 		"FLEET_PASSWORD="+fleetPassword)
-	f.cmd = exec.Command("../../examples/fleet/run.sh")
-	f.cmd.Env = f.env
-	f.cmd.Stdout, f.cmd.Stderr = f.out, f.out
-	// Its own process group, so a failed test can stop what it started.
-	f.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := f.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		f.cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { f.cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			syscall.Kill(-f.cmd.Process.Pid, syscall.SIGKILL)
-			<-done
-		}
+	t.Cleanup(func() { // runs after run.sh has stopped
 		if t.Failed() {
 			t.Logf("run.sh:\n%s", f.out.String())
 			for _, l := range []string{"mg1.log", "mg2.log", "mg3.log", "haproxy.log", "bundle-server.log"} {
@@ -87,6 +69,10 @@ func startFleet(t *testing.T, sink string) *fleet {
 			}
 		}
 	})
+	cmd := exec.Command("../../examples/fleet/run.sh")
+	cmd.Env = f.env
+	cmd.Stdout, cmd.Stderr = f.out, f.out
+	peertest.Start(t, cmd, 30*time.Second) // its own process group: stopped whole
 	// UP means /readyz said 200: the instance has its first bundle.
 	sock := filepath.Join(f.dir, "haproxy.sock")
 	for _, s := range []string{"mg1", "mg2", "mg3"} {

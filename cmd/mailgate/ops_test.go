@@ -14,7 +14,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/mailgate/mailgate/proxy/peertest"
+	"github.com/mailgate/mailgate/internal/peertest"
 )
 
 const (

@@ -8,10 +8,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mailgate/mailgate/proxy/peertest"
+	"github.com/mailgate/mailgate/internal/peertest"
 )
 
-// TestPostfixUpstreamDoesNotStopBareLFSmuggling backs the README's "Debian's
+// TestPostfixUpstreamDoesNotStopBareLFSmuggling backs docs/security.md's "Debian's
 // Postfix 3.7 … so mailgate does not rely on the upstream": Debian 12's
 // Postfix has smtpd_forbid_bare_newline off by default, and even switched
 // on it exempts $mynetworks — where a proxy like mailgate connects from. A
@@ -20,17 +20,13 @@ import (
 // (TestE2EClients/bare_lf_smuggling_refused: through mailgate, none.)
 func TestPostfixUpstreamDoesNotStopBareLFSmuggling(t *testing.T) {
 	peertest.Require(t, "postfix", "smtp-sink")
-	postconf, err := exec.LookPath("postconf")
-	if err != nil {
-		postconf = "/usr/sbin/postconf" // not in a non-root PATH
-	}
-	out, err := exec.Command(postconf, "-d", "smtpd_forbid_bare_newline", "smtpd_forbid_bare_newline_exclusions").CombinedOutput()
+	out, err := exec.Command(peertest.Path(t, "postconf"), "-d", "smtpd_forbid_bare_newline", "smtpd_forbid_bare_newline_exclusions").CombinedOutput()
 	if err != nil {
 		t.Fatalf("postconf -d: %v\n%s", err, out)
 	}
 	if !strings.Contains(string(out), "smtpd_forbid_bare_newline = no") ||
 		!strings.Contains(string(out), "smtpd_forbid_bare_newline_exclusions = $mynetworks") {
-		t.Logf("this Postfix's defaults differ from Debian 12's; the README may need updating:\n%s", out)
+		t.Logf("this Postfix's defaults differ from Debian 12's; docs/security.md may need updating:\n%s", out)
 	}
 	sink := peertest.StartSink(t, peertest.SinkOptions{})
 	pf := peertest.StartPostfix(t, peertest.PostfixOptions{Relay: sink.Addr(),
@@ -59,6 +55,6 @@ while True:
 		t.Fatalf("python: exit %d\n%s", code, out)
 	}
 	if n := sink.WaitCount(t, 2, 30*time.Second); n != 2 {
-		t.Fatalf("Postfix relayed %d messages; the README says it lets the smuggled second one through", n)
+		t.Fatalf("Postfix relayed %d messages; docs/security.md says it lets the smuggled second one through", n)
 	}
 }

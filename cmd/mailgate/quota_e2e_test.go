@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mailgate/mailgate/proxy/peertest"
+	"github.com/mailgate/mailgate/internal/peertest"
 )
 
 // smtplibPrelude opens an smtplib session s: STARTTLS and AUTH on the

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mailgate/mailgate/proxy/peertest"
+	"github.com/mailgate/mailgate/internal/peertest"
 )
 
 // readyz is one answer of /readyz.

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mailgate/mailgate/proxy/peertest"
+	"github.com/mailgate/mailgate/internal/peertest"
 )
 
 // TestMain lets a test run this package's main in a child process (the

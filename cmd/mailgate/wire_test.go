@@ -11,8 +11,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/mailgate/mailgate/internal/peertest"
 	"github.com/mailgate/mailgate/policy/quota"
-	"github.com/mailgate/mailgate/proxy/peertest"
 )
 
 // TestWireClosesQuotaStore: the Redis quota store batches commits, and

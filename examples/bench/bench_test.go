@@ -13,11 +13,13 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mailgate/mailgate/internal/peertest"
 )
 
 // TestScriptSyntax runs bash -n on run.sh.
 func TestScriptSyntax(t *testing.T) {
-	bash := requireBash(t)
+	bash := peertest.Path(t, "bash")
 	out, err := exec.Command(bash, "-n", "run.sh").CombinedOutput()
 	if err != nil {
 		t.Fatalf("bash -n run.sh: %v\n%s", err, out)
@@ -27,7 +29,7 @@ func TestScriptSyntax(t *testing.T) {
 // TestScriptRejectsBadFlags checks the flag parser refuses what it does
 // not know before it builds or starts anything.
 func TestScriptRejectsBadFlags(t *testing.T) {
-	bash := requireBash(t)
+	bash := peertest.Path(t, "bash")
 	cases := []struct {
 		name string
 		args []string
@@ -60,7 +62,7 @@ func TestSmoke(t *testing.T) {
 	if os.Getenv("MAILGATE_BENCH_SMOKE") != "1" {
 		t.Skip("SKIP: run.sh is a benchmark, not a CI test; set MAILGATE_BENCH_SMOKE=1 to run a 200-message smoke run")
 	}
-	bash := requireBash(t)
+	bash := peertest.Path(t, "bash")
 	out := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -111,16 +113,4 @@ func TestSmoke(t *testing.T) {
 			t.Errorf("run %v: no CPU figure for mailgate", r[:3])
 		}
 	}
-}
-
-func requireBash(t *testing.T) string {
-	t.Helper()
-	bash, err := exec.LookPath("bash")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("bash not installed: %v", err)
-		}
-		t.Skipf("SKIP: bash not installed: %v", err)
-	}
-	return bash
 }

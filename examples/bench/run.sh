@@ -17,13 +17,19 @@ usage: examples/bench/run.sh [flags]
   -mode M          conn | session | both (default both)
                      conn:    one message per connection
                      session: many messages per connection (smtp-source -d)
-  -scenarios LIST  comma list of ceiling,plain,rsa,ed25519,policy,quota,classic (default: all)
+  -scenarios LIST  comma list of ceiling,plain,rsa,ed25519,policy,quota,
+                   rsa-openssl,policy-openssl,classic (default: all)
                      quota: the plain relay with three quotas counted in a
                      redis-server the script starts
+                     rsa-openssl, policy-openssl: rsa and policy with a build
+                     made with -tags openssl (libcrypto's RSA signer); the run
+                     also measures `openssl speed rsa2048` (the crypto floor)
   -pool N          mailgate upstream pool_size (default: unset, each build's own default)
   -baseline PATH   also run every mailgate scenario with another build, interleaved
                    (PATH: a mailgate binary, or a source tree to build); rows "@base"
-  -out DIR         output directory (default ./mailgate-bench-YYYYmmdd-HHMMSS)
+  -out DIR         write table.md and raw.csv to DIR (default: the repository's
+                   docs/performance/, as results-YYYY-mm-dd-HHMMSS.csv and .md,
+                   next to RESULTS.md)
   -quick           2000 messages, 1 rep (explicit -n/-reps still win)
   -keep            keep the temporary directory (configs, logs, dumps)
   -h               this help
@@ -31,7 +37,7 @@ EOF
 }
 
 # ---------------------------------------------------------------- flags
-N="" SIZE=4096 SESSIONS=20 REPS="" MODE=both SCENARIOS="ceiling,plain,rsa,ed25519,policy,quota,classic"
+N="" SIZE=4096 SESSIONS=20 REPS="" MODE=both SCENARIOS="ceiling,plain,rsa,ed25519,policy,quota,rsa-openssl,policy-openssl,classic"
 POOL="" OUT="" QUICK=0 KEEP=0 BASE=""
 while [ $# -gt 0 ]; do
 	case "$1" in
@@ -74,7 +80,7 @@ both) MODES=(conn session) ;;
 esac
 IFS=, read -r -a SCEN <<<"$SCENARIOS"
 for s in "${SCEN[@]}"; do
-	case "$s" in ceiling | plain | rsa | ed25519 | policy | quota | classic) ;;
+	case "$s" in ceiling | plain | rsa | ed25519 | policy | quota | rsa-openssl | policy-openssl | classic) ;;
 	*) echo "run.sh: unknown scenario $s" >&2; exit 2 ;;
 	esac
 done
@@ -87,10 +93,11 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 PY=/usr/bin/python3 # Debian's python: python3-dkim is installed for it
 
 # ---------------------------------------------------------------- tools
-need_classic=0 need_redis=0
+need_classic=0 need_redis=0 need_openssl=0
 for s in "${SCEN[@]}"; do
 	[ "$s" = classic ] && need_classic=1
 	[ "$s" = quota ] && need_redis=1
+	[[ "$s" == *-openssl ]] && need_openssl=1
 done
 install_missing() {
 	local pkgs=()
@@ -99,6 +106,11 @@ install_missing() {
 	command -v opendkim-testkey >/dev/null || pkgs+=(opendkim-tools)
 	"$PY" -c 'import dkim, nacl' 2>/dev/null || pkgs+=(python3-dkim python3-nacl)
 	[ "$need_redis" = 0 ] || command -v redis-server >/dev/null || pkgs+=(redis-server)
+	if [ "$need_openssl" = 1 ]; then
+		command -v openssl >/dev/null || pkgs+=(openssl)
+		command -v gcc >/dev/null || pkgs+=(gcc)
+		[ -f /usr/include/openssl/evp.h ] || pkgs+=(libssl-dev)
+	fi
 	[ ${#pkgs[@]} -eq 0 ] && return 0
 	[ "$(id -u)" = 0 ] || die "missing ${pkgs[*]}: run as root, or: sudo apt-get install ${pkgs[*]}"
 	log "installing ${pkgs[*]} with apt-get"
@@ -174,11 +186,26 @@ hwm_kb() { awk '/^VmHWM:/{print $2; f=1} END{if(!f)print 0}' "/proc/$1/status" 2
 CLK_TCK="$(getconf CLK_TCK)"
 
 # ---------------------------------------------------------------- build, keys
-OUT="${OUT:-$PWD/mailgate-bench-$(date +%Y%m%d-%H%M%S)}"
+# Without -out, the results go next to the measured results they are compared
+# with (docs/performance/RESULTS.md), named by date like the ones there.
+if [ -n "$OUT" ]; then
+	CSV="$OUT/raw.csv" TABLE="$OUT/table.md"
+else
+	OUT="$REPO/docs/performance"
+	stamp="results-$(date +%Y-%m-%d-%H%M%S)"
+	CSV="$OUT/$stamp.csv" TABLE="$OUT/$stamp.md"
+fi
 mkdir -p "$OUT"
 log "building mailgate"
 (cd "$REPO" && GOTOOLCHAIN=local go build -o "$TMP/mailgate" ./cmd/mailgate) || die "go build failed"
 MG="$TMP/mailgate"
+MG_OPENSSL="" FLOOR_US=""
+if [ "$need_openssl" = 1 ]; then
+	(cd "$REPO" && GOTOOLCHAIN=local CGO_ENABLED=1 go build -tags openssl -o "$TMP/mailgate-openssl" ./cmd/mailgate) ||
+		die "go build -tags openssl failed (needs gcc and libssl-dev)"
+	MG_OPENSSL="$TMP/mailgate-openssl"
+	"$MG_OPENSSL" version | grep -q openssl || die "the -tags openssl build does not report the openssl backend"
+fi
 MG_BASE=""
 if [ -n "$BASE" ]; then
 	if [ -d "$BASE" ]; then
@@ -231,13 +258,17 @@ sink_clear() { find "$DUMP" -mindepth 1 -delete; }
 # ---------------------------------------------------------------- mailgate
 # mg_start SCENARIO RUNDIR: writes a config, starts mailgate, sets MG_PID MG_PORT.
 mg_start() {
-	local scen=$1 dir=$2 extra="" bin="$MG"
+	local scen=$1 dir=$2 extra="" bin="$MG" backend=""
 	if [[ "$scen" == *@base ]]; then
 		scen="${scen%@base}" bin="$MG_BASE"
 	fi
+	if [[ "$scen" == *-openssl ]]; then
+		# The same configuration as rsa/policy, with rsa_backend = "openssl".
+		scen="${scen%-openssl}" bin="$MG_OPENSSL" backend=$'  rsa_backend = "openssl"\n'
+	fi
 	MG_PORT="$(free_port)"
 	case "$scen" in
-	rsa | policy) extra+=$'dkim {\n  key "example.com" "bench-rsa" { file = "'"$TMP/keys/rsa.pem"$'" }\n}\n' ;;
+	rsa | policy) extra+=$'dkim {\n'"$backend"$'  key "example.com" "bench-rsa" { file = "'"$TMP/keys/rsa.pem"$'" }\n}\n' ;;
 	ed25519) extra+=$'dkim {\n  key "example.com" "bench-ed" { file = "'"$TMP/keys/ed.pem"$'" }\n}\n' ;;
 	esac
 	if [ "$scen" = quota ]; then
@@ -307,7 +338,7 @@ $(cat "$dir/mailgate.log")"
 
 # ---------------------------------------------------------------- classic stack
 # Postfix relaying to the sink, signing through a private OpenDKIM milter.
-# Recipe from proxy/peertest/postfix.go.
+# Recipe from internal/peertest/postfix.go.
 PF_MASTER_CF='%s inet n - n - - smtpd
 pickup    unix  n       -       n       60      1       pickup
 cleanup   unix  n       -       n       -       0       cleanup
@@ -445,6 +476,7 @@ def dnsfunc(name, timeout=5):
     v = records.get(name.decode("ascii", "replace").rstrip(".").lower())
     return None if v is None else v.encode()
 want = {"ceiling": None, "plain": None, "quota": None, "rsa": b"rsa-sha256", "policy": b"rsa-sha256",
+        "rsa-openssl": b"rsa-sha256", "policy-openssl": b"rsa-sha256",
         "classic": b"rsa-sha256", "ed25519": b"ed25519-sha256"}[scen]
 files = sorted(os.listdir(dump))
 random.seed(len(files))
@@ -465,14 +497,13 @@ for f in random.sample(files, min(5, len(files))):
         print("%s: signature is not %s" % (f, want.decode())); sys.exit(1)
     if not dkim.DKIM(msg).verify(dnsfunc=dnsfunc):
         print("%s: DKIM signature does not verify" % f); sys.exit(1)
-    if scen == "policy" and not any(k.lower() == b"x-mailgate-policy" for (k, v) in hdrs):
+    if scen.startswith("policy") and not any(k.lower() == b"x-mailgate-policy" for (k, v) in hdrs):
         print("%s: no X-Mailgate-Policy header (HCL rule tag-and-sign did not run)" % f); sys.exit(1)
 print("ok")
 '
 verify_sample() { "$PY" -c "$VERIFY_PY" "$1" "$DUMP" "$DNS_JSON" 2>&1 | tail -3; }
 
 # ---------------------------------------------------------------- one run
-CSV="$OUT/raw.csv"
 echo "rep,mode,scenario,messages,size,sessions,accept_seconds,deliver_seconds,accept_msgs_per_s,deliver_msgs_per_s,cpu_seconds,cpu_s_per_1k,peak_rss_kb,peak_pss_kb,machine_busy_pct,other_load_pct,sink_count,verified" >"$CSV"
 FAILED=0
 
@@ -595,6 +626,20 @@ run_one() {
 	[ "$KEEP" = 1 ] || rm -rf "$dir"
 }
 
+# ---------------------------------------------------------------- the crypto floor
+# One RSA-2048 signature with OpenSSL (one core, `openssl speed`): the least
+# CPU a signed message can cost. Measured before and after the runs; the
+# table uses the mean and prints both.
+floor_us() {
+	openssl speed -seconds 3 rsa2048 2>/dev/null | awk '$1 == "rsa" && $2 == "2048" { sub(/s$/, "", $4); printf "%.1f", $4 * 1e6 }'
+}
+FLOOR0="" FLOOR1=""
+if [ "$need_openssl" = 1 ]; then
+	FLOOR0="$(floor_us)"
+	[ -n "$FLOOR0" ] || die "openssl speed rsa2048 printed no sign time"
+	log "crypto floor before the runs: openssl speed rsa2048 sign $FLOOR0 µs"
+fi
+
 # ---------------------------------------------------------------- main loop
 MACHINE="$(nproc) CPUs, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), Linux $(uname -r), $(awk '/MemTotal/{printf "%.0f GiB RAM", $2/1048576}' /proc/meminfo)"
 log "machine: $MACHINE"
@@ -616,11 +661,17 @@ for rep in $(seq "$REPS"); do
 	done
 done
 ELAPSED=$(($(date +%s) - START))
+if [ "$need_openssl" = 1 ]; then
+	FLOOR1="$(floor_us)"
+	log "crypto floor after the runs: openssl speed rsa2048 sign $FLOOR1 µs"
+fi
 
 # ---------------------------------------------------------------- table
-"$PY" - "$CSV" "$MACHINE" "$ELAPSED" >"$OUT/table.md" <<'EOF'
+"$PY" - "$CSV" "$MACHINE" "$ELAPSED" "$FLOOR0" "$FLOOR1" >"$TABLE" <<'EOF'
 import csv, statistics, sys
 path, machine, elapsed = sys.argv[1], sys.argv[2], int(sys.argv[3])
+floors = [float(x) for x in sys.argv[4:6] if x]
+floor = statistics.mean(floors) if floors else None
 rows = list(csv.DictReader(open(path)))
 names = {"ceiling": "ceiling: smtp-source → smtp-sink",
          "plain": "mailgate plain relay",
@@ -628,6 +679,8 @@ names = {"ceiling": "ceiling: smtp-source → smtp-sink",
          "ed25519": "mailgate + DKIM Ed25519",
          "policy": "**mailgate + DKIM RSA-2048 + Rego/HCL policy**",
          "quota": "mailgate plain relay + 3 quotas in Redis",
+         "rsa-openssl": "mailgate + DKIM RSA-2048, OpenSSL signer",
+         "policy-openssl": "**mailgate + DKIM RSA-2048 + Rego/HCL policy, OpenSSL signer**",
          "classic": "Postfix + OpenDKIM (RSA-2048)"}
 for s in ["plain", "rsa", "ed25519", "policy", "quota"]:
     names[s + "@base"] = names[s].strip("*") + " — baseline build"
@@ -691,6 +744,18 @@ for mode in ["conn", "session"]:
             a, z = stats[b[:-5]], stats[b]
             print("| %s | %s | %s |" % (names[b[:-5]].strip("*"), f(a["del"] / z["del"] if z["del"] else None, "%.2f"),
                                          f(a["cpu"] / z["cpu"] if a["cpu"] and z["cpu"] else None, "%.2f")))
+    signed = [s for s in ["rsa", "policy", "rsa-openssl", "policy-openssl"] if s in stats and stats[s]["cpu"] is not None]
+    if floor is not None and signed:
+        print("\nabove the crypto floor: one OpenSSL RSA-2048 signature = %.0f µs (`openssl speed -seconds 3 rsa2048`,"
+              " %s µs before and after the runs)\n" % (floor, " / ".join("%.0f" % x for x in floors)))
+        print("| scenario | CPU µs per msg | minus the floor |")
+        print("|---|---:|---:|")
+        for s in signed:
+            us = stats[s]["cpu"] * 1000  # CPU s per 1k messages -> µs per message
+            print("| %s | %.0f | %+.0f |" % (names[s].strip("*"), us, us - floor))
+        if "policy" in stats and "policy-openssl" in stats and stats["policy"]["del"]:
+            print("\nRSA + policies, msgs/s OpenSSL build / pure-Go build: %.2f"
+                  % (stats["policy-openssl"]["del"] / stats["policy"]["del"]))
 print("\nmsgs/s: messages / (time from smtp-source start until the sink holds all of them); for the classic")
 print("stack the acceptance rate (smtp-source done) is given too. msgs/s and CPU: median over reps; memory:")
 print("max over reps. CPU and memory are the system under test only (mailgate; or Postfix master +")
@@ -700,6 +765,6 @@ print("machine busy: all CPUs, everything (load generator and sink included), du
 print("user+system time not from the system under test, smtp-sink or this script's children (smtp-source…):")
 print("foreign load. Short runs make it noisy (10 ms ticks).")
 EOF
-cat "$OUT/table.md"
-log "raw numbers: $CSV; table: $OUT/table.md; $ELAPSED s"
+cat "$TABLE"
+log "raw numbers: $CSV; table: $TABLE; $ELAPSED s"
 [ "$FAILED" = 0 ] || die "some runs failed verification (see above)"

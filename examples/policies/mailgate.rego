@@ -1,6 +1,6 @@
 # Example organization policy for mailgate (Rego v1).
 #
-# Input: the mailgate input document (see README, "Policy input").
+# Input: the mailgate input document (see docs/policy.md, "The input document").
 # Data:  data.org, from data.json in this directory.
 #
 # deny    -> 5xx (default 550 5.7.1), defer -> 4xx (default 451 4.7.1),
@@ -131,7 +131,7 @@ warn contains {
 	not input.message.headers["list-unsubscribe"]
 }
 
-# Quotas (mailgate.hcl quota blocks, README "Quotas"): warn when a key has
+# Quotas (mailgate.hcl quota blocks, docs/quotas.md): warn when a key has
 # used 80 % of a message window, so someone looks before the quota refuses.
 warn contains {
 	"id": "quota-near-limit",

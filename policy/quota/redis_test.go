@@ -13,7 +13,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/mailgate/mailgate/proxy/peertest"
+	"github.com/mailgate/mailgate/internal/peertest"
 )
 
 // redisServer starts a real redis-server for the test and returns a

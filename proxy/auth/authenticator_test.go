@@ -18,7 +18,7 @@ import (
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
-	"github.com/mailgate/mailgate/proxy/peertest"
+	"github.com/mailgate/mailgate/internal/peertest"
 )
 
 // The users of the SMTP-level tests.
@@ -403,7 +403,7 @@ func TestPasswordNeverLogged(t *testing.T) {
 
 // TestSwaks authenticates with swaks, a client no one here wrote.
 func TestSwaks(t *testing.T) {
-	swaks := needTool(t, "swaks")
+	swaks := peertest.Path(t, "swaks")
 	env := startEnv(t, Config{})
 	host, port, _ := net.SplitHostPort(env.addr)
 	cases := []struct {

@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/mailgate/mailgate/internal/peertest"
 )
 
 // The SHA-512 test vectors from the specification, "Unix crypt using
@@ -98,7 +100,7 @@ func TestSHA512CryptMkpasswd(t *testing.T) {
 // TestSHA512CryptOpenSSL cross-checks fresh random inputs against
 // `openssl passwd -6`, an implementation no one here wrote.
 func TestSHA512CryptOpenSSL(t *testing.T) {
-	openssl := needTool(t, "openssl")
+	openssl := peertest.Path(t, "openssl")
 	cases := []struct {
 		name     string
 		password string

@@ -2,8 +2,8 @@
 // metrics listener: /healthz answers 200 while the process serves HTTP at
 // all; /readyz answers 200 only when every readiness check passes and the
 // server is not shutting down, else 503 with one plain-text line per
-// check that is not ready. A load balancer health-checks /readyz (see the
-// README, "Health and readiness"), so an instance leaves the pool before
+// check that is not ready. A load balancer health-checks /readyz (see
+// docs/operations.md, "Readiness"), so an instance leaves the pool before
 // its listeners close.
 //
 // Checks never do I/O in the request: a check that needs the network (an

@@ -50,16 +50,18 @@ var tools = map[string]tool{
 	"smtp-sink":        {bin: "smtp-sink", pkg: "postfix"},
 	"smtp-source":      {bin: "smtp-source", pkg: "postfix"},
 	"postfix":          {bin: "postfix", pkg: "postfix"},
+	"postconf":         {bin: "postconf", pkg: "postfix"},
 	"swaks":            {bin: "swaks", pkg: "swaks libio-socket-ssl-perl libnet-ssleay-perl libauthen-sasl-perl"},
 	"curl":             {bin: "curl", pkg: "curl"},
 	"python3":          {bin: "python3", pkg: "python3"},
-	"python3-dkim":     {bin: pythonPath, pkg: "python3-dkim", python: "dkim"},
+	"python3-dkim":     {bin: pythonPath, pkg: "python3-dkim python3-nacl", python: "dkim, nacl"},
 	"opendkim":         {bin: "opendkim", pkg: "opendkim"},
 	"opendkim-testkey": {bin: "opendkim-testkey", pkg: "opendkim-tools"},
 	"redis-server":     {bin: "redis-server", pkg: "redis-server"},
 	"openssl":          {bin: "openssl", pkg: "openssl"},
 	"haproxy":          {bin: "haproxy", pkg: "haproxy"},
 	"promtool":         {bin: "promtool", pkg: "prometheus"},
+	"bash":             {bin: "bash", pkg: "bash"},
 	// Submission clients of the client matrix.
 	"msmtp":      {bin: "msmtp", pkg: "msmtp"},
 	"mutt":       {bin: "mutt", pkg: "mutt"},
@@ -151,13 +153,15 @@ func probeTool(name string, tl tool) (string, error) {
 
 // Require skips the test, loudly, unless every named tool is installed; with
 // CI=true it fails the test instead. Valid names are listed by [Tools]:
-// smtp-sink, smtp-source, postfix, swaks, curl, python3 (the first in
-// PATH, as a script runs it), python3-dkim (meaning
-// /usr/bin/python3 can import dkim), opendkim, opendkim-testkey,
-// redis-server, openssl, haproxy, and the submission clients msmtp, mutt,
-// nodemailer (node can require Debian's nodemailer from [NodePath]),
-// phpmailer (php and Debian's PHPMailer, [PHPMailerAutoload]) and
-// jakarta-mail (java and Debian's Jakarta Mail jars, [JakartaMailClasspath]). An unknown name is a bug in the test and fails it.
+// smtp-sink, smtp-source, postfix, postconf, swaks, curl, python3 (the
+// first in PATH, as a script runs it), python3-dkim (meaning
+// /usr/bin/python3 can import dkim and nacl, which dkimpy needs for
+// Ed25519), opendkim, opendkim-testkey, redis-server, openssl, haproxy,
+// promtool, bash, and the submission clients msmtp, mutt, nodemailer (node
+// can require Debian's nodemailer from [NodePath]), phpmailer (php and
+// Debian's PHPMailer, [PHPMailerAutoload]) and jakarta-mail (java and
+// Debian's Jakarta Mail jars, [JakartaMailClasspath]). An unknown name is a
+// bug in the test and fails it.
 func Require(t testing.TB, names ...string) {
 	t.Helper()
 	require(t, tools, names...)
@@ -255,15 +259,23 @@ func belowEphemeral() (lo, hi int) {
 	return 10000, start
 }
 
+// Path returns the absolute path of the named tool (a name accepted by
+// Require) after requiring it, for a test that runs the tool itself (with
+// exec.Command, to stream its output or keep it running).
+func Path(t testing.TB, name string) string {
+	t.Helper()
+	Require(t, name)
+	p, _ := probe(name)
+	return p
+}
+
 // RunTool runs the named tool (a name accepted by Require) with args and
 // stdin, bounded by timeout, and returns its combined stdout and stderr and
 // its exit code. A command that cannot start or that times out is reported
 // with t.Errorf and returns exit code -1.
 func RunTool(t testing.TB, timeout time.Duration, stdin []byte, name string, args ...string) (output string, exitCode int) {
 	t.Helper()
-	Require(t, name)
-	p, _ := probe(name)
-	return run(t, timeout, stdin, nil, p, args...)
+	return run(t, timeout, stdin, nil, Path(t, name), args...)
 }
 
 // run executes path; env entries are added to the inherited environment.

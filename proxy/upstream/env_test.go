@@ -26,7 +26,14 @@ import (
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
+
+	"github.com/mailgate/mailgate/internal/peertest"
 )
+
+// The test environment of package upstream: fakeUpstream, a real go-smtp
+// server in process that records commands and transactions and injects
+// faults, the Router built on it (newTestRouter, with checkLeaks), and
+// message and TLS helpers. The real smtp-sink comes from internal/peertest.
 
 // fault is what the fake upstream does instead of accepting a command.
 type fault struct {
@@ -333,14 +340,7 @@ func (l testLogger) Printf(format string, v ...any) { l.t.Logf("fake upstream: "
 func (l testLogger) Println(v ...any)               { l.t.Log(append([]any{"fake upstream:"}, v...)...) }
 
 func slogFor(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type tWriter struct{ t testing.TB }
-
-func (w tWriter) Write(b []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(b), "\n"))
-	return len(b), nil
+	return slog.New(slog.NewTextHandler(peertest.LogWriter(t), &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
 // cfgFor is a plaintext config for f with short timeouts.

@@ -9,6 +9,10 @@ import (
 	"testing"
 )
 
+// The test environment of package policy: a Policy built from a Config and
+// policy files written to a temporary directory, input documents for each
+// stage, and evaluate.
+
 // writeFiles creates files (name → content) under dir.
 func writeFiles(t *testing.T, dir string, files map[string]string) {
 	t.Helper()

@@ -16,6 +16,11 @@ import (
 	msgauth "github.com/emersion/go-msgauth/dkim"
 )
 
+// The test environment of package dkim: committed keys and messages under
+// testdata, a Signer built from a Config, the TXT records for its keys,
+// verification with go-msgauth and DKIM-Signature tag helpers. The
+// independent verifiers (dkimpy, OpenDKIM) come from internal/peertest.
+
 // keyPath returns the path of a committed test key.
 func keyPath(name string) string {
 	return filepath.Join("testdata", "keys", name)

@@ -19,11 +19,17 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/mailgate/mailgate/internal/peertest"
 	"github.com/mailgate/mailgate/proxy"
 	"github.com/mailgate/mailgate/proxy/auth"
-	"github.com/mailgate/mailgate/proxy/peertest"
 	"github.com/mailgate/mailgate/proxy/upstream"
 )
+
+// The test environment of package proxy: env, a running proxy.Server with
+// three listeners in front of recUpstream (a real go-smtp server in
+// process that records every transaction and injects faults), and
+// rawClient, a line-level SMTP client for asserting exact replies. Real
+// external peers (smtp-sink, Postfix, swaks) come from internal/peertest.
 
 // recUpstream is the upstream of the unit tests: a real go-smtp server,
 // in process, recording every transaction and able to inject faults.
@@ -211,7 +217,7 @@ func newEnvUp(t *testing.T, up *recUpstream, opts ...envOption) *env {
 		t.Fatal(err)
 	}
 	logs := &peertest.Buffer{}
-	logger := slog.New(slog.NewJSONHandler(io.MultiWriter(logs, testWriter{t}), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	logger := slog.New(slog.NewJSONHandler(io.MultiWriter(logs, peertest.LogWriter(t)), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	authn, err := auth.New(auth.Config{UsersFile: users}.WithDefaults(), auth.WithLogger(logger))
 	if err != nil {
 		t.Fatal(err)
@@ -262,13 +268,6 @@ func withUpstream(t *testing.T, addr string) envOption {
 	return func(_ *proxy.Config, d *proxy.Deps) { d.Relay = proxy.UpstreamRelay(newTestRouter(t, addr, d.Logger)) }
 }
 
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
 // rawClient speaks SMTP byte by byte, so tests can send what no library
 // client would.
 type rawClient struct {
@@ -313,7 +312,18 @@ func (c *rawClient) send(s string) {
 // connection ended.
 func (c *rawClient) reply() (int, string) {
 	c.t.Helper()
-	_ = c.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	return c.replyWithin(10 * time.Second)
+}
+
+// replyWithin is reply with its own read deadline. When no reply came in
+// time, the code is 0 and the text contains "timeout" (net's "i/o
+// timeout"); a deadline already passed reads nothing.
+func (c *rawClient) replyWithin(d time.Duration) (int, string) {
+	c.t.Helper()
+	if d <= 0 {
+		return 0, "timeout"
+	}
+	_ = c.c.SetReadDeadline(time.Now().Add(d))
 	var lines []string
 	for {
 		line, err := c.r.ReadString('\n')

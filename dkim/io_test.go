@@ -1,5 +1,0 @@
-package dkim
-
-import "io"
-
-func ioMulti(r ...io.Reader) io.Reader { return io.MultiReader(r...) }
