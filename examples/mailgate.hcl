@@ -230,8 +230,26 @@ policy {
     mode     = "enforce"
     on_error = "defer"
   }
-  decision_log   = ""   # JSON lines, one record per decision (default: none)
+  decision_log   = ""   # JSON lines, one record per decision (default: none). Written by a
+  #                     # background writer, flushed at least every second and on shutdown;
+  #                     # reopened on SIGHUP (logrotate: rename, then SIGHUP). Replay it
+  #                     # against a candidate policy with "mailgate policy replay"; see docs/replay.md.
+  log_headers    = true # false: records of stage data keep header names, not values (default true)
   watch_interval = "5s" # how often policy files are checked for changes (default "5s")
+  # A shadow chain: evaluated beside the enforcing one on the same input, never
+  # enforced; disagreements are counted (mailgate_policy_shadow_disagreements_total)
+  # and each decision log record carries "shadow": {...}. Same blocks as above;
+  # name an engine like the enforcing engine it is a candidate for. (default: none)
+  # shadow {
+  #   rego {
+  #     name = "org"
+  #     path = "policies-next"
+  #   }
+  #   rules {
+  #     name = "local"
+  #     path = "policies-next/rules.hcl"
+  #   }
+  # }
 }
 
 # ---------------------------------------------------------------------------

@@ -449,6 +449,7 @@ func TestBundle_RevisionInDecisionLog(t *testing.T) {
 		t.Fatal(err)
 	}
 	blockedBy(t, p)
+	_ = p.Close() // the decision log is written by a goroutine: Close flushes it
 	fh, err := os.Open(cfg.DecisionLog)
 	if err != nil {
 		t.Fatal(err)

@@ -43,6 +43,10 @@ const (
 //	  rego  { name = "org"   path = "policies/"          mode = "enforce" on_error = "defer" package = "mailgate" allow_io = false }
 //	  rules { name = "local" path = "policies/rules.hcl" mode = "dry-run" on_error = "defer" }
 //	  decision_log = "/var/log/mailgate/decisions.jsonl"
+//	  log_headers  = true
+//	  shadow {
+//	    rego  { name = "org" path = "candidate/" }
+//	  }
 //	}
 //
 // Engines run in configuration order. gohcl decodes each block type into
@@ -55,6 +59,14 @@ type Config struct {
 	// DecisionLog is an optional JSON-lines file receiving one record per
 	// decision. Relative paths resolve against the base directory.
 	DecisionLog string `hcl:"decision_log,optional"`
+	// LogHeaders says whether decision log records of stage data carry
+	// the header values of the message. Default true; false keeps header
+	// names and counts but blanks every value (privacy), and marks the
+	// record "headers_omitted".
+	LogHeaders *bool `hcl:"log_headers,optional"`
+	// Shadow is an optional candidate chain evaluated beside this one on
+	// the same input and never enforced; see ShadowConfig.
+	Shadow *ShadowConfig `hcl:"shadow,block"`
 	// WatchInterval is how often Watch polls policy files for changes, as a
 	// Go duration ("5s"). Default 5s.
 	WatchInterval string `hcl:"watch_interval,optional"`

@@ -28,6 +28,11 @@ type Policy struct {
 	set      atomic.Pointer[compiledSet]
 	reloadMu sync.Mutex // serializes Reload
 	dlog     *decisionLog
+	// logHeaders is false when decision log records leave header values
+	// out (log_headers = false).
+	logHeaders bool
+	shadow     *shadow // nil without a shadow block
+	metrics    *policyMetrics
 
 	quotas atomic.Pointer[Quotas]
 	store  quota.Store // nil: no quotas
@@ -105,7 +110,8 @@ func (p *Policy) SetQuotas(qs *Quotas) {
 // Errors name the file and line (HCL rules errors are *DiagnosticsError,
 // with source snippets). A Config without engines accepts everything.
 func New(cfg Config, baseDir string, opts ...Option) (*Policy, error) {
-	p := &Policy{cfg: cfg, baseDir: baseDir, log: slog.Default(), now: time.Now}
+	p := &Policy{cfg: cfg, baseDir: baseDir, log: slog.Default(), now: time.Now,
+		logHeaders: cfg.LogHeaders == nil || *cfg.LogHeaders, metrics: newPolicyMetrics()}
 	var err error
 	if p.interval, err = cfg.watchInterval(); err != nil {
 		return nil, err
@@ -133,8 +139,15 @@ func New(cfg Config, baseDir string, opts ...Option) (*Policy, error) {
 		return nil, err
 	}
 	p.set.Store(set)
+	if cfg.Shadow != nil {
+		if p.shadow, err = newShadow(*cfg.Shadow, cfg.WatchInterval, baseDir, p.log, p.metrics); err != nil {
+			return nil, err
+		}
+	}
 	if cfg.DecisionLog != "" {
-		if p.dlog, err = openDecisionLog(resolve(baseDir, cfg.DecisionLog)); err != nil {
+		onErr := func(err error) { p.log.Error("policy decision log write failed", slog.Any("error", err)) }
+		if p.dlog, err = openDecisionLog(resolve(baseDir, cfg.DecisionLog), onErr); err != nil {
+			p.closeShadow()
 			return nil, err
 		}
 	}
@@ -197,15 +210,34 @@ func (p *Policy) compile(ctx context.Context) (*compiledSet, error) {
 	return set, nil
 }
 
-// Close stops the bundle downloads and closes the decision log.
+// Close stops the bundle downloads, and closes the decision log after
+// writing every record queued so far.
 func (p *Policy) Close() error {
 	for _, b := range p.bundles {
 		b.close()
 	}
+	p.closeShadow()
 	if p.dlog == nil {
 		return nil
 	}
 	return p.dlog.close()
+}
+
+func (p *Policy) closeShadow() {
+	if p.shadow != nil {
+		_ = p.shadow.p.Close()
+	}
+}
+
+// ReopenDecisionLog closes the decision log file and opens its path again,
+// after every record queued so far is written to the old file: the SIGHUP
+// step of a logrotate rotation (rename, then signal). Without a decision
+// log it does nothing.
+func (p *Policy) ReopenDecisionLog() error {
+	if p.dlog == nil {
+		return nil
+	}
+	return p.dlog.reopen()
 }
 
 // EngineResult is what one engine concluded, for explain output and the
@@ -429,13 +461,20 @@ func (p *Policy) logDecision(ctx context.Context, in *Input, d *Decision, result
 				slog.String("engine", d.Engine), slog.String("rule", d.Rule), slog.Int("warnings", len(d.Warnings)))
 		}
 	}
+	var sh *ShadowResult
+	if p.shadow != nil {
+		sh = p.shadow.compare(ctx, in, d)
+	}
 	if p.dlog == nil {
 		return
 	}
 	rec := decisionRecord{
-		Time: p.now().UTC(), Session: in.Session.ID, Stage: in.Stage, Engine: d.Engine, Rule: d.Rule,
+		Version: DecisionLogVersion, Time: p.now().UTC(), Session: in.Session.ID, Stage: in.Stage, Engine: d.Engine, Rule: d.Rule,
 		Outcome: d.Outcome, Code: d.Code, EnhancedCode: d.EnhancedCode, DryRun: d.DryRun, Revision: d.Revision,
-		Warnings: d.Warnings, Engines: results, Input: in,
+		Warnings: d.Warnings, Engines: results, Shadow: sh, Input: in,
+	}
+	if !p.logHeaders && in.Message != nil {
+		rec.Input, rec.HeadersOmitted = withoutHeaderValues(in), true
 	}
 	if err != nil {
 		rec.Error = err.Error()
@@ -462,6 +501,9 @@ func (p *Policy) Reload() error {
 	p.set.Store(set)
 	p.log.Info("policy reloaded", slog.Int("engines", len(set.engines)))
 	var errs []error
+	if p.shadow != nil {
+		errs = append(errs, p.shadow.p.Reload())
+	}
 	for _, b := range p.bundles {
 		errs = append(errs, b.poll())
 	}
@@ -469,10 +511,14 @@ func (p *Policy) Reload() error {
 }
 
 // Watch polls the policy files every watch interval (file list, sizes and
-// modification times) and reloads when they change, until ctx is done. A
+// modification times) and reloads when they change, until ctx is done (the
+// shadow chain's files too, by a Watch of its own). A
 // failed reload is logged and the old set keeps running; it is retried
 // only after the files change again.
 func (p *Policy) Watch(ctx context.Context) {
+	if p.shadow != nil {
+		go p.shadow.p.Watch(ctx)
+	}
 	t := time.NewTicker(p.interval)
 	defer t.Stop()
 	last := p.set.Load().fingerprint
@@ -524,3 +570,16 @@ func fingerprint(specs []engineSpec) string {
 
 // Quotas returns the quota definitions in force (nil without quotas).
 func (p *Policy) Quotas() *Quotas { return p.quotas.Load() }
+
+// withoutHeaderValues returns a copy of in whose message headers keep
+// their names and number of fields, every value blanked (log_headers =
+// false).
+func withoutHeaderValues(in *Input) *Input {
+	cp, m := *in, *in.Message
+	m.Headers = make(map[string][]string, len(in.Message.Headers))
+	for k, vs := range in.Message.Headers {
+		m.Headers[k] = make([]string, len(vs))
+	}
+	cp.Message = &m
+	return &cp
+}

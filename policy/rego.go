@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/open-policy-agent/opa/v1/ast"
@@ -182,6 +183,17 @@ func resultQuery(pkgRef string, kinds map[string]bool) string {
 	return strings.Join(parts, "; ")
 }
 
+// evalTimeKey carries, in a replay's context, the time the replayed
+// decision was made: time.now_ns and the other time built-ins see it, so a
+// replay decides as the original evaluation did. A context value because
+// it belongs to one evaluation, not to the engine, and replay is its only
+// setter (withEvalTime, unexported).
+type evalTimeKey struct{}
+
+func withEvalTime(ctx context.Context, t time.Time) context.Context {
+	return context.WithValue(ctx, evalTimeKey{}, t)
+}
+
 // noMetrics is shared by every evaluation: nothing reads OPA's metrics, and
 // a fresh metrics set per evaluation costs allocations and a lock per timer.
 var noMetrics = metrics.NoOp()
@@ -195,7 +207,15 @@ func (e *regoEngine) eval(ctx context.Context, doc *document) (engineResult, err
 		stop := context.AfterFunc(ctx, cancel.Cancel)
 		defer stop()
 	}
-	rs, err := e.pq.Eval(ctx, rego.EvalParsedInput(doc.ast()), rego.EvalMetrics(noMetrics), rego.EvalExternalCancel(cancel))
+	var (
+		rs  rego.ResultSet
+		err error
+	)
+	if t, ok := ctx.Value(evalTimeKey{}).(time.Time); ok {
+		rs, err = e.pq.Eval(ctx, rego.EvalParsedInput(doc.ast()), rego.EvalMetrics(noMetrics), rego.EvalExternalCancel(cancel), rego.EvalTime(t))
+	} else {
+		rs, err = e.pq.Eval(ctx, rego.EvalParsedInput(doc.ast()), rego.EvalMetrics(noMetrics), rego.EvalExternalCancel(cancel))
+	}
 	if err != nil {
 		return engineResult{}, err
 	}

@@ -7,7 +7,7 @@
 //	mailgate check -config FILE     validate a configuration and probe upstreams
 //	mailgate passwd [-user NAME]    hash a password read from stdin for the users file
 //	mailgate dkim keygen|record|check …
-//	mailgate policy test|eval|check|bundle …
+//	mailgate policy test|eval|check|bundle|replay …
 //	mailgate quota show|reset …
 //	mailgate version                version, commit, Go version, DKIM RSA backend
 //
@@ -73,6 +73,7 @@ func usage(w io.Writer) {
   mailgate passwd [-user NAME]      read a password on stdin, print a users-file hash
   mailgate dkim keygen|record|check DKIM key tools
   mailgate policy test|eval|bundle  run policy tests, explain a decision, build a bundle
+  mailgate policy replay            replay a decision log with a candidate policy
   mailgate quota show|reset         show or reset quota counters
   mailgate version                  version, commit, Go version, DKIM RSA backend
 `)

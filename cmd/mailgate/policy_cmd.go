@@ -24,6 +24,12 @@ const policyUsage = `usage:
       conclusion as JSON. The decision log is not written.
   mailgate policy check -config FILE
       Compile every policy of FILE and report errors.
+  mailgate policy replay -config NEW.hcl -log decisions.jsonl [-since T] [-until T]
+                         [-limit N] [-format text|json]
+      Re-evaluate the decisions of a decision log (plain or .gz; -log repeats
+      and takes globs for rotated logs) with the policy block of NEW.hcl and
+      print what changed, grouped. Exit status 0 when nothing changed, 1 when
+      something did, 2 on error.
   mailgate policy bundle -dir DIR -out FILE [-revision R] [-signing-key KEY]
       Build a (signed) OPA bundle of the policies in DIR for a bundle
       server; see "mailgate policy bundle -h".
@@ -47,6 +53,8 @@ func policyMain(args []string, stdout, stderr io.Writer, loadPolicyConfig func(p
 		return policyCheck(args[1:], stdout, stderr, loadPolicyConfig)
 	case "bundle":
 		return policyBundle(ctx, args[1:], stdout, stderr)
+	case "replay":
+		return policyReplay(ctx, args[1:], stdout, stderr, loadPolicyConfig)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, policyUsage)
 		return 0

@@ -185,6 +185,9 @@ func serveMetrics(mb *metricsBlock, w *wiring, listening *atomic.Bool) (addr str
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	w.deps.Metrics = proxy.NewMetrics(reg)
+	if w.policy != nil {
+		reg.MustRegister(w.policy.Collector()) // shadow disagreements, decision log drops
+	}
 	ln, err := net.Listen("tcp", mb.Address)
 	if err != nil {
 		return "", nil, nil, fmt.Errorf("metrics: %w", err)

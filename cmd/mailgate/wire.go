@@ -261,7 +261,9 @@ func buildPolicy(cfg *config, pc *policy.Config, dir string, rdb *redis.Client, 
 		}
 		return nil, nil, piece{}, err
 	}
-	pp.reloads = append(pp.reloads, p.Reload) // polls bundle servers too
+	// SIGHUP reopens the decision log first (logrotate renamed it), then
+	// recompiles; a failed reload keeps logging to the new file.
+	pp.reloads = append(pp.reloads, p.ReopenDecisionLog, p.Reload) // Reload polls bundle servers too
 	if p.Revisions() != nil {
 		pp.probes = append(pp.probes, func(_ context.Context, out io.Writer) bool { return probeBundles(p, out) })
 	}
