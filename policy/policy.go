@@ -365,9 +365,9 @@ func (p *Policy) evaluate(ctx context.Context, in Input, explain bool) (Decision
 		}
 		var dec *Decision
 		if v != nil {
-			fallback := "rejected by policy"
+			fallback := RejectMessage
 			if outcome == Defer {
-				fallback = "deferred by policy, try again later"
+				fallback = DeferMessage
 			}
 			dec = &Decision{Outcome: outcome, Code: v.code, EnhancedCode: v.enh,
 				Message: sanitizeMessage(v.message, fallback), Engine: name, Rule: v.rule}
