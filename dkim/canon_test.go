@@ -216,7 +216,7 @@ var diffMessages = map[string]string{
 
 func allDefaultHeaders() string {
 	var b strings.Builder
-	for _, h := range DefaultHeaders {
+	for _, h := range DefaultHeaders() {
 		if h == "From" {
 			b.WriteString("From: a@example.com\r\n")
 			continue

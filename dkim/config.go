@@ -3,6 +3,7 @@ package dkim
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 )
@@ -22,11 +23,15 @@ const (
 	UnsignedReject = "reject"
 )
 
-// DefaultHeaders is the list of header fields signed when Config.Headers is
-// nil, following RFC 6376 section 5.4.1 and adding the list headers of
-// RFC 2919 and RFC 8058 (List-Unsubscribe-Post must be signed for one-click
-// unsubscribe to be honoured). Every one of them is oversigned by default.
-var DefaultHeaders = []string{
+// DefaultHeaders returns the list of header fields signed when
+// Config.Headers is nil, following RFC 6376 section 5.4.1 and adding the
+// list headers of RFC 2919 and RFC 8058 (List-Unsubscribe-Post must be
+// signed for one-click unsubscribe to be honoured). Every one of them is
+// oversigned by default. The slice is a copy the caller may modify.
+func DefaultHeaders() []string { return slices.Clone(defaultHeaders) }
+
+// defaultHeaders is DefaultHeaders' list; never modified.
+var defaultHeaders = []string{
 	"From", "To", "Cc", "Subject", "Date", "Message-ID", "Reply-To",
 	"In-Reply-To", "References", "MIME-Version", "Content-Type",
 	"Content-Transfer-Encoding", "List-Id", "List-Unsubscribe",
@@ -61,7 +66,7 @@ type Config struct {
 	// Unsigned says what to do with a message whose From domain has no key:
 	// "relay" (default) or "reject".
 	Unsigned *string `hcl:"unsigned,optional"`
-	// Headers overrides DefaultHeaders. It must contain From and must not
+	// Headers overrides DefaultHeaders(). It must contain From and must not
 	// contain Received, Return-Path or Bcc.
 	Headers []string `hcl:"headers,optional"`
 	// Oversign overrides the set of oversigned headers (by default every
@@ -202,7 +207,7 @@ func (c *Config) signedHeaders() []string {
 	if c.Headers != nil {
 		return c.Headers
 	}
-	return DefaultHeaders
+	return defaultHeaders
 }
 
 // oversigned reports, by lower-case name, which signed headers are

@@ -79,3 +79,19 @@ func TestOversignNothing(t *testing.T) {
 		t.Fatal(v.Err)
 	}
 }
+
+// TestDefaultHeadersIsACopy: a caller that modifies the list it got
+// changes neither the next caller's list nor what a Signer signs.
+func TestDefaultHeadersIsACopy(t *testing.T) {
+	h := DefaultHeaders()
+	if len(h) == 0 || h[0] != "From" {
+		t.Fatalf("DefaultHeaders() = %q, want From first", h)
+	}
+	h[0] = "X-Changed"
+	if got := DefaultHeaders(); got[0] != "From" {
+		t.Errorf("after modifying a returned list, DefaultHeaders()[0] = %q", got[0])
+	}
+	if got := (&Config{}).signedHeaders(); got[0] != "From" {
+		t.Errorf("after modifying a returned list, a Signer signs %q first", got[0])
+	}
+}

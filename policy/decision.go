@@ -1,5 +1,7 @@
 package policy
 
+import "fmt"
+
 // Outcome is what a decision tells the proxy to do.
 type Outcome string
 
@@ -42,6 +44,59 @@ type Decision struct {
 	// Quota is the input's quota states of this stage, for the caller to
 	// hand to the data stage.
 	Quota map[string]QuotaState `json:"-"`
+}
+
+// The default replies of a decision; the policy package owns their texts
+// (the proxy's reply catalogue refers to them, docs/replies.md lists them).
+const (
+	// A reject whose rule gives no reply: RFC 5321 section 4.2.2 (550),
+	// RFC 3463 section 3.8 (5.7.1 delivery not authorized).
+	RejectCode         = 550
+	RejectEnhancedCode = "5.7.1"
+	RejectMessage      = "Rejected by policy"
+	// A defer whose rule gives no reply: RFC 5321 section 4.2.2 (451),
+	// RFC 3463 section 3.8 (4.7.1).
+	DeferCode         = 451
+	DeferEnhancedCode = "4.7.1"
+	DeferMessage      = "Deferred by policy, try again later"
+	// An engine that failed closed (on_error = "defer"): RFC 5321 section
+	// 4.2.2 (451), RFC 3463 section 3.4 (4.3.0 other mail system status).
+	ErrorCode         = 451
+	ErrorEnhancedCode = "4.3.0"
+	ErrorMessage      = "Policy temporarily unavailable, try again later"
+)
+
+// Reply returns the SMTP reply of a reject or defer decision: its code,
+// enhanced code and message, where a code or an enhanced code of the wrong
+// class (or malformed) falls back to the default of the outcome, and an
+// empty message to its default text, so that a policy can never turn a
+// reject into a success. The message is returned as the decision holds it.
+func (d Decision) Reply() (code int, enhanced [3]int, message string) {
+	class, enh := 5, RejectEnhancedCode
+	code, message = RejectCode, RejectMessage
+	if d.Outcome == Defer {
+		class, enh = 4, DeferEnhancedCode
+		code, message = DeferCode, DeferMessage
+	}
+	if d.Code/100 == class {
+		code = d.Code
+	}
+	enhanced, _ = ParseEnhancedCode(enh, class)
+	if ec, ok := ParseEnhancedCode(d.EnhancedCode, class); ok {
+		enhanced = ec
+	}
+	if d.Message != "" {
+		message = d.Message
+	}
+	return code, enhanced, message
+}
+
+// ParseEnhancedCode parses an enhanced status code "class.subject.detail"
+// (RFC 3463 section 2) of the given class; ok is false when s is not one.
+func ParseEnhancedCode(s string, class int) (ec [3]int, ok bool) {
+	n, _ := fmt.Sscanf(s, "%d.%d.%d", &ec[0], &ec[1], &ec[2])
+	ok = n == 3 && ec[0] == class && ec[1] >= 0 && ec[1] < 1000 && ec[2] >= 0 && ec[2] < 1000
+	return ec, ok
 }
 
 // Warning is a rule that matched with action warn: logged, not enforced.

@@ -214,9 +214,9 @@ func refDecide(t *testing.T, engines []*refEngine, in Input) Decision {
 		}
 		var d *Decision
 		if v := res.reject; v != nil {
-			d = &Decision{Outcome: Reject, Code: v.code, EnhancedCode: v.enh, Message: sanitizeMessage(v.message, "rejected by policy"), Engine: name, Rule: v.rule}
+			d = &Decision{Outcome: Reject, Code: v.code, EnhancedCode: v.enh, Message: sanitizeMessage(v.message, RejectMessage), Engine: name, Rule: v.rule}
 		} else if v := res.deferral; v != nil {
-			d = &Decision{Outcome: Defer, Code: v.code, EnhancedCode: v.enh, Message: sanitizeMessage(v.message, "deferred by policy, try again later"), Engine: name, Rule: v.rule}
+			d = &Decision{Outcome: Defer, Code: v.code, EnhancedCode: v.enh, Message: sanitizeMessage(v.message, DeferMessage), Engine: name, Rule: v.rule}
 		}
 		if dry {
 			if d != nil {

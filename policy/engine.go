@@ -19,15 +19,15 @@ var ErrEngine = errors.New("policy: engine failed")
 // with a 4xx code, a header name with a colon, …). It is an engine error.
 var ErrInvalidResult = errors.New("policy: invalid policy result")
 
-// Default replies.
+// The engines' names for the default replies (decision.go).
 const (
-	defaultRejectCode = 550
-	defaultRejectEnh  = "5.7.1"
-	defaultDeferCode  = 451
-	defaultDeferEnh   = "4.7.1"
-	errorDeferCode    = 451
-	errorDeferEnh     = "4.3.0"
-	errorDeferMsg     = "policy temporarily unavailable, try again later"
+	defaultRejectCode = RejectCode
+	defaultRejectEnh  = RejectEnhancedCode
+	defaultDeferCode  = DeferCode
+	defaultDeferEnh   = DeferEnhancedCode
+	errorDeferCode    = ErrorCode
+	errorDeferEnh     = ErrorEnhancedCode
+	errorDeferMsg     = ErrorMessage
 	maxMessageLen     = 200
 )
 

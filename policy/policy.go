@@ -468,9 +468,9 @@ func combine(quota *Decision, quotaWarnings []Warning, engines []compiledEngine,
 // runDecision is the reject or defer an engine's result makes, nil when it
 // accepts.
 func runDecision(engine string, res *engineResult) *Decision {
-	v, outcome, fallback := res.reject, Reject, "rejected by policy"
+	v, outcome, fallback := res.reject, Reject, RejectMessage
 	if v == nil {
-		v, outcome, fallback = res.deferral, Defer, "deferred by policy, try again later"
+		v, outcome, fallback = res.deferral, Defer, DeferMessage
 	}
 	if v == nil {
 		return nil

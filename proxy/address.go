@@ -6,12 +6,9 @@ import (
 	"unicode/utf8"
 
 	"github.com/emersion/go-smtp"
-)
 
-// errBadAddress is the reply for an address mailgate will not relay.
-func errBadAddress(what string) *smtp.SMTPError {
-	return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: what}
-}
+	"github.com/mailgate/mailgate/proxy/replies"
+)
 
 // mailbox is an envelope address as checked by policy. String returns the
 // exact form sent upstream, so that what the upstream sees is what policy
@@ -38,38 +35,37 @@ func parseMailbox(addr string, nullOK, utf8OK bool) (mailbox, *smtp.SMTPError) {
 		if nullOK {
 			return mailbox{}, nil
 		}
-		return mailbox{}, errBadAddress("Empty address")
+		return mailbox{}, replies.BadAddressEmpty
 	}
 	at := strings.LastIndexByte(addr, '@')
 	if at <= 0 || at == len(addr)-1 {
-		return mailbox{}, errBadAddress("Address must be local-part@domain")
+		return mailbox{}, replies.BadAddressForm
 	}
 	local, domain := addr[:at], addr[at+1:]
 	for i := 0; i < len(addr); i++ {
 		c := addr[i]
 		if c < 0x20 || c == 0x7f {
 			// 0x01 is how clientConn marks a source route "<@a:b@c>".
-			return mailbox{}, errBadAddress("Source routes and control characters are not accepted")
+			return mailbox{}, replies.BadAddressRoute
 		}
 		if c >= 0x80 && !utf8OK {
-			return mailbox{}, &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 6, 7},
-				Message: "Non-ASCII address needs SMTPUTF8"}
+			return mailbox{}, replies.NonASCIIAddress
 		}
 	}
 	if !utf8.ValidString(addr) {
-		return mailbox{}, errBadAddress("Address is not valid UTF-8")
+		return mailbox{}, replies.BadAddressUTF8
 	}
 	if len(local) > 64 || len(domain) > 255 {
-		return mailbox{}, errBadAddress("Address too long")
+		return mailbox{}, replies.BadAddressLength
 	}
 	// Percent hacks and bang paths ask a relay to route on the local part;
 	// a submission proxy never should (RFC 5321 §3.6, Postfix
 	// allow_percent_hack / swap_bangpath).
 	if strings.ContainsAny(local, "%!@") || strings.ContainsAny(domain, "%!@") {
-		return mailbox{}, errBadAddress("Percent hacks and bang paths are not accepted")
+		return mailbox{}, replies.BadAddressRouting
 	}
 	if !validDomain(domain) {
-		return mailbox{}, errBadAddress("Invalid domain in address")
+		return mailbox{}, replies.BadAddressDomain
 	}
 	return mailbox{Local: local, Domain: domain}, nil
 }

@@ -3,6 +3,8 @@ package proxy
 import (
 	"strconv"
 	"strings"
+
+	"github.com/mailgate/mailgate/proxy/replies"
 )
 
 // BDAT (RFC 3030) puts a message's chunks into the command stream:
@@ -64,7 +66,7 @@ func (c *clientConn) scanChunk(b []byte) (n, bad int, why error) {
 		if cr {
 			// The message ends in a bare CR; withhold it, so go-smtp
 			// never sees the chunk complete.
-			return n, n - 1, errBareLineEnding
+			return n, n - 1, replies.BareLineEnding
 		}
 	}
 	return n, -1, nil
@@ -83,7 +85,7 @@ func (c *clientConn) commandDone() error {
 	if !isBDAT || size == 0 && last {
 		c.chunk = bdatState{prev: '\n'}
 		if pendingCR {
-			return errBareLineEnding
+			return replies.BareLineEnding
 		}
 		return nil
 	}
@@ -102,7 +104,7 @@ func (c *clientConn) bdatLine() (size int64, last, isBDAT bool, err error) {
 		return 0, false, false, nil
 	}
 	if c.lineLen > len(h) {
-		return 0, false, false, errLineTooLong
+		return 0, false, false, replies.LineTooLong
 	}
 	line := strings.TrimRight(string(h), "\r\n")
 	if len(line) <= 5 || line[4] != ' ' {

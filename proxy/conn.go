@@ -13,33 +13,9 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+
+	"github.com/mailgate/mailgate/proxy/replies"
 )
-
-// errBareLineEnding is what the client gets for a bare CR, a bare LF or a
-// NUL anywhere in its stream. RFC 5321 §2.3.8 allows CR and LF only as the
-// CRLF pair; anything else is how SMTP smuggling starts, so mailgate refuses
-// it (like Postfix's smtpd_forbid_bare_newline = reject) and closes.
-var errBareLineEnding = &smtp.SMTPError{
-	Code:         550,
-	EnhancedCode: smtp.EnhancedCode{5, 6, 0},
-	Message:      "Bare CR, bare LF or NUL received (RFC 5321 section 2.3.8), closing connection",
-}
-
-// errLineTooLong is the reply for a line over max_line_length (RFC 5321
-// §4.5.3.1.6), in commands and in message text alike.
-var errLineTooLong = &smtp.SMTPError{
-	Code:         500,
-	EnhancedCode: smtp.EnhancedCode{5, 5, 2},
-	Message:      "Line too long, closing connection",
-}
-
-// errDataTimeout is the reply when a message body stalls for longer than
-// data_timeout.
-var errDataTimeout = &smtp.SMTPError{
-	Code:         451,
-	EnhancedCode: smtp.EnhancedCode{4, 4, 2},
-	Message:      "Timeout waiting for message data, closing connection",
-}
 
 type readMode int32
 
@@ -165,7 +141,7 @@ func (c *clientConn) Read(b []byte) (int, error) {
 	}
 	mode := readMode(c.mode.Load())
 	if mode == modeCommand && c.draining.Load() && !c.inTx.Load() {
-		c.replyAndClose("421 4.3.2 Service shutting down, try again later")
+		c.replyAndClose(replies.ShuttingDown)
 		c.sticky = net.ErrClosed
 		return 0, c.sticky
 	}
@@ -209,13 +185,13 @@ func (c *clientConn) Read(b []byte) (int, error) {
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() {
 			if c.draining.Load() && !c.inTx.Load() {
-				c.replyAndClose("421 4.3.2 Service shutting down, try again later")
+				c.replyAndClose(replies.ShuttingDown)
 				c.sticky = net.ErrClosed
 				return n, c.sticky
 			}
 			if mode == modeCommand && c.loginExpired(time.Now()) {
 				c.logCut("login_timeout")
-				c.replyAndClose(loginTimeoutReply)
+				c.replyAndClose(replies.LoginTimeout)
 				c.sticky = net.ErrClosed
 				return n, c.sticky
 			}
@@ -224,27 +200,19 @@ func (c *clientConn) Read(b []byte) (int, error) {
 				// command (bufio hands it on without the error), answer
 				// it, then say "Idle timeout". The client only hears why.
 				c.logCut("command_timeout")
-				c.replyAndClose(lineTimeoutReply)
+				c.replyAndClose(replies.LineTimeout)
 				c.sticky = net.ErrClosed
 				return n, c.sticky
 			}
 			if mode == modeData {
 				c.logCut("data_timeout")
 				c.sticky = net.ErrClosed
-				return n, errDataTimeout
+				return n, replies.DataTimeout
 			}
 		}
 	}
 	return n, err
 }
-
-// loginTimeoutReply ends a connection that has not logged in within
-// login_timeout.
-const loginTimeoutReply = "421 4.4.2 Login timeout exceeded, closing connection"
-
-// lineTimeoutReply ends a connection whose command line did not arrive
-// whole within command_timeout.
-const lineTimeoutReply = "421 4.4.2 Timeout reading a command line, closing connection"
 
 // logCut logs that a slow client was cut off by limit.
 func (c *clientConn) logCut(limit string) {
@@ -368,7 +336,7 @@ func (c *clientConn) bodyReadError(err error) error {
 	case errors.As(err, &ne) && ne.Timeout():
 		c.logCut("data_timeout")
 		c.sticky = net.ErrClosed
-		return errDataTimeout
+		return replies.DataTimeout
 	case errors.Is(err, io.EOF):
 		return io.ErrUnexpectedEOF
 	}
@@ -403,7 +371,7 @@ func (c *clientConn) refuse(se *smtp.SMTPError) *smtp.SMTPError {
 	if c.refused.CompareAndSwap(false, true) {
 		c.writeMu.Lock()
 		_ = c.Conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-		_, _ = c.Conn.Write([]byte(formatReply(se) + "\r\n"))
+		_, _ = c.Conn.Write([]byte(replies.Line(se) + "\r\n"))
 		c.writeMu.Unlock()
 	}
 	return se
@@ -440,7 +408,7 @@ func (c *clientConn) scanUntil(b []byte, mode readMode, stopAtData bool) (bad, c
 			continue
 		}
 		if c.prev == '\r' && b[i] != '\n' {
-			return i, -1, errBareLineEnding
+			return i, -1, replies.BareLineEnding
 		}
 		j := bytes.IndexByte(b[i:], '\n')
 		end := len(b)
@@ -456,14 +424,14 @@ func (c *clientConn) scanUntil(b []byte, mode readMode, stopAtData bool) (bad, c
 			bad = k
 		}
 		if bad >= 0 {
-			return i + bad, -1, errBareLineEnding
+			return i + bad, -1, replies.BareLineEnding
 		}
 		n := c.lineLen + len(seg)
 		if j >= 0 {
 			n++ // the LF
 		}
 		if c.maxLine > 0 && n > c.maxLine {
-			return i, -1, errLineTooLong
+			return i, -1, replies.LineTooLong
 		}
 		if mode == modeCommand {
 			c.watchHead(seg)
@@ -476,7 +444,7 @@ func (c *clientConn) scanUntil(b []byte, mode readMode, stopAtData bool) (bad, c
 			return -1, -1, nil
 		}
 		if c.prev != '\r' {
-			return end, -1, errBareLineEnding
+			return end, -1, replies.BareLineEnding
 		}
 		isData := stopAtData && len(c.lineHead) >= 4 && equalFoldASCII(c.lineHead[:4], "DATA")
 		if mode == modeCommand {
@@ -578,11 +546,11 @@ func (c *clientConn) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
-// replyAndClose writes one reply line directly and closes the connection.
-func (c *clientConn) replyAndClose(line string) {
+// replyAndClose writes r directly and closes the connection.
+func (c *clientConn) replyAndClose(r *smtp.SMTPError) {
 	c.writeMu.Lock()
 	_ = c.Conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	_, _ = c.Conn.Write([]byte(line + "\r\n"))
+	_, _ = c.Conn.Write([]byte(replies.Line(r) + "\r\n"))
 	c.writeMu.Unlock()
 	c.Close()
 }

@@ -3,6 +3,8 @@ package proxy
 import (
 	"bytes"
 	"testing"
+
+	"github.com/mailgate/mailgate/proxy/replies"
 )
 
 func TestScanLineEndings(t *testing.T) {
@@ -35,7 +37,7 @@ func TestScanLineEndings(t *testing.T) {
 	if a, err := cc.scan([]byte("12345678\r\n1234"), modeData); a != -1 || err != nil {
 		t.Errorf("10-byte line refused: %d %v", a, err)
 	}
-	if a, err := cc.scan([]byte("56789\r\n"), modeData); err != errLineTooLong || a != 0 {
+	if a, err := cc.scan([]byte("56789\r\n"), modeData); err != replies.LineTooLong || a != 0 {
 		t.Errorf("11-byte line across reads: %d %v", a, err)
 	}
 	// Source routes are neutralised in MAIL and RCPT only.
@@ -94,9 +96,9 @@ func FuzzScan(f *testing.F) {
 		switch {
 		case want == -1 && got != -1:
 			t.Fatalf("%q split %d: refused at %d (%v), reference accepts", data, cut, got, err)
-		case want >= 0 && (got == -1 || err == errLineTooLong && got > want):
+		case want >= 0 && (got == -1 || err == replies.LineTooLong && got > want):
 			t.Fatalf("%q split %d: got %d (%v), reference refuses at %d", data, cut, got, err, want)
-		case want >= 0 && err == errBareLineEnding && got != want:
+		case want >= 0 && err == replies.BareLineEnding && got != want:
 			t.Fatalf("%q split %d: bare line ending at %d, reference %d", data, cut, got, want)
 		case want == -2 && got == -1:
 			t.Fatalf("%q split %d: long line accepted", data, cut)

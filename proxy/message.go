@@ -12,18 +12,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/emersion/go-smtp"
-
 	"github.com/mailgate/mailgate/policy"
-)
-
-var (
-	errHeaderTooBig = &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4},
-		Message: "Message header section exceeds the size limit"}
-	errBadHeader = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 0},
-		Message: "Malformed header field"}
-	errNoFrom = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 0},
-		Message: "Message has no From header (RFC 5322 section 3.6)"}
+	"github.com/mailgate/mailgate/proxy/replies"
 )
 
 // field is one header field exactly as received: raw includes the name,
@@ -56,13 +46,13 @@ func readHeader(br *bufio.Reader, max int) (*header, error) {
 	for {
 		line, err := br.ReadSlice('\n')
 		if errors.Is(err, bufio.ErrBufferFull) {
-			return nil, errHeaderTooBig
+			return nil, replies.HeaderTooBig
 		}
 		if err != nil && !(errors.Is(err, io.EOF) && len(line) == 0) {
 			if errors.Is(err, io.EOF) {
 				// Last header line without CRLF cannot happen: the
 				// DATA reader always ends with CRLF.
-				return nil, errBadHeader
+				return nil, replies.BadHeader
 			}
 			return nil, err
 		}
@@ -71,19 +61,19 @@ func readHeader(br *bufio.Reader, max int) (*header, error) {
 		}
 		h.size += len(line)
 		if h.size > max {
-			return nil, errHeaderTooBig
+			return nil, replies.HeaderTooBig
 		}
 		// The connection already refuses bare CR and LF; checked again
 		// here so the header code never depends on it.
 		if len(line) < 2 || line[len(line)-2] != '\r' || bytes.IndexByte(line[:len(line)-2], '\r') >= 0 {
-			return nil, errBadHeader
+			return nil, replies.BadHeader
 		}
 		if len(line) == 2 { // the empty line ending the header
 			return h, nil
 		}
 		if line[0] == ' ' || line[0] == '\t' {
 			if len(h.fields) == 0 {
-				return nil, errBadHeader
+				return nil, replies.BadHeader
 			}
 			last := &h.fields[len(h.fields)-1]
 			last.raw = append(last.raw, line...)
@@ -91,7 +81,7 @@ func readHeader(br *bufio.Reader, max int) (*header, error) {
 		}
 		colon := bytes.IndexByte(line, ':')
 		if colon <= 0 || !validFieldName(line[:colon]) {
-			return nil, errBadHeader
+			return nil, replies.BadHeader
 		}
 		h.fields = append(h.fields, field{name: string(line[:colon]), raw: append([]byte(nil), line...)})
 	}
@@ -194,7 +184,7 @@ func (h *header) policyView(size int64) *policy.Message {
 // a message without From is refused.
 func (h *header) hygiene(hostname string, now time.Time) error {
 	if !h.has("From") {
-		return errNoFrom
+		return replies.NoFrom
 	}
 	h.remove("Bcc")         // RFC 6409 §8.1 / RFC 5322 §3.6.3: never relayed
 	h.remove("Return-Path") // added at final delivery only (RFC 5321 §4.4)

@@ -5,6 +5,8 @@ import (
 	"bytes"
 	"strings"
 	"testing"
+
+	"github.com/mailgate/mailgate/proxy/replies"
 )
 
 func TestReadHeader(t *testing.T) {
@@ -30,11 +32,11 @@ func TestReadHeader(t *testing.T) {
 		"no_colon":           "From a@example.com\r\n\r\n",
 		"space_in_name":      "Bad Name: x\r\n\r\n",
 	} {
-		if _, err := readHeader(bufio.NewReader(strings.NewReader(bad)), 1000); err != errBadHeader {
+		if _, err := readHeader(bufio.NewReader(strings.NewReader(bad)), 1000); err != replies.BadHeader {
 			t.Errorf("%s: %v", name, err)
 		}
 	}
-	if _, err := readHeader(bufio.NewReader(strings.NewReader(strings.Repeat("X-A: b\r\n", 200)+"\r\n")), 1000); err != errHeaderTooBig {
+	if _, err := readHeader(bufio.NewReader(strings.NewReader(strings.Repeat("X-A: b\r\n", 200)+"\r\n")), 1000); err != replies.HeaderTooBig {
 		t.Errorf("big header: %v", err)
 	}
 }

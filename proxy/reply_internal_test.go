@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/mailgate/mailgate/policy"
+	"github.com/mailgate/mailgate/proxy/replies"
 )
 
 // TestDecisionReplyClass: a policy cannot turn a reject into a 2xx or a
@@ -23,7 +24,7 @@ func TestDecisionReplyClass(t *testing.T) {
 	}
 	for _, tc := range cases {
 		r := decisionReply(tc.d)
-		got := formatReply(r)
+		got := replies.Line(r)
 		if r.Code != tc.code || !strings.Contains(got, tc.enh) || !strings.Contains(got, tc.inMsg) || strings.ContainsAny(r.Message, "\r\n") {
 			t.Errorf("%+v → %q", tc.d, got)
 		}

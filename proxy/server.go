@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+
+	"github.com/mailgate/mailgate/proxy/replies"
 )
 
 // Server runs every configured listener.
@@ -213,51 +215,95 @@ func (s *Server) acceptLoop(l *listener) error {
 	}
 }
 
+// handover prepares one accepted connection for go-smtp, step by step:
+// the PROXY header and trusted_networks (screen), the connection limits
+// (admitConn), the listener's TLS mode (secure), then the strict
+// connection wrapper (prepare) that goes to go-smtp (start). A connection
+// is in s.pending until it reaches go-smtp or fails, so that Shutdown can
+// tell it 421; from admitConn on it counts against the limits until it
+// closes.
 func (s *Server) handover(l *listener, raw net.Conn) {
 	accepted := time.Now()
+	remote, ok := s.screen(l, raw)
+	if !ok {
+		return
+	}
+	if !s.admitConn(l, raw, remote) {
+		return
+	}
+	defer s.trackPending(raw)()
+	// Everything up to a login (TLS, STARTTLS, EHLO, AUTH) must be done
+	// by then; see clientConn.
+	loginDeadline := accepted.Add(s.cfg.Limits.loginTimeout)
+	sc, ok := s.secure(l, raw, remote, loginDeadline)
+	if !ok {
+		raw.Close()
+		s.release(remote)
+		return
+	}
+	s.start(l, s.prepare(l, sc, remote, loginDeadline))
+}
+
+// screen refuses a connection without a valid PROXY header (on a
+// listener behind a proxy) or from outside trusted_networks, and returns
+// the client's address.
+func (s *Server) screen(l *listener, raw net.Conn) (netip.Addr, bool) {
 	if !proxyHeaderOK(raw) {
 		s.log.Warn("connection refused: no valid PROXY protocol header", "listener", l.cfg.Name,
 			"peer", raw.RemoteAddr().String())
 		raw.Close()
-		return
+		return netip.Addr{}, false
 	}
 	remote := addrOf(raw.RemoteAddr())
 	if len(l.cfg.trusted) > 0 && !inPrefixes(remote, l.cfg.trusted) {
 		s.deps.Metrics.connection(l.cfg.Name, "refused_network")
 		s.log.Warn("connection refused: not in trusted_networks", "listener", l.cfg.Name, "remote", remote.String())
-		writeLine(raw, "554 5.7.1 Access denied")
+		writeReply(raw, replies.AccessDenied)
 		raw.Close()
-		return
+		return remote, false
 	}
-	if reason := s.admit(remote); reason != "" {
-		s.deps.Metrics.connection(l.cfg.Name, "refused_limit")
-		s.log.Warn("connection refused: "+reason, "listener", l.cfg.Name, "remote", remote.String())
-		writeLine(raw, "421 4.7.0 "+reason+", try again later")
-		raw.Close()
-		return
+	return remote, true
+}
+
+// admitConn counts the connection against the limits (admit), or refuses
+// it with 421.
+func (s *Server) admitConn(l *listener, raw net.Conn, remote netip.Addr) bool {
+	reason, refusal := s.admit(remote)
+	if refusal == nil {
+		return true
 	}
+	s.deps.Metrics.connection(l.cfg.Name, "refused_limit")
+	s.log.Warn("connection refused: "+reason, "listener", l.cfg.Name, "remote", remote.String())
+	writeReply(raw, refusal)
+	raw.Close()
+	return false
+}
+
+// trackPending puts raw in s.pending and returns the function that takes
+// it out.
+func (s *Server) trackPending(raw net.Conn) (untrack func()) {
 	s.mu.Lock()
 	s.pending[raw] = struct{}{}
 	s.mu.Unlock()
-	defer func() {
+	return func() {
 		s.mu.Lock()
 		delete(s.pending, raw)
 		s.mu.Unlock()
-	}()
-	released := false
-	release := func() {
-		if !released {
-			released = true
-			s.release(remote)
-		}
 	}
+}
+
+// secured is a connection after its listener's TLS mode applied.
+type secured struct {
+	conn         net.Conn             // what go-smtp is to speak on
+	state        *tls.ConnectionState // nil without TLS
+	dropGreeting bool                 // STARTTLS: the client was greeted already
+}
+
+// secure applies the listener's TLS mode: the implicit-TLS handshake, or
+// the plaintext dialogue up to STARTTLS and its handshake (startTLS). ok
+// is false when the client failed or left; the caller closes raw.
+func (s *Server) secure(l *listener, raw net.Conn, remote netip.Addr, loginDeadline time.Time) (_ secured, ok bool) {
 	lim := &s.cfg.Limits
-	// Everything up to a login (TLS, STARTTLS, EHLO, AUTH) must be done
-	// by then; see clientConn.
-	loginDeadline := accepted.Add(lim.loginTimeout)
-	var conn net.Conn = raw
-	var state *tls.ConnectionState
-	dropGreeting := false
 	switch l.cfg.TLSMode() {
 	case TLSImplicit:
 		tc := tls.Server(raw, s.deps.TLS)
@@ -267,31 +313,35 @@ func (s *Server) handover(l *listener, raw net.Conn) {
 		if err != nil {
 			s.deps.Metrics.connection(l.cfg.Name, "tls_failed")
 			s.log.Info("TLS handshake failed", "listener", l.cfg.Name, "remote", remote.String(), "err", err)
-			raw.Close()
-			release()
-			return
+			return secured{}, false
 		}
 		st := tc.ConnectionState()
-		conn, state = tc, &st
+		return secured{conn: tc, state: &st}, true
 	case TLSStartTLS:
 		tc, err := s.startTLS(l, raw, loginDeadline)
 		if err != nil {
 			if !errors.Is(err, errClientQuit) {
 				s.log.Info("before STARTTLS", "listener", l.cfg.Name, "remote", remote.String(), "err", err)
 			}
-			raw.Close()
-			release()
-			return
+			return secured{}, false
 		}
 		st := tc.ConnectionState()
-		conn, state, dropGreeting = tc, &st, true
+		return secured{conn: tc, state: &st, dropGreeting: true}, true
 	}
-	cc := newClientConn(conn, remote, lim.MaxLineLength, lim.commandTimeout, lim.dataTimeout)
+	return secured{conn: raw}, true
+}
+
+// prepare wraps sc in the strict clientConn with the listener's limits,
+// and counts it open until it closes, when it also releases its place
+// under the connection limits.
+func (s *Server) prepare(l *listener, sc secured, remote netip.Addr, loginDeadline time.Time) *clientConn {
+	lim := &s.cfg.Limits
+	cc := newClientConn(sc.conn, remote, lim.MaxLineLength, lim.commandTimeout, lim.dataTimeout)
 	cc.minDataRate = int64(lim.MinDataRate)
 	cc.loginDeadline = loginDeadline
 	cc.log = s.log.With("listener", l.cfg.Name, "remote", remote.String())
-	cc.tlsState = state
-	cc.dropGreeting = dropGreeting
+	cc.tlsState = sc.state
+	cc.dropGreeting = sc.dropGreeting
 	s.deps.Metrics.connection(l.cfg.Name, "accepted")
 	s.deps.Metrics.openDelta(l.cfg.Name, 1)
 	cc.onClose = func() {
@@ -299,18 +349,24 @@ func (s *Server) handover(l *listener, raw net.Conn) {
 		s.mu.Lock()
 		delete(s.conns, cc)
 		s.mu.Unlock()
-		release()
+		s.release(remote)
 	}
+	return cc
+}
+
+// start registers cc with the server and hands it to the listener's
+// go-smtp server; on shutdown it tells the client 421 instead.
+func (s *Server) start(l *listener, cc *clientConn) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		cc.replyAndClose("421 4.3.2 Service shutting down, try again later")
+		cc.replyAndClose(replies.ShuttingDown)
 		return
 	}
 	s.conns[cc] = struct{}{}
 	s.mu.Unlock()
 	if !l.ch.push(cc) {
-		cc.replyAndClose("421 4.3.2 Service shutting down, try again later")
+		cc.replyAndClose(replies.ShuttingDown)
 	}
 }
 
@@ -325,22 +381,23 @@ func handshakeContext(timeout time.Duration, loginDeadline time.Time) (context.C
 }
 
 // admit counts a new connection against max_connections and
-// max_connections_per_ip; it returns a reason when over a limit.
-func (s *Server) admit(ip netip.Addr) string {
+// max_connections_per_ip; over a limit, it returns the reason (for the
+// log) and the reply.
+func (s *Server) admit(ip netip.Addr) (reason string, refusal *smtp.SMTPError) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		return "Service shutting down"
+		return "Service shutting down", replies.RefusedShuttingDown
 	}
 	if s.total >= s.cfg.Limits.MaxConnections {
-		return "Too many connections"
+		return "Too many connections", replies.TooManyConnections
 	}
 	if s.perIP[ip] >= s.cfg.Limits.MaxConnectionsPerIP {
-		return "Too many connections from your address"
+		return "Too many connections from your address", replies.TooManyFromAddress
 	}
 	s.perIP[ip]++
 	s.total++
-	return ""
+	return "", nil
 }
 
 func (s *Server) release(ip netip.Addr) {
@@ -378,7 +435,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	// dialogue hold no transaction: tell them and close.
 	s.mu.Lock()
 	for c := range s.pending {
-		writeLine(c, "421 4.3.2 Service shutting down, try again later")
+		writeReply(c, replies.ShuttingDown)
 		c.Close()
 	}
 	s.mu.Unlock()
@@ -507,9 +564,10 @@ func inPrefixes(ip netip.Addr, ps []netip.Prefix) bool {
 	return false
 }
 
-func writeLine(c net.Conn, line string) {
+// writeReply writes r to a connection go-smtp does not have (yet).
+func writeReply(c net.Conn, r *smtp.SMTPError) {
 	_ = c.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	_, _ = c.Write([]byte(line + "\r\n"))
+	_, _ = c.Write([]byte(replies.Line(r) + "\r\n"))
 }
 
 // slogWriter adapts go-smtp's ErrorLog to slog.

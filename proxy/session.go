@@ -20,24 +20,12 @@ import (
 
 	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/proxy/auth"
+	"github.com/mailgate/mailgate/proxy/replies"
 )
 
 var (
 	_ smtp.Session     = (*session)(nil)
 	_ smtp.AuthSession = (*session)(nil)
-)
-
-var (
-	errAuthRequired = &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0},
-		Message: "Authentication required"}
-	errEncryptionRequired = &smtp.SMTPError{Code: 538, EnhancedCode: smtp.EnhancedCode{5, 7, 11},
-		Message: "Encryption required for requested authentication mechanism"}
-	errNestedMail = &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1},
-		Message: "Nested MAIL command"}
-	errNoMail = &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1},
-		Message: "Need MAIL before RCPT"}
-	errAuthInTx = &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1},
-		Message: "AUTH is not permitted during a mail transaction"}
 )
 
 // session is one client connection's go-smtp Session. Per-message state
@@ -117,20 +105,20 @@ func (ss *session) authAllowed() bool {
 // after failed AUTH; mailgate does after max_failures.
 func (ss *session) Auth(mech string) (sasl.Server, error) {
 	if ss.conn.failed.Load() {
-		return nil, ss.conn.refuse(errBareLineEnding)
+		return nil, ss.conn.refuse(replies.BareLineEnding)
 	}
 	if ss.s.deps.Auth == nil {
 		return nil, smtp.ErrAuthUnsupported
 	}
 	if !ss.authAllowed() {
-		return nil, errEncryptionRequired
+		return nil, replies.EncryptionRequired
 	}
 	ss.mu.Lock()
 	inTx := ss.tx != nil
 	ss.mu.Unlock()
 	if inTx {
 		// RFC 4954 §4: AUTH is not permitted during a mail transaction.
-		return nil, errAuthInTx
+		return nil, replies.AuthInTransaction
 	}
 	mech = strings.ToUpper(mech)
 	srv, err := ss.s.deps.Auth.Server(mech, ss.conn.remote,
@@ -215,8 +203,7 @@ func (ss *session) decide(tx *transaction, input func() policy.Input) (policy.De
 	if err != nil {
 		ss.s.deps.Metrics.decision(string(in.Stage), "error")
 		ss.log.Error("policy failed, deferring", "stage", string(in.Stage), "err", err)
-		return d, &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0},
-			Message: "Policy temporarily unavailable, try again later (" + ss.id + ")"}
+		return d, policyUnavailable(ss.id)
 	}
 	for _, w := range d.Warnings {
 		ss.log.Warn("policy warning", "stage", string(in.Stage), "engine", w.Engine, "rule", w.Rule, "msg", w.Message)
@@ -284,16 +271,16 @@ const quotaEndTimeout = 5 * time.Second
 // Mail implements smtp.Session: policy stage mail, then upstream MAIL.
 func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 	if ss.conn.failed.Load() {
-		return ss.conn.refuse(errBareLineEnding)
+		return ss.conn.refuse(replies.BareLineEnding)
 	}
 	if ss.l.AuthRequired() && ss.user == "" {
-		return errAuthRequired
+		return replies.AuthRequired
 	}
 	ss.mu.Lock()
 	busy := ss.tx != nil
 	ss.mu.Unlock()
 	if busy {
-		return errNestedMail
+		return replies.NestedMail
 	}
 	if opts == nil {
 		opts = &smtp.MailOptions{}
@@ -308,7 +295,7 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 		return ss.reply(err)
 	}
 	if d.Outcome != policy.Accept {
-		ss.logTx(tx, "rejected", "stage", "mail", "reply", formatReply(decisionReply(d)))
+		ss.logTx(tx, "rejected", "stage", "mail", "reply", replies.Line(decisionReply(d)))
 		return decisionReply(d)
 	}
 	tx.actions.Merge(d.Actions)
@@ -320,7 +307,7 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 		ss.endQuota(tx.quota, false)
 		r := ss.reply(err)
 		if isSMTPUTF8Refusal(err) {
-			r = needsSMTPUTF8(550, "Sender <"+mb.String()+">")
+			r = needsSMTPUTF8(replies.SenderNeedsSMTPUTF8, mb.String())
 		}
 		ss.logTx(tx, "upstream-refused", "stage", "mail", "reply", replyText(r))
 		return r
@@ -337,13 +324,13 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 // upstream's reply for this recipient goes back as is (cleaned).
 func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	if ss.conn.failed.Load() {
-		return ss.conn.refuse(errBareLineEnding)
+		return ss.conn.refuse(replies.BareLineEnding)
 	}
 	ss.mu.Lock()
 	tx := ss.tx
 	ss.mu.Unlock()
 	if tx == nil {
-		return errNoMail
+		return replies.NeedMail
 	}
 	mb, rerr := parseMailbox(to, false, tx.opts.UTF8)
 	if rerr != nil {
@@ -351,7 +338,7 @@ func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	}
 	if !tx.up.SMTPUTF8() && !isASCII(mb.String()) {
 		// Refused before the policy: nothing is reserved for it.
-		return needsSMTPUTF8(550, "Recipient <"+mb.String()+">")
+		return needsSMTPUTF8(replies.RecipientNeedsSMTPUTF8, mb.String())
 	}
 	d, err := ss.decide(tx, func() policy.Input {
 		in := ss.input(policy.StageRcpt, tx)
@@ -388,7 +375,7 @@ func (ss *session) Data(r io.Reader) error {
 	isDATA := ss.conn.dataPending.Swap(false)
 	if ss.conn.failed.Load() {
 		// Reset (always called after Data) aborts the upstream side.
-		return ss.conn.refuse(errBareLineEnding)
+		return ss.conn.refuse(replies.BareLineEnding)
 	}
 	ss.mu.Lock()
 	tx := ss.tx
@@ -397,7 +384,7 @@ func (ss *session) Data(r io.Reader) error {
 	}
 	ss.mu.Unlock()
 	if tx == nil {
-		return errNoMail
+		return replies.NeedMail
 	}
 	ss.conn.setMode(modeData)
 	defer ss.conn.setMode(modeCommand)
@@ -421,14 +408,14 @@ func (ss *session) Data(r io.Reader) error {
 			// Not an error of ours: the client hung up (or RSET between
 			// BDAT chunks). Nobody reads a reply.
 			ss.logTx(tx, "aborted", "stage", "data", "reason", in.err.Error(), "received", in.n)
-			return errAborted
+			return replies.Aborted
 		}
 		rerr := ss.reply(err)
 		ss.logTx(tx, "failed", "reply", replyText(rerr))
 		return rerr
 	}
-	ok := queuedReply(tx.id)
-	ss.logTx(tx, "relayed", "reply", formatReply(ok), "upstream_reply", sanitize(text))
+	ok := replies.Queued.With(tx.id)
+	ss.logTx(tx, "relayed", "reply", replies.Line(ok), "upstream_reply", sanitize(text))
 	return ok
 }
 
@@ -458,7 +445,7 @@ func (ss *session) data(tx *transaction, r io.Reader) (string, error) {
 		// The stream broke on a line that still reached go-smtp (a
 		// partial "BDAT 0 LAST" after a chunk ending in a bare CR):
 		// the body is not a message.
-		return "", ss.conn.refuse(errBareLineEnding)
+		return "", ss.conn.refuse(replies.BareLineEnding)
 	}
 	tx.size = int64(h.size) + sp.Size()
 
@@ -490,7 +477,7 @@ func (ss *session) data(tx *transaction, r io.Reader) (string, error) {
 		// The client asked for SMTPUTF8, the upstream MAIL went without
 		// it: only an all-ASCII header may go (RFC 6531 section 3.4).
 		if name := h.nonASCIIField(); name != "" {
-			return "", needsSMTPUTF8(554, "Non-ASCII header ("+name+")")
+			return "", needsSMTPUTF8(replies.HeaderNeedsSMTPUTF8, name)
 		}
 	}
 	hb := h.bytes()
@@ -601,7 +588,7 @@ func (ss *session) logTx(tx *transaction, outcome string, kv ...any) {
 func replyText(err error) string {
 	var se *smtp.SMTPError
 	if errors.As(err, &se) {
-		return formatReply(se)
+		return replies.Line(se)
 	}
 	if err == nil {
 		return ""

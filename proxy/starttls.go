@@ -8,6 +8,10 @@ import (
 	"net"
 	"strings"
 	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/mailgate/mailgate/proxy/replies"
 )
 
 var errClientQuit = errors.New("proxy: client quit before STARTTLS")
@@ -25,12 +29,12 @@ var errClientQuit = errors.New("proxy: client quit before STARTTLS")
 func (s *Server) startTLS(l *listener, raw net.Conn, loginDeadline time.Time) (*tls.Conn, error) {
 	lim := &s.cfg.Limits
 	br := bufio.NewReaderSize(raw, 1024)
-	write := func(lines ...string) error {
+	write := func(r *smtp.SMTPError) error {
 		_ = raw.SetWriteDeadline(time.Now().Add(lim.commandTimeout))
-		_, err := raw.Write([]byte(strings.Join(lines, "\r\n") + "\r\n"))
+		_, err := raw.Write([]byte(replies.Line(r) + "\r\n"))
 		return err
 	}
-	if err := write(fmt.Sprintf("220 %s ESMTP mailgate", s.cfg.Hostname)); err != nil {
+	if err := write(replies.Greeting.With(s.cfg.Hostname)); err != nil {
 		return nil, err
 	}
 	helo := false
@@ -46,11 +50,11 @@ func (s *Server) startTLS(l *listener, raw net.Conn, loginDeadline time.Time) (*
 			var ne net.Error
 			switch {
 			case errors.As(err, &ne) && ne.Timeout() && !time.Now().Before(loginDeadline):
-				_ = write(loginTimeoutReply)
+				_ = write(replies.LoginTimeout)
 			case errors.As(err, &ne) && ne.Timeout():
-				_ = write("421 4.4.2 Idle timeout, closing connection")
+				_ = write(replies.IdleTimeout)
 			case errors.Is(err, errBadLine):
-				_ = write("550 5.6.0 Bare CR, bare LF, NUL or an over-long line received, closing connection")
+				_ = write(replies.BadLineBeforeTLS)
 			}
 			return nil, err
 		}
@@ -58,31 +62,25 @@ func (s *Server) startTLS(l *listener, raw net.Conn, loginDeadline time.Time) (*
 		switch strings.ToUpper(verb) {
 		case "EHLO":
 			if strings.TrimSpace(arg) == "" {
-				err = write("501 5.5.4 EHLO needs a domain")
+				err = write(replies.EHLONeedsDomain)
 				break
 			}
 			helo = true
-			err = write(
-				"250-"+s.cfg.Hostname,
-				"250-PIPELINING",
-				fmt.Sprintf("250-SIZE %d", lim.MaxMessageSize),
-				"250-8BITMIME",
-				"250-ENHANCEDSTATUSCODES",
-				"250 STARTTLS")
+			err = write(replies.EHLOBeforeTLS.With(s.cfg.Hostname, lim.MaxMessageSize))
 		case "HELO":
 			if strings.TrimSpace(arg) == "" {
-				err = write("501 5.5.4 HELO needs a domain")
+				err = write(replies.HELONeedsDomain)
 				break
 			}
 			helo = true
-			err = write("250 " + s.cfg.Hostname)
+			err = write(replies.HELOBeforeTLS.With(s.cfg.Hostname))
 		case "STARTTLS":
 			if !helo {
-				err = write("503 5.5.1 Send EHLO first")
+				err = write(replies.SendEHLOFirst)
 				break
 			}
 			if arg != "" {
-				err = write("501 5.5.4 STARTTLS takes no argument")
+				err = write(replies.STARTTLSNoArgument)
 				break
 			}
 			if n := br.Buffered(); n > 0 {
@@ -91,7 +89,7 @@ func (s *Server) startTLS(l *listener, raw net.Conn, loginDeadline time.Time) (*
 				_, _ = br.Discard(n)
 				s.log.Warn("discarded plaintext pipelined after STARTTLS", "remote", raw.RemoteAddr().String(), "bytes", n)
 			}
-			if err := write("220 2.0.0 Ready to start TLS"); err != nil {
+			if err := write(replies.ReadyToStartTLS); err != nil {
 				return nil, err
 			}
 			tc := tls.Server(raw, s.deps.TLS)
@@ -102,25 +100,23 @@ func (s *Server) startTLS(l *listener, raw net.Conn, loginDeadline time.Time) (*
 			}
 			_ = raw.SetDeadline(time.Time{})
 			return tc, nil
-		case "NOOP":
-			err = write("250 2.0.0 OK")
-		case "RSET":
-			err = write("250 2.0.0 OK")
+		case "NOOP", "RSET":
+			err = write(replies.OK)
 		case "QUIT":
-			_ = write("221 2.0.0 Bye")
+			_ = write(replies.Bye)
 			return nil, errClientQuit
 		case "MAIL", "RCPT", "DATA", "BDAT", "AUTH", "VRFY", "EXPN":
 			errs++
-			err = write("530 5.7.0 Must issue a STARTTLS command first")
+			err = write(replies.MustStartTLS)
 		default:
 			errs++
-			err = write("502 5.5.1 Command not recognized")
+			err = write(replies.NotRecognized)
 		}
 		if err != nil {
 			return nil, err
 		}
 		if errs > 10 {
-			_ = write("421 4.7.0 Too many errors, closing connection")
+			_ = write(replies.TooManyErrorsBeforeTLS)
 			return nil, errors.New("too many errors before STARTTLS")
 		}
 	}

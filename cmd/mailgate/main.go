@@ -46,8 +46,9 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	}
 }
 
-// extraCommands are the tool verbs (passwd, dkim, policy), registered by
-// their own files.
+// extraCommands are the tool verbs beside serve and check, by name; each
+// verb's code is in its own file (passwd_cmd.go, dkim_cmd.go,
+// policy_cmd.go, quota_cmd.go, version.go). A new verb is one line here.
 var extraCommands = map[string]func(args []string, stdin io.Reader, stdout, stderr io.Writer) int{
 	"passwd": passwdMain,
 	"dkim": func(args []string, _ io.Reader, stdout, stderr io.Writer) int {

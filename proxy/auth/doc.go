@@ -18,7 +18,8 @@
 // sends as is: 535 5.7.8 for any bad credentials (unknown user, wrong
 // password, mismatched authorization identity — one reply, so it does not
 // reveal which users exist), 501 5.5.2 for malformed SASL data, 454 4.7.0
-// when the failure limits are reached.
+// when the failure limits are reached. They are values of the reply
+// catalogue (proxy/replies), as ErrAuthFailed and the rest.
 //
 // Passwords and AUTH payloads never reach a log or an error; user names
 // and outcomes do.

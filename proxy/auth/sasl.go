@@ -7,45 +7,31 @@ import (
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
+
+	"github.com/mailgate/mailgate/proxy/replies"
 )
 
-// SMTP replies for AUTH, returned unwrapped by the SASL servers because
-// go-smtp passes an *smtp.SMTPError from sasl.Server.Next to the client as
-// is (a type assertion, not errors.As) and turns anything else into
-// "454 4.7.0 <err.Error()>", which could disclose internals. Compare with
-// errors.Is: they are pointers, and the same pointer is always returned.
+// SMTP replies for AUTH (the catalogue's, proxy/replies), returned
+// unwrapped by the SASL servers because go-smtp passes an *smtp.SMTPError
+// from sasl.Server.Next to the client as is (a type assertion, not
+// errors.As) and turns anything else into "454 4.7.0 <err.Error()>",
+// which could disclose internals. Compare with errors.Is: they are
+// pointers, and the same pointer is always returned.
 var (
 	// ErrAuthFailed is the one reply for an unknown user, a wrong password
-	// and a mismatched PLAIN authorization identity (RFC 4954 §6), so the
+	// and a mismatched PLAIN authorization identity (535 5.7.8), so the
 	// reply never tells which users exist.
-	ErrAuthFailed = &smtp.SMTPError{
-		Code:         535,
-		EnhancedCode: smtp.EnhancedCode{5, 7, 8},
-		Message:      "Authentication credentials invalid",
-	}
+	ErrAuthFailed = replies.AuthFailed
 	// ErrMalformedAuth answers SASL input that does not follow the
-	// mechanism's syntax (RFC 4954 §4: 501 for syntax errors).
-	ErrMalformedAuth = &smtp.SMTPError{
-		Code:         501,
-		EnhancedCode: smtp.EnhancedCode{5, 5, 2},
-		Message:      "Malformed authentication data",
-	}
+	// mechanism's syntax (501 5.5.2).
+	ErrMalformedAuth = replies.MalformedAuth
 	// ErrTooManyFailures answers an attempt refused by the failure limiter
-	// before any password is checked (RFC 4954 §6: 454 4.7.0 temporary
-	// authentication failure).
-	ErrTooManyFailures = &smtp.SMTPError{
-		Code:         454,
-		EnhancedCode: smtp.EnhancedCode{4, 7, 0},
-		Message:      "Too many authentication failures, try later",
-	}
+	// before any password is checked (454 4.7.0).
+	ErrTooManyFailures = replies.TooManyAuthFailures
 	// ErrAuthUnavailable answers an internal failure while authenticating
-	// (RFC 4954 §6: 454 4.7.0), for callbacks and future shared limiters
-	// that can fail; the cause goes to the log only.
-	ErrAuthUnavailable = &smtp.SMTPError{
-		Code:         454,
-		EnhancedCode: smtp.EnhancedCode{4, 7, 0},
-		Message:      "Temporary authentication failure",
-	}
+	// (454 4.7.0), for callbacks and future shared limiters that can fail;
+	// the cause goes to the log only.
+	ErrAuthUnavailable = replies.AuthUnavailable
 )
 
 // Mechanism names.

@@ -12,7 +12,8 @@
 // # Errors
 //
 // Every error from this package maps, through [AsSMTPError], to the reply the
-// client must get:
+// client must get (the replies mailgate originates are values of the
+// catalogue, proxy/replies; docs/replies.md lists them):
 //
 //   - a non-success reply of the upstream is returned as *smtp.SMTPError with
 //     the upstream's code, enhanced code and message, cleaned to a single

@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	"github.com/emersion/go-smtp"
+
+	"github.com/mailgate/mailgate/proxy/replies"
 )
 
 // Sentinel errors, checked with errors.Is. AsSMTPError maps each one to the
@@ -48,37 +50,36 @@ const MaxReplyLen = 200
 // package documentation); transport trouble is always 4xx. The returned
 // value is a fresh copy the caller may modify.
 func AsSMTPError(err error) *smtp.SMTPError {
-	mk := func(code int, ec smtp.EnhancedCode, msg string) *smtp.SMTPError {
-		return &smtp.SMTPError{Code: code, EnhancedCode: ec, Message: msg}
-	}
 	var ae *addressError
 	var se *smtp.SMTPError
+	var r *smtp.SMTPError
 	switch {
 	case err == nil:
 		return nil
 	case errors.Is(err, ErrTimeout):
-		return mk(451, smtp.EnhancedCode{4, 4, 2}, "Upstream server timed out, try again later")
+		r = replies.UpstreamTimeout
 	case errors.Is(err, ErrUnavailable):
-		return mk(451, smtp.EnhancedCode{4, 4, 1}, "Upstream server unavailable, try again later")
+		r = replies.UpstreamUnavailable
 	case errors.As(err, &ae):
+		r = replies.BadRecipientSyntax
 		if ae.stage == "mail" {
-			return mk(501, smtp.EnhancedCode{5, 1, 7}, "Bad sender address syntax")
+			r = replies.BadSenderSyntax
 		}
-		return mk(501, smtp.EnhancedCode{5, 1, 3}, "Bad recipient address syntax")
 	case errors.Is(err, ErrInvalidParameter):
-		return mk(501, smtp.EnhancedCode{5, 5, 4}, "Invalid command parameter")
+		r = replies.InvalidParameter
 	case errors.Is(err, ErrSMTPUTF8):
-		return mk(550, smtp.EnhancedCode{5, 6, 7}, "SMTPUTF8 is not supported by the upstream server")
+		r = replies.UpstreamNoSMTPUTF8
 	case errors.Is(err, ErrRequireTLS):
-		return mk(550, smtp.EnhancedCode{5, 7, 30}, "REQUIRETLS is not supported by the upstream server")
+		r = replies.UpstreamNoRequireTLS
 	case errors.As(err, &se):
-		c := *se
-		return &c
+		r = se
 	default:
 		// ErrUnknownRoute, ErrTxClosed, message read errors: internal.
 		// Never leak internal text to the client.
-		return mk(451, smtp.EnhancedCode{4, 3, 0}, "Internal error, try again later")
+		r = replies.UpstreamInternal
 	}
+	c := *r
+	return &c
 }
 
 // addressError is returned for an address refused before sending.
