@@ -10,14 +10,14 @@ import (
 // running any engine.
 func TestCombine(t *testing.T) {
 	eng := func(name string, mode Mode, onError OnError) compiledEngine {
-		return compiledEngine{spec: engineSpec{kind: "rego", name: name, mode: mode, onError: onError}}
+		return newCompiledEngine(engineSpec{kind: "rego", name: name, mode: mode, onError: onError}, nil)
 	}
 	var (
 		a    = eng("a", ModeEnforce, OnErrorDefer)
 		b    = eng("b", ModeEnforce, OnErrorDefer)
 		dry  = eng("dry", ModeDryRun, OnErrorDefer)
 		lax  = eng("lax", ModeEnforce, OnErrorAccept)
-		bund = compiledEngine{spec: engineSpec{kind: "rego", name: "org", bundle: &bundleSpec{}}}
+		bund = newCompiledEngine(engineSpec{kind: "rego", name: "org", bundle: &bundleSpec{}}, nil)
 	)
 	reject := &verdict{rule: "r", code: 550, enh: "5.7.1", message: "no"}
 	deferral := &verdict{rule: "d", code: 451, enh: "4.7.1", message: "later"}
