@@ -95,6 +95,14 @@ type regoEngine struct {
 	all *rego.PreparedEvalQuery
 	// shape is the part of the input the modules refer to.
 	shape *inputShape
+	// static are the evaluation options every call shares: no metrics,
+	// and one read transaction on the engine's store, opened at load. The
+	// store is never written after load (a reload or a bundle activation
+	// builds a new store and a new engine), so the transaction never
+	// goes stale and the read lock it holds blocks no writer; it goes
+	// away with the engine. OPA opens and aborts a transaction on every
+	// Eval otherwise.
+	static []rego.EvalOption
 }
 
 // query returns the prepared query for stage, nil when nothing can be
@@ -182,7 +190,12 @@ func prepareRego(ctx context.Context, s engineSpec, mods map[string]*ast.Module,
 	if err != nil {
 		return nil, fmt.Errorf("policy: %s: compile: %w", s.id(), err)
 	}
-	e := &regoEngine{all: &all, stages: map[Stage]*rego.PreparedEvalQuery{}, shape: regoInputShape(compiler)}
+	txn, err := store.NewTransaction(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("policy: %s: store: %w", s.id(), err)
+	}
+	e := &regoEngine{all: &all, stages: map[Stage]*rego.PreparedEvalQuery{}, shape: regoInputShape(compiler),
+		static: []rego.EvalOption{rego.EvalMetrics(noMetrics), rego.EvalTransaction(txn)}}
 	for _, st := range []Stage{StageMail, StageRcpt, StageData} {
 		sk := map[string]bool{}
 		for name, multi := range kinds {
@@ -292,7 +305,9 @@ func (e *regoEngine) eval(ctx context.Context, doc *document) (engineResult, err
 		stop := context.AfterFunc(ctx, cancel.Cancel)
 		defer stop()
 	}
-	opts := []rego.EvalOption{rego.EvalParsedInput(doc.ast(e.shape)), rego.EvalMetrics(noMetrics), rego.EvalExternalCancel(cancel)}
+	opts := make([]rego.EvalOption, 0, len(e.static)+3)
+	opts = append(opts, e.static...)
+	opts = append(opts, rego.EvalParsedInput(doc.ast(e.shape)), rego.EvalExternalCancel(cancel))
 	if t, ok := ctx.Value(evalTimeKey{}).(time.Time); ok {
 		opts = append(opts, rego.EvalTime(t))
 	}
