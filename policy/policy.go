@@ -326,7 +326,7 @@ func (p *Policy) evaluate(ctx context.Context, in Input, explain bool) (Decision
 
 // engineRun is what running one engine of the chain produced.
 type engineRun struct {
-	ce  compiledEngine
+	ce  *compiledEngine // into the chain's engines: a run does not copy the spec
 	res engineResult
 	err error
 }
@@ -348,7 +348,8 @@ func (run *engineRun) stops() bool {
 // chain (dry-run, on_error = "accept") is logged here.
 func (p *Policy) runEngines(ctx context.Context, engines []compiledEngine, doc *document) []engineRun {
 	runs := make([]engineRun, 0, len(engines))
-	for _, ce := range engines {
+	for i := range engines {
+		ce := &engines[i]
 		res, err := ce.eng.eval(ctx, doc)
 		run := engineRun{ce: ce, res: res, err: err}
 		name := ce.id
