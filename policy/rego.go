@@ -195,7 +195,7 @@ func prepareRego(ctx context.Context, s engineSpec, mods map[string]*ast.Module,
 		return nil, fmt.Errorf("policy: %s: store: %w", s.id(), err)
 	}
 	e := &regoEngine{all: &all, stages: map[Stage]*rego.PreparedEvalQuery{}, shape: regoInputShape(compiler),
-		static: []rego.EvalOption{rego.EvalMetrics(noMetrics), rego.EvalTransaction(txn)}}
+		static: []rego.EvalOption{rego.EvalMetrics(noMetrics), rego.EvalTransaction(txn), rego.EvalGenerateJSON(resultJSON)}}
 	for _, st := range []Stage{StageMail, StageRcpt, StageData} {
 		sk := map[string]bool{}
 		for name, multi := range kinds {
@@ -353,6 +353,24 @@ func (e *regoEngine) eval(ctx context.Context, doc *document) (engineResult, err
 		res.actions = a
 	}
 	return res, nil
+}
+
+// resultJSON converts a query binding as OPA's default does (ast.JSON with
+// no sorting or copying asked for), except that an
+// empty set or array becomes nil, which asList reads as empty too: most
+// evaluations accept, and OPA's conversion allocates for every empty result.
+func resultJSON(t *ast.Term, _ *rego.EvalContext) (any, error) {
+	switch v := t.Value.(type) {
+	case ast.Set:
+		if v.Len() == 0 {
+			return nil, nil
+		}
+	case *ast.Array:
+		if v.Len() == 0 {
+			return nil, nil
+		}
+	}
+	return ast.JSON(t.Value)
 }
 
 // asList returns the members of a set or array result (sets come back as
