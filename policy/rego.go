@@ -93,8 +93,10 @@ type regoEngine struct {
 	stages map[Stage]*rego.PreparedEvalQuery
 	// all asks for every result; it serves an input of another stage.
 	all *rego.PreparedEvalQuery
-	// shape is the part of the input the modules refer to.
-	shape *inputShape
+	// shape is the part of the input the modules refer to; shapes, per
+	// stage, the part the rules that can apply at that stage refer to.
+	shape  *inputShape
+	shapes map[Stage]*inputShape
 	// static are the evaluation options every call shares: no metrics,
 	// and one read transaction on the engine's store, opened at load. The
 	// store is never written after load (a reload or a bundle activation
@@ -103,6 +105,14 @@ type regoEngine struct {
 	// away with the engine. OPA opens and aborts a transaction on every
 	// Eval otherwise.
 	static []rego.EvalOption
+}
+
+// inputShape returns the shape of the input the query of stage reads.
+func (e *regoEngine) inputShape(stage Stage) *inputShape {
+	if s, ok := e.shapes[stage]; ok {
+		return s
+	}
+	return e.shape
 }
 
 // query returns the prepared query for stage, nil when nothing can be
@@ -194,9 +204,10 @@ func prepareRego(ctx context.Context, s engineSpec, mods map[string]*ast.Module,
 	if err != nil {
 		return nil, fmt.Errorf("policy: %s: store: %w", s.id(), err)
 	}
-	e := &regoEngine{all: &all, stages: map[Stage]*rego.PreparedEvalQuery{}, shape: regoInputShape(compiler),
+	e := &regoEngine{all: &all, stages: map[Stage]*rego.PreparedEvalQuery{}, shape: regoInputShape(compiler, allStages), shapes: map[Stage]*inputShape{},
 		static: []rego.EvalOption{rego.EvalMetrics(noMetrics), rego.EvalTransaction(txn), rego.EvalGenerateJSON(resultJSON)}}
 	for _, st := range []Stage{StageMail, StageRcpt, StageData} {
+		e.shapes[st] = regoInputShape(compiler, st)
 		sk := map[string]bool{}
 		for name, multi := range kinds {
 			if stages[name][allStages] || stages[name][st] {
@@ -307,7 +318,7 @@ func (e *regoEngine) eval(ctx context.Context, doc *document) (engineResult, err
 	}
 	opts := make([]rego.EvalOption, 0, len(e.static)+3)
 	opts = append(opts, e.static...)
-	opts = append(opts, rego.EvalParsedInput(doc.ast(e.shape)), rego.EvalExternalCancel(cancel))
+	opts = append(opts, rego.EvalParsedInput(doc.ast(e.inputShape(doc.in.Stage))), rego.EvalExternalCancel(cancel))
 	if t, ok := ctx.Value(evalTimeKey{}).(time.Time); ok {
 		opts = append(opts, rego.EvalTime(t))
 	}
