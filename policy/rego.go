@@ -103,7 +103,8 @@ type regoEngine struct {
 	// builds a new store and a new engine), so the transaction never
 	// goes stale and the read lock it holds blocks no writer; it goes
 	// away with the engine. OPA opens and aborts a transaction on every
-	// Eval otherwise.
+	// Eval otherwise. The documents read from the store are cached for
+	// every evaluation too (storeCache), for the same reason.
 	static []rego.EvalOption
 }
 
@@ -205,7 +206,8 @@ func prepareRego(ctx context.Context, s engineSpec, mods map[string]*ast.Module,
 		return nil, fmt.Errorf("policy: %s: store: %w", s.id(), err)
 	}
 	e := &regoEngine{all: &all, stages: map[Stage]*rego.PreparedEvalQuery{}, shape: regoInputShape(compiler, allStages), shapes: map[Stage]*inputShape{},
-		static: []rego.EvalOption{rego.EvalMetrics(noMetrics), rego.EvalTransaction(txn), rego.EvalGenerateJSON(resultJSON)}}
+		static: []rego.EvalOption{rego.EvalMetrics(noMetrics), rego.EvalTransaction(txn), rego.EvalGenerateJSON(resultJSON),
+			rego.EvalBaseCache(&storeCache{})}}
 	for _, st := range []Stage{StageMail, StageRcpt, StageData} {
 		e.shapes[st] = regoInputShape(compiler, st)
 		sk := map[string]bool{}
