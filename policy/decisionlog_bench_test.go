@@ -1,7 +1,6 @@
 package policy
 
 import (
-	"context"
 	"testing"
 )
 
@@ -31,17 +30,6 @@ func benchMessageWith(b *testing.B, cfg Config) *Policy {
 	p := benchPolicy(b, cfg)
 	b.Cleanup(func() { _ = p.Close() })
 	ins := benchInputs()
-	stages := []Input{ins["mail"], ins["rcpt"], ins["data"]}
-	ctx := context.Background()
-	b.ReportAllocs()
-	start := cpuTime()
-	for b.Loop() {
-		for _, in := range stages {
-			if _, err := p.Evaluate(ctx, in); err != nil {
-				b.Fatal(err)
-			}
-		}
-	}
-	b.ReportMetric(float64(cpuTime()-start)/float64(b.N), "cpu-ns/op")
+	evalLoop(b, p, []Input{ins["mail"], ins["rcpt"], ins["data"]})
 	return p
 }

@@ -184,15 +184,35 @@ func (s *inputShape) add(ref ast.Ref) {
 // The compiler has resolved imports (import input.envelope) into full
 // references, so every way a module can read input is a reference rooted
 // at input; a bare input (object.get(input, …), walk(input)) needs all.
-func regoInputShape(c *ast.Compiler) *inputShape {
+//
+// With a stage (not allStages) the rules bound to another stage (see
+// ruleStage) are left out: a conjunct of their body fails at this stage,
+// so they are undefined whatever else they read, and OPA's rule index
+// skips them without evaluating their body (the per-stage queries rely on
+// that too). Imports are always counted.
+func regoInputShape(c *ast.Compiler, st Stage) *inputShape {
 	s := &inputShape{}
-	for _, m := range c.Modules {
-		ast.WalkRefs(m, func(r ast.Ref) bool {
+	add := func(x any) {
+		ast.WalkRefs(x, func(r ast.Ref) bool {
 			if r.HasPrefix(ast.InputRootRef) {
 				s.add(r)
 			}
 			return false
 		})
+	}
+	for _, m := range c.Modules {
+		if st == allStages {
+			add(m)
+			continue
+		}
+		for _, imp := range m.Imports {
+			add(imp)
+		}
+		for _, r := range m.Rules {
+			if rs := ruleStage(r); rs == allStages || rs == st {
+				add(r)
+			}
+		}
 	}
 	return s
 }

@@ -54,6 +54,13 @@ type compiledSet struct {
 type compiledEngine struct {
 	spec engineSpec
 	eng  engine
+	// id is spec.id(), built once: results and warnings name their engine
+	// on every evaluation.
+	id string
+}
+
+func newCompiledEngine(s engineSpec, e engine) compiledEngine {
+	return compiledEngine{spec: s, eng: e, id: s.id()}
 }
 
 // Option configures a Policy.
@@ -205,7 +212,7 @@ func (p *Policy) compile(ctx context.Context) (*compiledSet, error) {
 		if err != nil {
 			return nil, err
 		}
-		set.engines = append(set.engines, compiledEngine{spec: s, eng: e})
+		set.engines = append(set.engines, newCompiledEngine(s, e))
 	}
 	return set, nil
 }
@@ -319,7 +326,7 @@ func (p *Policy) evaluate(ctx context.Context, in Input, explain bool) (Decision
 
 // engineRun is what running one engine of the chain produced.
 type engineRun struct {
-	ce  compiledEngine
+	ce  *compiledEngine // into the chain's engines: a run does not copy the spec
 	res engineResult
 	err error
 }
@@ -341,10 +348,11 @@ func (run *engineRun) stops() bool {
 // chain (dry-run, on_error = "accept") is logged here.
 func (p *Policy) runEngines(ctx context.Context, engines []compiledEngine, doc *document) []engineRun {
 	runs := make([]engineRun, 0, len(engines))
-	for _, ce := range engines {
+	for i := range engines {
+		ce := &engines[i]
 		res, err := ce.eng.eval(ctx, doc)
 		run := engineRun{ce: ce, res: res, err: err}
-		name := ce.spec.id()
+		name := ce.id
 		for i := range run.res.warnings {
 			run.res.warnings[i].Engine = name
 		}
@@ -399,7 +407,7 @@ func combine(quota *Decision, quotaWarnings []Warning, engines []compiledEngine,
 		}
 		run := &runs[i]
 		ran++
-		name := run.ce.spec.id()
+		name := run.ce.id
 		dry := run.ce.spec.mode == ModeDryRun
 		er := EngineResult{Engine: name, Mode: run.ce.spec.mode, Outcome: Accept, Revision: run.res.revision}
 		if run.ce.spec.bundle != nil {
@@ -491,7 +499,7 @@ func skipRest(rs []EngineResult, rest []compiledEngine, want bool) []EngineResul
 		return rs
 	}
 	for _, ce := range rest {
-		rs = append(rs, EngineResult{Engine: ce.spec.id(), Mode: ce.spec.mode, Skipped: true})
+		rs = append(rs, EngineResult{Engine: ce.id, Mode: ce.spec.mode, Skipped: true})
 	}
 	return rs
 }

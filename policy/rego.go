@@ -93,8 +93,27 @@ type regoEngine struct {
 	stages map[Stage]*rego.PreparedEvalQuery
 	// all asks for every result; it serves an input of another stage.
 	all *rego.PreparedEvalQuery
-	// shape is the part of the input the modules refer to.
-	shape *inputShape
+	// shape is the part of the input the modules refer to; shapes, per
+	// stage, the part the rules that can apply at that stage refer to.
+	shape  *inputShape
+	shapes map[Stage]*inputShape
+	// static are the evaluation options every call shares: no metrics,
+	// and one read transaction on the engine's store, opened at load. The
+	// store is never written after load (a reload or a bundle activation
+	// builds a new store and a new engine), so the transaction never
+	// goes stale and the read lock it holds blocks no writer; it goes
+	// away with the engine. OPA opens and aborts a transaction on every
+	// Eval otherwise. The documents read from the store are cached for
+	// every evaluation too (storeCache), for the same reason.
+	static []rego.EvalOption
+}
+
+// inputShape returns the shape of the input the query of stage reads.
+func (e *regoEngine) inputShape(stage Stage) *inputShape {
+	if s, ok := e.shapes[stage]; ok {
+		return s
+	}
+	return e.shape
 }
 
 // query returns the prepared query for stage, nil when nothing can be
@@ -182,8 +201,15 @@ func prepareRego(ctx context.Context, s engineSpec, mods map[string]*ast.Module,
 	if err != nil {
 		return nil, fmt.Errorf("policy: %s: compile: %w", s.id(), err)
 	}
-	e := &regoEngine{all: &all, stages: map[Stage]*rego.PreparedEvalQuery{}, shape: regoInputShape(compiler)}
+	txn, err := store.NewTransaction(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("policy: %s: store: %w", s.id(), err)
+	}
+	e := &regoEngine{all: &all, stages: map[Stage]*rego.PreparedEvalQuery{}, shape: regoInputShape(compiler, allStages), shapes: map[Stage]*inputShape{},
+		static: []rego.EvalOption{rego.EvalMetrics(noMetrics), rego.EvalTransaction(txn), rego.EvalGenerateJSON(resultJSON),
+			rego.EvalBaseCache(&storeCache{})}}
 	for _, st := range []Stage{StageMail, StageRcpt, StageData} {
+		e.shapes[st] = regoInputShape(compiler, st)
 		sk := map[string]bool{}
 		for name, multi := range kinds {
 			if stages[name][allStages] || stages[name][st] {
@@ -292,7 +318,9 @@ func (e *regoEngine) eval(ctx context.Context, doc *document) (engineResult, err
 		stop := context.AfterFunc(ctx, cancel.Cancel)
 		defer stop()
 	}
-	opts := []rego.EvalOption{rego.EvalParsedInput(doc.ast(e.shape)), rego.EvalMetrics(noMetrics), rego.EvalExternalCancel(cancel)}
+	opts := make([]rego.EvalOption, 0, len(e.static)+3)
+	opts = append(opts, e.static...)
+	opts = append(opts, rego.EvalParsedInput(doc.ast(e.inputShape(doc.in.Stage))), rego.EvalExternalCancel(cancel))
 	if t, ok := ctx.Value(evalTimeKey{}).(time.Time); ok {
 		opts = append(opts, rego.EvalTime(t))
 	}
@@ -338,6 +366,24 @@ func (e *regoEngine) eval(ctx context.Context, doc *document) (engineResult, err
 		res.actions = a
 	}
 	return res, nil
+}
+
+// resultJSON converts a query binding as OPA's default does (ast.JSON with
+// no sorting or copying asked for), except that an
+// empty set or array becomes nil, which asList reads as empty too: most
+// evaluations accept, and OPA's conversion allocates for every empty result.
+func resultJSON(t *ast.Term, _ *rego.EvalContext) (any, error) {
+	switch v := t.Value.(type) {
+	case ast.Set:
+		if v.Len() == 0 {
+			return nil, nil
+		}
+	case *ast.Array:
+		if v.Len() == 0 {
+			return nil, nil
+		}
+	}
+	return ast.JSON(t.Value)
 }
 
 // asList returns the members of a set or array result (sets come back as

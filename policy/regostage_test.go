@@ -3,6 +3,8 @@ package policy
 import (
 	"context"
 	"encoding/json"
+	"reflect"
+	"sort"
 	"testing"
 
 	"github.com/open-policy-agent/opa/v1/ast"
@@ -128,5 +130,50 @@ deny contains "x" if object.get(input, "nothing", false)
 				t.Errorf("Evaluate: %v", err)
 			}
 		})
+	}
+}
+
+// TestRegoInputShape_PerStage: a stage's input leaves out what only the
+// rules bound to other stages read, and keeps what unbound rules and
+// functions read.
+func TestRegoInputShape_PerStage(t *testing.T) {
+	module := `package mailgate
+
+deny contains "helo" if { input.stage == "mail"; input.session.helo == "x" }
+deny contains "rcpt" if { input.rcpt.domain == "x"; input.stage == "rcpt" }
+warn contains "size" if { input.message.size > limit }
+limit := 10 if input.auth.user == "big@example.com" else := 5
+`
+	p := newPolicy(t, Config{Rego: []RegoConfig{{Name: "org", Path: "."}}}, map[string]string{"p.rego": module})
+	e := p.set.Load().engines[0].eng.(*regoEngine)
+	keys := func(s *inputShape) []string {
+		var ks []string
+		for k := range s.keys {
+			ks = append(ks, k)
+		}
+		sort.Strings(ks)
+		return ks
+	}
+	for st, want := range map[Stage][]string{
+		StageMail: {"auth", "message", "session", "stage"},
+		StageRcpt: {"auth", "message", "rcpt", "stage"},
+		StageData: {"auth", "message"}, // only rules bound to mail and rcpt read the stage
+		"other":   {"auth", "message", "rcpt", "session", "stage"},
+	} {
+		if got := keys(e.inputShape(st)); !reflect.DeepEqual(got, want) {
+			t.Errorf("stage %s: input keys %v, want %v", st, got, want)
+		}
+	}
+	helo := mailInput("", "a@example.com")
+	helo.Session.HELO = "x"
+	rcpt := rcptInput("", "a@example.com", "b@x", 1)
+	rcpt.Rcpt.Domain = "x"
+	for _, tc := range []struct {
+		in   Input
+		want Outcome
+	}{{helo, Reject}, {rcpt, Reject}} {
+		if d, err := p.Evaluate(context.Background(), tc.in); err != nil || d.Outcome != tc.want {
+			t.Errorf("stage %s: %+v %v, want %s", tc.in.Stage, d, err, tc.want)
+		}
 	}
 }

@@ -68,6 +68,12 @@ type rule struct {
 	enh     string
 	message hcl.Expression // nil: default message
 	acts    map[string]hcl.Expression
+	// consts holds the values of the action expressions that read no
+	// variable (add_headers = { "X-Tag" = "local" }), evaluated by HCL once
+	// at load: the functions are deterministic, so every evaluation would
+	// give the same value. An expression that fails at load is left to
+	// fail at evaluation time, as it did.
+	consts map[string]cty.Value
 }
 
 // rulesEngine evaluates HCL rules in file order.
@@ -215,7 +221,16 @@ func compileRule(b ruleBlock) (*rule, hcl.Diagnostics) {
 			continue
 		}
 		r.acts[name] = a.Expr
-		diags = append(diags, typeCheck(a.Expr, r.stage, actionTypes[name], b.When)...)
+		d := typeCheck(a.Expr, r.stage, actionTypes[name], b.When)
+		diags = append(diags, d...)
+		if !d.HasErrors() && len(a.Expr.Variables()) == 0 {
+			if v, err := evalAs(a.Expr, &hcl.EvalContext{Functions: ruleFunctions}, actionTypes[name]); err == nil {
+				if r.consts == nil {
+					r.consts = map[string]cty.Value{}
+				}
+				r.consts[name] = v
+			}
+		}
 	}
 	return r, diags
 }
@@ -309,9 +324,12 @@ func (r *rule) match(ectx *hcl.EvalContext) (cty.Value, error) {
 func (r *rule) actions(ectx *hcl.EvalContext) (Actions, error) {
 	var a Actions
 	for name, expr := range r.acts {
-		v, err := evalAs(expr, ectx, actionTypes[name])
-		if err != nil {
-			return a, fmt.Errorf("%s: %w", name, err)
+		v, ok := r.consts[name]
+		if !ok {
+			var err error
+			if v, err = evalAs(expr, ectx, actionTypes[name]); err != nil {
+				return a, fmt.Errorf("%s: %w", name, err)
+			}
 		}
 		switch name {
 		case "add_headers":

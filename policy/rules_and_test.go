@@ -23,6 +23,9 @@ func TestRuleMatch_SameAsHCL(t *testing.T) {
 		{`envelope.size > 10 && cidr_contains(envelope.from, session.client_ip)`, true},
 		{`envelope.size > 10 && envelope.smtputf8 && envelope.from == "a@b.example"`, true},
 		{`auth != null && lower(auth.user) == lower(envelope.from)`, true},
+		// contains is bool even on a list not known at load.
+		{`auth != null && contains([for r in envelope.recipients : domain(r) == domain(auth.user)], false)`, true},
+		{`auth != null && contains(envelope.recipients, envelope.from)`, true},
 		{`regex(envelope.from, "a") || envelope.size > 10`, false},
 		{`envelope.size > 10 && lookup({a = true}, envelope.from, false)`, false}, // not statically bool
 	}

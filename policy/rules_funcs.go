@@ -51,8 +51,12 @@ func stringPredicate(f func(s, affix string) bool) function.Function {
 }
 
 // containsFunc is contains(string, substring) or contains(list, value).
+// Its parameters allow a value of unknown type, so at load, on a list not
+// known yet (a for expression over the input), it is an unknown bool, not
+// of unknown type: a when a && contains(…) is then split into conjuncts
+// and stops at a false a (see conjuncts). A null argument is still refused.
 var containsFunc = function.New(&function.Spec{
-	Params: []function.Parameter{{Name: "haystack", Type: cty.DynamicPseudoType, AllowMarked: true}, {Name: "needle", Type: cty.DynamicPseudoType, AllowMarked: true}},
+	Params: []function.Parameter{{Name: "haystack", Type: cty.DynamicPseudoType, AllowMarked: true, AllowDynamicType: true}, {Name: "needle", Type: cty.DynamicPseudoType, AllowMarked: true, AllowDynamicType: true}},
 	Type:   function.StaticReturnType(cty.Bool),
 	Impl: func(args []cty.Value, _ cty.Type) (cty.Value, error) {
 		h, n := args[0], args[1]
