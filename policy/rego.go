@@ -90,22 +90,64 @@ func loadRego(path string, tests bool, caps *ast.Capabilities) (map[string]*ast.
 type regoEngine struct {
 	// stages holds the query of each stage; a nil query means no deny,
 	// defer, warn or actions rule applies at that stage.
-	stages map[Stage]*rego.PreparedEvalQuery
+	stages map[Stage]*stageQuery
 	// all asks for every result; it serves an input of another stage.
-	all *rego.PreparedEvalQuery
+	all *stageQuery
 	// shape is the part of the input the modules refer to; shapes, per
 	// stage, the part the rules that can apply at that stage refer to.
 	shape  *inputShape
 	shapes map[Stage]*inputShape
-	// static are the evaluation options every call shares: no metrics,
-	// and one read transaction on the engine's store, opened at load. The
-	// store is never written after load (a reload or a bundle activation
-	// builds a new store and a new engine), so the transaction never
-	// goes stale and the read lock it holds blocks no writer; it goes
-	// away with the engine. OPA opens and aborts a transaction on every
-	// Eval otherwise. The documents read from the store are cached for
-	// every evaluation too (storeCache), for the same reason.
-	static []rego.EvalOption
+	// compiler holds the compiled modules every query shares.
+	compiler *ast.Compiler
+	// store, txn and cache are what every evaluation reads data from: one
+	// read transaction on the engine's store, opened at load. The store
+	// is never written after load (a reload or a bundle activation builds
+	// a new store and a new engine), so the transaction never goes stale
+	// and the read lock it holds blocks no writer; it goes away with the
+	// engine. The documents read from the store are cached for every
+	// evaluation too (storeCache), for the same reason.
+	store storage.Store
+	txn   storage.Transaction
+	cache *storeCache
+}
+
+// stageQuery is one query compiled at load and evaluated by OPA's own
+// evaluator (topdown) on every call: what rego.PreparedEvalQuery.Eval
+// builds around topdown per call (an evaluation context, a result set
+// with a bindings map and one value per expression, JSON for every
+// binding) is left out; the bindings are read straight from topdown's
+// result. The query compiler is OPA's, with rego's settings (no strict
+// mode on the query, print statements as the module compiler left them).
+type stageQuery struct {
+	body ast.Body
+	qc   ast.QueryCompiler
+	// vars maps each result variable of the query (deny, dfr, warn,
+	// actions) to the variable the query compiler rewrote it to.
+	vars map[string]ast.Var
+}
+
+// compileStageQuery compiles query against compiler, as rego does for a
+// prepared query.
+func compileStageQuery(compiler *ast.Compiler, query string) (*stageQuery, error) {
+	body, err := ast.ParseBodyWithOpts(query, ast.ParserOptions{RegoVersion: ast.RegoV1})
+	if err != nil {
+		return nil, err
+	}
+	qc := compiler.QueryCompiler().WithContext(ast.NewQueryContext()).WithStrict(false)
+	compiled, err := qc.Compile(body)
+	if err != nil {
+		return nil, err
+	}
+	sq := &stageQuery{body: compiled, qc: qc, vars: map[string]ast.Var{}}
+	for rw, orig := range qc.RewrittenVars() {
+		sq.vars[string(orig)] = rw
+	}
+	for _, name := range resultNames {
+		if _, ok := sq.vars[name]; !ok {
+			sq.vars[name] = ast.Var(name)
+		}
+	}
+	return sq, nil
 }
 
 // inputShape returns the shape of the input the query of stage reads.
@@ -118,7 +160,7 @@ func (e *regoEngine) inputShape(stage Stage) *inputShape {
 
 // query returns the prepared query for stage, nil when nothing can be
 // decided there.
-func (e *regoEngine) query(stage Stage) *rego.PreparedEvalQuery {
+func (e *regoEngine) query(stage Stage) *stageQuery {
 	if pq, ok := e.stages[stage]; ok {
 		return pq
 	}
@@ -190,14 +232,18 @@ func prepareRego(ctx context.Context, s engineSpec, mods map[string]*ast.Module,
 		rego.StrictBuiltinErrors(true),
 		rego.SetRegoVersion(ast.RegoV1),
 	}
-	// The first query compiles the modules; the others share its
-	// compiler, so a policy is compiled once, not once per stage.
+	// A prepared query compiles the modules (OPA's checks, capabilities
+	// and strict built-in errors as configured); every stage query is
+	// compiled against that one compiler, so a policy is compiled once.
 	var compiler *ast.Compiler
-	opts := append(base, rego.Query(resultQuery(pkgRef, kinds)), rego.CompilerHook(func(c *ast.Compiler) { compiler = c }))
+	opts := append(base, rego.Query("true"), rego.CompilerHook(func(c *ast.Compiler) { compiler = c }))
 	for _, n := range names {
 		opts = append(opts, rego.ParsedModule(mods[n]))
 	}
-	all, err := rego.New(opts...).PrepareForEval(ctx)
+	if _, err := rego.New(opts...).PrepareForEval(ctx); err != nil {
+		return nil, fmt.Errorf("policy: %s: compile: %w", s.id(), err)
+	}
+	all, err := compileStageQuery(compiler, resultQuery(pkgRef, kinds))
 	if err != nil {
 		return nil, fmt.Errorf("policy: %s: compile: %w", s.id(), err)
 	}
@@ -205,9 +251,8 @@ func prepareRego(ctx context.Context, s engineSpec, mods map[string]*ast.Module,
 	if err != nil {
 		return nil, fmt.Errorf("policy: %s: store: %w", s.id(), err)
 	}
-	e := &regoEngine{all: &all, stages: map[Stage]*rego.PreparedEvalQuery{}, shape: regoInputShape(compiler, allStages), shapes: map[Stage]*inputShape{},
-		static: []rego.EvalOption{rego.EvalMetrics(noMetrics), rego.EvalTransaction(txn), rego.EvalGenerateJSON(resultJSON),
-			rego.EvalBaseCache(&storeCache{})}}
+	e := &regoEngine{all: all, stages: map[Stage]*stageQuery{}, shape: regoInputShape(compiler, allStages), shapes: map[Stage]*inputShape{},
+		compiler: compiler, store: store, txn: txn, cache: &storeCache{}}
 	for _, st := range []Stage{StageMail, StageRcpt, StageData} {
 		e.shapes[st] = regoInputShape(compiler, st)
 		sk := map[string]bool{}
@@ -220,11 +265,11 @@ func prepareRego(ctx context.Context, s engineSpec, mods map[string]*ast.Module,
 			e.stages[st] = nil
 			continue
 		}
-		pq, err := rego.New(append(base, rego.Query(resultQuery(pkgRef, sk)), rego.Compiler(compiler))...).PrepareForEval(ctx)
+		sq, err := compileStageQuery(compiler, resultQuery(pkgRef, sk))
 		if err != nil {
 			return nil, fmt.Errorf("policy: %s: compile stage %s: %w", s.id(), st, err)
 		}
-		e.stages[st] = &pq
+		e.stages[st] = sq
 	}
 	return e, nil
 }
@@ -306,9 +351,10 @@ func withEvalTime(ctx context.Context, t time.Time) context.Context {
 var noMetrics = metrics.NoOp()
 
 func (e *regoEngine) eval(ctx context.Context, doc *document) (engineResult, error) {
-	// A stage no rule is bound to is not evaluated. Without an external cancel, OPA starts a goroutine per evaluation to
-	// watch ctx; context.AfterFunc costs nothing when ctx cannot be
-	// cancelled, and nothing more than a registration when it can.
+	// A stage no rule is bound to is not evaluated. ctx cancels the
+	// evaluation through topdown's Cancel: context.AfterFunc costs nothing
+	// when ctx cannot be cancelled, and nothing more than a registration
+	// when it can (rego starts a goroutine per evaluation to watch ctx).
 	pq := e.query(doc.in.Stage)
 	if pq == nil {
 		return engineResult{}, nil
@@ -318,22 +364,48 @@ func (e *regoEngine) eval(ctx context.Context, doc *document) (engineResult, err
 		stop := context.AfterFunc(ctx, cancel.Cancel)
 		defer stop()
 	}
-	opts := make([]rego.EvalOption, 0, len(e.static)+3)
-	opts = append(opts, e.static...)
-	opts = append(opts, rego.EvalParsedInput(doc.ast(e.inputShape(doc.in.Stage))), rego.EvalExternalCancel(cancel))
+	q := topdown.NewQuery(pq.body).
+		WithQueryCompiler(pq.qc).
+		WithCompiler(e.compiler).
+		WithStore(e.store).
+		WithTransaction(e.txn).
+		WithMetrics(noMetrics).
+		WithStrictBuiltinErrors(true).
+		WithBaseCache(e.cache).
+		WithInput(ast.NewTerm(doc.ast(e.inputShape(doc.in.Stage)))).
+		WithCancel(cancel)
 	if t, ok := ctx.Value(evalTimeKey{}).(time.Time); ok {
-		opts = append(opts, rego.EvalTime(t))
+		q = q.WithTime(t)
 	}
-	rs, err := pq.Eval(ctx, opts...)
+	var (
+		b topdown.QueryResult
+		n int
+	)
+	err := q.Iter(ctx, func(r topdown.QueryResult) error {
+		n++
+		b = r
+		return nil
+	})
 	if err != nil {
 		return engineResult{}, err
 	}
-	if len(rs) != 1 {
-		return engineResult{}, fmt.Errorf("%w: query returned %d results", ErrInvalidResult, len(rs))
+	if n != 1 {
+		return engineResult{}, fmt.Errorf("%w: query returned %d results", ErrInvalidResult, n)
 	}
-	b := rs[0].Bindings
+	binding := func(name string) ([]any, error) {
+		t, ok := b[pq.vars[name]]
+		if !ok {
+			return nil, nil
+		}
+		v, err := resultJSON(t)
+		return asList(v), err
+	}
 	var res engineResult
-	for _, x := range asList(b["deny"]) {
+	xs, err := binding("deny")
+	if err != nil {
+		return engineResult{}, err
+	}
+	for _, x := range xs {
 		v, err := regoVerdict("deny", x, '5', defaultRejectCode, defaultRejectEnh)
 		if err != nil {
 			return engineResult{}, err
@@ -342,7 +414,11 @@ func (e *regoEngine) eval(ctx context.Context, doc *document) (engineResult, err
 			res.reject = &v
 		}
 	}
-	for _, x := range asList(b["dfr"]) {
+	xs, err = binding("dfr")
+	if err != nil {
+		return engineResult{}, err
+	}
+	for _, x := range xs {
 		v, err := regoVerdict("defer", x, '4', defaultDeferCode, defaultDeferEnh)
 		if err != nil {
 			return engineResult{}, err
@@ -351,14 +427,22 @@ func (e *regoEngine) eval(ctx context.Context, doc *document) (engineResult, err
 			res.deferral = &v
 		}
 	}
-	for _, x := range asList(b["warn"]) {
+	xs, err = binding("warn")
+	if err != nil {
+		return engineResult{}, err
+	}
+	for _, x := range xs {
 		v, err := regoVerdict("warn", x, 0, 0, "")
 		if err != nil {
 			return engineResult{}, err
 		}
 		res.warnings = append(res.warnings, Warning{Rule: v.rule, Message: v.message})
 	}
-	if acts := asList(b["actions"]); len(acts) == 1 {
+	acts, err := binding("actions")
+	if err != nil {
+		return engineResult{}, err
+	}
+	if len(acts) == 1 {
 		a, err := regoActions(acts[0])
 		if err != nil {
 			return engineResult{}, err
@@ -372,7 +456,7 @@ func (e *regoEngine) eval(ctx context.Context, doc *document) (engineResult, err
 // no sorting or copying asked for), except that an
 // empty set or array becomes nil, which asList reads as empty too: most
 // evaluations accept, and OPA's conversion allocates for every empty result.
-func resultJSON(t *ast.Term, _ *rego.EvalContext) (any, error) {
+func resultJSON(t *ast.Term) (any, error) {
 	switch v := t.Value.(type) {
 	case ast.Set:
 		if v.Len() == 0 {
