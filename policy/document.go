@@ -125,6 +125,22 @@ var keyTerms = func() map[string]*ast.Term {
 	return m
 }()
 
+// stageTerms are the values of input.stage, built once like keyTerms (OPA
+// interns no such strings, so a fresh term would cost two allocations on
+// every evaluation).
+var stageTerms = map[Stage]*ast.Term{
+	StageMail: ast.StringTerm(string(StageMail)),
+	StageRcpt: ast.StringTerm(string(StageRcpt)),
+	StageData: ast.StringTerm(string(StageData)),
+}
+
+func stageTerm(st Stage) *ast.Term {
+	if t, ok := stageTerms[st]; ok {
+		return t
+	}
+	return ast.InternedTerm(string(st))
+}
+
 func item(k string, v *ast.Term) [2]*ast.Term {
 	kt := keyTerms[k]
 	if kt == nil {
@@ -224,12 +240,12 @@ func astValue(in *Input) ast.Value { return astInput(in, fullShape) }
 // only. It matches the JSON form of Input: rcpt and message are absent
 // outside their stages, auth and session.tls are null when unset.
 func astInput(in *Input, s *inputShape) ast.Value {
-	o := newObject(s, 8)
+	o := newObject(s)
 	if o.want("version") {
 		o.add("version", ast.InternedTerm(in.Version))
 	}
 	if o.want("stage") {
-		o.add("stage", ast.InternedTerm(string(in.Stage)))
+		o.add("stage", stageTerm(in.Stage))
 	}
 	if c := s.get("session"); c != nil {
 		o.add("session", sessionTerm(&in.Session, c))
@@ -237,7 +253,7 @@ func astInput(in *Input, s *inputShape) ast.Value {
 	if c := s.get("auth"); c != nil {
 		auth := ast.InternedNullTerm
 		if in.Auth != nil {
-			a := newObject(c, 2)
+			a := newObject(c)
 			a.str("user", in.Auth.User)
 			a.str("mechanism", in.Auth.Mechanism)
 			auth = a.term()
@@ -245,7 +261,7 @@ func astInput(in *Input, s *inputShape) ast.Value {
 		o.add("auth", auth)
 	}
 	if c := s.get("envelope"); c != nil {
-		e, env := &in.Envelope, newObject(c, 5)
+		e, env := &in.Envelope, newObject(c)
 		env.str("from", e.From)
 		env.str("from_domain", e.FromDomain)
 		if env.want("recipients") {
@@ -260,13 +276,13 @@ func astInput(in *Input, s *inputShape) ast.Value {
 		o.add("envelope", env.term())
 	}
 	if c := s.get("rcpt"); c != nil && in.Rcpt != nil {
-		r := newObject(c, 2)
+		r := newObject(c)
 		r.str("address", in.Rcpt.Address)
 		r.str("domain", in.Rcpt.Domain)
 		o.add("rcpt", r.term())
 	}
 	if c := s.get("message"); c != nil && in.Message != nil {
-		m, msg := in.Message, newObject(c, 3)
+		m, msg := in.Message, newObject(c)
 		if hs := c.get("headers"); hs != nil {
 			msg.add("headers", headersTerm(m.Headers, hs))
 		}
@@ -281,23 +297,45 @@ func astInput(in *Input, s *inputShape) ast.Value {
 	if c := s.get("quota"); c != nil {
 		o.add("quota", quotaTerm(in.Quota, c))
 	}
-	return ast.NewObject(o.kv...)
+	return ast.NewObject(o.items()...)
 }
 
 // object collects the items of one object of the input that its shape
-// needs.
+// needs. The items live in an array inside the object, so an object
+// built and turned into a term in one function stays on the stack (OPA
+// copies the items); no object of the input has more than objectItems
+// items, and more would go to extra.
 type object struct {
-	s  *inputShape
-	kv [][2]*ast.Term
+	s     *inputShape
+	n     int
+	kv    [objectItems][2]*ast.Term
+	extra [][2]*ast.Term
 }
 
-func newObject(s *inputShape, n int) object {
-	return object{s: s, kv: make([][2]*ast.Term, 0, n)}
-}
+// objectItems is the most items an object of the input has: the input
+// itself (version, stage, session, auth, envelope, rcpt, message, quota).
+const objectItems = 8
+
+func newObject(s *inputShape) object { return object{s: s} }
 
 func (o *object) want(k string) bool { return o.s.get(k) != nil }
 
-func (o *object) add(k string, v *ast.Term) { o.kv = append(o.kv, item(k, v)) }
+func (o *object) add(k string, v *ast.Term) {
+	if o.n == len(o.kv) {
+		o.extra = append(o.extra, item(k, v))
+		return
+	}
+	o.kv[o.n] = item(k, v)
+	o.n++
+}
+
+// items returns the items added, in order.
+func (o *object) items() [][2]*ast.Term {
+	if o.extra == nil {
+		return o.kv[:o.n]
+	}
+	return append(o.kv[:o.n:o.n], o.extra...)
+}
 
 // str adds a string item when the shape needs it.
 func (o *object) str(k, v string) {
@@ -306,10 +344,10 @@ func (o *object) str(k, v string) {
 	}
 }
 
-func (o *object) term() *ast.Term { return ast.ObjectTerm(o.kv...) }
+func (o *object) term() *ast.Term { return ast.ObjectTerm(o.items()...) }
 
 func sessionTerm(ss *Session, s *inputShape) *ast.Term {
-	o := newObject(s, 5)
+	o := newObject(s)
 	o.str("id", ss.ID)
 	o.str("listener", ss.Listener)
 	o.str("client_ip", ss.ClientIP)
@@ -346,7 +384,7 @@ func headersTerm(hs map[string][]string, s *inputShape) *ast.Term {
 // the quotas s names.
 func quotaTerm(qs map[string]QuotaState, s *inputShape) *ast.Term {
 	if len(qs) == 0 {
-		return ast.ObjectTerm()
+		return ast.InternedEmptyObject
 	}
 	windows := func(ws []QuotaWindow) *ast.Term {
 		if len(ws) == 0 {

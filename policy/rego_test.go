@@ -3,8 +3,11 @@ package policy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
+
+	"github.com/open-policy-agent/opa/v1/ast"
 )
 
 func regoPolicy(t *testing.T, files map[string]string, rc RegoConfig) *Policy {
@@ -252,6 +255,27 @@ warn contains sprintf("version %d", [input.version])
 	for _, not := range []string{"rcpt present", "message present"} {
 		if got[not] {
 			t.Errorf("unexpected %q", not)
+		}
+	}
+}
+
+// TestObjectItemsBeyondArray: an object given more items than its array
+// holds keeps every item, in order.
+func TestObjectItemsBeyondArray(t *testing.T) {
+	o := newObject(fullShape)
+	var want []string
+	for i := range objectItems + 3 {
+		k := fmt.Sprintf("k%d", i)
+		o.add(k, strTerm(k))
+		want = append(want, k)
+	}
+	items := o.items()
+	if len(items) != len(want) {
+		t.Fatalf("%d items, want %d", len(items), len(want))
+	}
+	for i, it := range items {
+		if got := string(it[0].Value.(ast.String)); got != want[i] || !it[1].Equal(it[0]) {
+			t.Errorf("item %d = %v: %v, want %s", i, it[0], it[1], want[i])
 		}
 	}
 }
