@@ -109,6 +109,13 @@ type regoEngine struct {
 	store storage.Store
 	txn   storage.Transaction
 	cache *storeCache
+	// never is the Cancel of every evaluation whose ctx cannot be
+	// cancelled: it is never cancelled, and only read. meta is the request
+	// metadata of every evaluation: only custom built-ins (there are none)
+	// and external data trees read it, nothing writes it, and topdown
+	// allocates a new empty map per evaluation otherwise.
+	never topdown.Cancel
+	meta  map[string]any
 }
 
 // stageQuery is one query compiled at load and evaluated by OPA's own
@@ -252,7 +259,7 @@ func prepareRego(ctx context.Context, s engineSpec, mods map[string]*ast.Module,
 		return nil, fmt.Errorf("policy: %s: store: %w", s.id(), err)
 	}
 	e := &regoEngine{all: all, stages: map[Stage]*stageQuery{}, shape: regoInputShape(compiler, allStages), shapes: map[Stage]*inputShape{},
-		compiler: compiler, store: store, txn: txn, cache: &storeCache{}}
+		compiler: compiler, store: store, txn: txn, cache: &storeCache{}, never: topdown.NewCancel(), meta: map[string]any{}}
 	for _, st := range []Stage{StageMail, StageRcpt, StageData} {
 		e.shapes[st] = regoInputShape(compiler, st)
 		sk := map[string]bool{}
@@ -359,8 +366,9 @@ func (e *regoEngine) eval(ctx context.Context, doc *document) (engineResult, err
 	if pq == nil {
 		return engineResult{}, nil
 	}
-	cancel := topdown.NewCancel()
+	cancel := e.never
 	if ctx.Done() != nil {
+		cancel = topdown.NewCancel()
 		stop := context.AfterFunc(ctx, cancel.Cancel)
 		defer stop()
 	}
@@ -373,7 +381,8 @@ func (e *regoEngine) eval(ctx context.Context, doc *document) (engineResult, err
 		WithStrictBuiltinErrors(true).
 		WithBaseCache(e.cache).
 		WithInput(ast.NewTerm(doc.ast(e.inputShape(doc.in.Stage)))).
-		WithCancel(cancel)
+		WithCancel(cancel).
+		WithRequestMetadata(e.meta)
 	if t, ok := ctx.Value(evalTimeKey{}).(time.Time); ok {
 		q = q.WithTime(t)
 	}
