@@ -69,18 +69,20 @@ var containsFunc = function.New(&function.Spec{
 		if !h.CanIterateElements() {
 			return cty.NilVal, function.NewArgErrorf(0, "contains needs a string, list or set, got %s", h.Type().FriendlyName())
 		}
-		if n.Type() == cty.String && !h.Type().IsMapType() && !h.Type().IsObjectType() {
-			// Fast path for the common list-of-strings case: compare
-			// strings directly instead of cty.Value.Equals per element.
-			s := n.AsString()
+		if nt := n.Type(); (nt == cty.String || nt == cty.Bool) && !h.Type().IsMapType() && !h.Type().IsObjectType() {
+			// Fast path for the common list-of-strings case, and for a
+			// list of bools (contains([for … : test], false)): compare
+			// the Go values directly instead of stdlib.Contains, which
+			// calls cty.Value.Equals per element through a second
+			// function call.
 			for it := h.ElementIterator(); it.Next(); {
 				_, e := it.Element()
 				switch {
 				case !e.IsKnown():
 					return cty.UnknownVal(cty.Bool), nil
-				case e.IsNull() || e.Type() != cty.String:
+				case e.IsNull() || e.Type() != nt:
 					continue
-				case e.AsString() == s:
+				case nt == cty.String && e.AsString() == n.AsString(), nt == cty.Bool && e.True() == n.True():
 					return cty.True, nil
 				}
 			}
