@@ -20,9 +20,9 @@ import (
 // argument twice per call (ContainsMarked, UnmarkDeep) — a whole list or
 // map for contains and length.
 var ruleFunctions = map[string]function.Function{
-	"lower":         stdlib.LowerFunc,
-	"upper":         stdlib.UpperFunc,
-	"trimspace":     stdlib.TrimSpaceFunc,
+	"lower":         stringMap(strings.ToLower, true),
+	"upper":         stringMap(strings.ToUpper, true),
+	"trimspace":     stringMap(strings.TrimSpace, false),
 	"split":         stdlib.SplitFunc,
 	"join":          stdlib.JoinFunc,
 	"format":        stdlib.FormatFunc,
@@ -38,6 +38,20 @@ var ruleFunctions = map[string]function.Function{
 	"regex":         regexFunc,
 	"domain":        domainFunc,
 	"cidr_contains": cidrContainsFunc,
+}
+
+// stringMap is cty's stdlib lower, upper or trimspace (f, and dynamic
+// as the stdlib parameter's AllowDynamicType) with a parameter that allows
+// marked values: the same result and refinement, without the walks.
+func stringMap(f func(string) string, dynamic bool) function.Function {
+	return function.New(&function.Spec{
+		Params:       []function.Parameter{{Name: "str", Type: cty.String, AllowDynamicType: dynamic, AllowMarked: true}},
+		Type:         function.StaticReturnType(cty.String),
+		RefineResult: func(b *cty.RefinementBuilder) *cty.RefinementBuilder { return b.NotNull() },
+		Impl: func(args []cty.Value, _ cty.Type) (cty.Value, error) {
+			return cty.StringVal(f(args[0].AsString())), nil
+		},
+	})
 }
 
 func stringPredicate(f func(s, affix string) bool) function.Function {

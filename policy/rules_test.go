@@ -133,6 +133,8 @@ func TestRules_Functions(t *testing.T) {
 	}{
 		{`auth != null && lower(auth.user) == "alice@example.com"`, true},
 		{`upper(envelope.from) == "ALICE@EXAMPLE.COM"`, true},
+		{`trimspace("  x \t") == "x"`, true},
+		{`lower("ÄB") == "äb" && upper("äb") == "ÄB"`, true},
 		{`startswith(envelope.from, "alice@")`, true},
 		{`startswith(envelope.from, "bob@")`, false},
 		{`endswith(envelope.from, "@example.com")`, true},
