@@ -10,7 +10,6 @@ import (
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/gohcl"
 	"github.com/hashicorp/hcl/v2/hclparse"
-	"github.com/hashicorp/hcl/v2/hclsyntax"
 	"github.com/zclconf/go-cty/cty"
 	"github.com/zclconf/go-cty/cty/convert"
 )
@@ -308,7 +307,7 @@ func (e *rulesEngine) run(stage Stage, ectx *hcl.EvalContext) (engineResult, err
 // odd values are HCL's own.
 func (r *rule) match(ectx *hcl.EvalContext) (cty.Value, error) {
 	for i, x := range r.and {
-		v, diags := operandValue(x, ectx)
+		v, diags := x.Value(ectx)
 		if diags.HasErrors() || !v.IsKnown() || v.IsNull() || v.Type() != cty.Bool {
 			break
 		}
@@ -320,48 +319,6 @@ func (r *rule) match(ectx *hcl.EvalContext) (cty.Value, error) {
 		}
 	}
 	return evalAs(r.when, ectx, cty.Bool)
-}
-
-// operandValue evaluates one operand of a when conjunction. An operand
-// a == b or a != b has its two sides evaluated by HCL; when both are
-// known and unmarked and either one is null or both are strings, they are
-// compared here, with the result cty.Value.Equals gives them (nulls of any
-// type are equal, null and non-null are not, strings are equal byte for
-// byte, cty having NFC-normalized both), without the call of stdlib's
-// equal function HCL makes (argument checks, mark walks, refinement);
-// other known, unmarked sides go to that function as HCL would pass them.
-// Any other operand, or a side that fails, is evaluated by HCL as written.
-func operandValue(x hcl.Expression, ectx *hcl.EvalContext) (cty.Value, hcl.Diagnostics) {
-	if b, ok := x.(*hclsyntax.BinaryOpExpr); ok && (b.Op == hclsyntax.OpEqual || b.Op == hclsyntax.OpNotEqual) {
-		if v, ok := compareSides(b, ectx); ok {
-			return v, nil
-		}
-	}
-	return x.Value(ectx)
-}
-
-// compareSides evaluates b (== or !=) as operandValue describes; ok is
-// false when HCL has to evaluate b as written.
-func compareSides(b *hclsyntax.BinaryOpExpr, ectx *hcl.EvalContext) (cty.Value, bool) {
-	l, diags := b.LHS.Value(ectx)
-	if diags.HasErrors() || !l.IsKnown() || l.IsMarked() {
-		return cty.NilVal, false
-	}
-	r, diags := b.RHS.Value(ectx)
-	if diags.HasErrors() || !r.IsKnown() || r.IsMarked() {
-		return cty.NilVal, false
-	}
-	var eq bool
-	switch {
-	case l.IsNull() || r.IsNull():
-		eq = l.IsNull() && r.IsNull()
-	case l.Type() == cty.String && r.Type() == cty.String:
-		eq = l.AsString() == r.AsString()
-	default:
-		v, err := b.Op.Impl.Call([]cty.Value{l, r})
-		return v, err == nil
-	}
-	return cty.BoolVal(eq == (b.Op == hclsyntax.OpEqual)), true
 }
 
 func (r *rule) actions(ectx *hcl.EvalContext) (Actions, error) {
