@@ -1,7 +1,6 @@
 package dkim
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"net"
@@ -138,11 +137,4 @@ func mask(sig string) string {
 		sig = sig[:i] + " b=<B>\r\n"
 	}
 	return sig
-}
-
-func mustContain(t testing.TB, haystack []byte, needle string) {
-	t.Helper()
-	if !bytes.Contains(haystack, []byte(needle)) {
-		t.Fatalf("output does not contain %q:\n%s", needle, haystack)
-	}
 }

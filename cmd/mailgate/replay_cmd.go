@@ -179,7 +179,6 @@ type progress struct {
 	w     io.Writer // nil: not a terminal
 	total int64     // bytes of all files
 	file  string
-	done  int64 // bytes of the files finished
 	last  time.Time
 	shown bool
 }
