@@ -9,7 +9,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto"
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
@@ -81,7 +80,7 @@ func startMailgateAuth(t *testing.T, extra, authAttrs string) *mailgate {
 		if err := dkim.WriteKeyFile(filepath.Join(dir, k.sel+".pem"), key); err != nil {
 			t.Fatal(err)
 		}
-		rec, err := dkim.NewRecord("example.com", k.sel, key.Public().(crypto.PublicKey))
+		rec, err := dkim.NewRecord("example.com", k.sel, key.Public())
 		if err != nil {
 			t.Fatal(err)
 		}
