@@ -6,10 +6,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
-	"crypto/rand"
-	"crypto/rsa"
 	"crypto/sha256"
-	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
@@ -37,25 +34,6 @@ func bundlePolicy(version string) map[string]string {
 		"data.json":          `{"version": "` + version + `"}`,
 		"mailgate_test.rego": "package mailgate_test\ntest_never_bundled if false\n",
 	}
-}
-
-// signingKeys returns a PEM private key file and its public key file.
-func signingKeys(t *testing.T, dir, name string) (priv, pub string) {
-	t.Helper()
-	k, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pkix, err := x509.MarshalPKIXPublicKey(&k.PublicKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	priv, pub = filepath.Join(dir, name+".pem"), filepath.Join(dir, name+".pub")
-	writeFiles(t, dir, map[string]string{
-		name + ".pem": string(pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(k)})),
-		name + ".pub": string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pkix})),
-	})
-	return priv, pub
 }
 
 // buildBundle builds a bundle of files (signed when key is set).
@@ -183,7 +161,7 @@ type bundleFixture struct {
 func newBundleFixture(t *testing.T) bundleFixture {
 	t.Helper()
 	dir := t.TempDir()
-	priv, pub := signingKeys(t, dir, "signer")
+	priv, pub := peertest.RSAKeyPair(t, dir, "signer")
 	return bundleFixture{dir: dir, priv: priv, pub: pub, cache: filepath.Join(dir, "cache")}
 }
 
@@ -248,7 +226,7 @@ func TestBundle_SignedLoadsAndDecides(t *testing.T) {
 
 func TestBundle_RefusedBundlesKeepThePreviousPolicy(t *testing.T) {
 	f := newBundleFixture(t)
-	otherPriv, _ := signingKeys(t, f.dir, "other")
+	otherPriv, _ := peertest.RSAKeyPair(t, f.dir, "other")
 	good := buildBundle(t, bundlePolicy("v1"), "r1", f.priv)
 	tests := []struct {
 		name   string

@@ -6,12 +6,8 @@ package main
 
 import (
 	"bytes"
-	"crypto/rand"
-	"crypto/rsa"
 	"crypto/sha256"
-	"crypto/x509"
 	"encoding/hex"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"net/http"
@@ -49,23 +45,6 @@ func serveBundleDir(t *testing.T, dir string) *httptest.Server {
 	return srv
 }
 
-// rsaKeyFiles writes an RSA private key (PKCS#1 PEM) and its public key.
-func rsaKeyFiles(t *testing.T, dir string) (priv, pub string) {
-	t.Helper()
-	k, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pkix, err := x509.MarshalPKIXPublicKey(&k.PublicKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	priv, pub = filepath.Join(dir, "signing.pem"), filepath.Join(dir, "signing.pub")
-	writeFile(t, priv, string(pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(k)})))
-	writeFile(t, pub, string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pkix})))
-	return priv, pub
-}
-
 // writeBundlePolicy writes a policy refusing recipients in domain.
 func writeBundlePolicy(t *testing.T, dir, domain string) {
 	t.Helper()
@@ -90,7 +69,7 @@ func TestE2EPolicyFromSignedBundle(t *testing.T) {
 	peertest.Require(t, "smtp-sink", "swaks")
 	sink := peertest.StartSink(t, peertest.SinkOptions{})
 	keys, pol, pub := t.TempDir(), t.TempDir(), t.TempDir()
-	priv, pubKey := rsaKeyFiles(t, keys)
+	priv, pubKey := peertest.RSAKeyPair(t, keys, "signing")
 	publish := func(domain, rev string) {
 		t.Helper()
 		writeBundlePolicy(t, pol, domain)
@@ -174,7 +153,7 @@ policy {
 
 	// A bundle signed with another key is refused; r2 keeps deciding.
 	other := t.TempDir()
-	otherPriv, _ := rsaKeyFiles(t, other)
+	otherPriv, _ := peertest.RSAKeyPair(t, other, "signing")
 	writeBundlePolicy(t, pol, "three.example")
 	if code, out := runBundleCmd(t, "-dir", pol, "-revision", "r3", "-signing-key", otherPriv, "-out", filepath.Join(pub, "mail.tar.gz")); code != 0 {
 		t.Fatalf("mailgate policy bundle: exit %d\n%s", code, out)
@@ -225,7 +204,7 @@ func TestE2EBundleNotReadyThenSIGHUP(t *testing.T) {
 	peertest.Require(t, "smtp-sink", "swaks")
 	sink := peertest.StartSink(t, peertest.SinkOptions{})
 	keys, pol, pub := t.TempDir(), t.TempDir(), t.TempDir()
-	priv, pubKey := rsaKeyFiles(t, keys)
+	priv, pubKey := peertest.RSAKeyPair(t, keys, "signing")
 	srv := serveBundleDir(t, pub) // nothing published: 404
 	m := startMailgate(t, upstreamBlock(sink.Addr())+fmt.Sprintf(`
 metrics {
@@ -302,7 +281,7 @@ policy {
 
 func TestPolicyCheckAndEvalWithBundle(t *testing.T) {
 	keys, pol, pub := t.TempDir(), t.TempDir(), t.TempDir()
-	priv, pubKey := rsaKeyFiles(t, keys)
+	priv, pubKey := peertest.RSAKeyPair(t, keys, "signing")
 	writeBundlePolicy(t, pol, "one.example")
 	if code, out := runBundleCmd(t, "-dir", pol, "-revision", "r7", "-signing-key", priv, "-out", filepath.Join(pub, "mail.tar.gz")); code != 0 {
 		t.Fatalf("mailgate policy bundle: exit %d\n%s", code, out)

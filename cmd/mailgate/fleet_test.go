@@ -241,7 +241,7 @@ func fleetPolicyRollout(t *testing.T, f *fleet) {
 
 	// Revision 3, signed with a key the instances do not trust, would
 	// unblock everything: every instance refuses it and keeps revision 2.
-	otherKey, _ := rsaKeyFiles(t, t.TempDir())
+	otherKey, _ := peertest.RSAKeyPair(t, t.TempDir(), "signing")
 	writeFile(t, filepath.Join(pol, "data.json"), `{"blocked_domains": []}`)
 	offsets = f.logSizes(t)
 	f.publish(t, pol, "3", otherKey)
