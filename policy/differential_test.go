@@ -63,7 +63,7 @@ func newRefEngine(t *testing.T, s engineSpec) *refEngine {
 	if err != nil {
 		t.Fatal(err)
 	}
-	raw, err := os.ReadFile(filepath.Join(examplesDir, "data.json"))
+	raw, err := os.ReadFile(filepath.Join("testdata", "reference", "data.json"))
 	if err != nil {
 		t.Fatal(err)
 	}

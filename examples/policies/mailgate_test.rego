@@ -106,9 +106,17 @@ test_recipient_cap_default if {
 	"too-many-recipients" in ids(mailgate.defer) with input as rcpt("carol@example.com", "d@example.com", 20)
 }
 
-test_recipient_cap_group if {
+test_recipient_cap_per_sender if {
 	count(mailgate.defer) == 0 with input as rcpt("alice@example.com", "d@example.com", 99)
 	"too-many-recipients" in ids(mailgate.defer) with input as rcpt("alice@example.com", "d@example.com", 100)
+	count(mailgate.defer) == 0 with input as rcpt("news@example.com", "d@example.com", 999)
+	"too-many-recipients" in ids(mailgate.defer) with input as rcpt("news@example.com", "d@example.com", 1000)
+}
+
+# A client that did not authenticate (a relay listener) has the default cap.
+test_recipient_cap_unauthenticated if {
+	count(mailgate.defer) == 0 with input as object.union(rcpt("x@example.com", "d@example.com", 19), {"auth": null})
+	"too-many-recipients" in ids(mailgate.defer) with input as object.union(rcpt("x@example.com", "d@example.com", 20), {"auth": null})
 }
 
 test_recipient_cap_reply_is_452 if {
