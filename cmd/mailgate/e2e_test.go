@@ -446,8 +446,8 @@ policy {
 			t.Fatalf("exit %d:\n%s", code, out)
 		}
 	})
-	t.Run("recipients_capped_per_group", func(t *testing.T) {
-		// carol is in no group: default_max_recipients = 20. Python's
+	t.Run("recipients_capped_per_sender", func(t *testing.T) {
+		// carol has no entry in max_recipients: default_max_recipients = 20. Python's
 		// smtplib reports each refused recipient.
 		host, port, _ := net.SplitHostPort(m.sub)
 		script := fmt.Sprintf(`
