@@ -67,7 +67,7 @@ func TestSmoke(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bash, "run.sh", "-quick", "-n", "200", "-reps", "1",
-		"-scenarios", "ceiling,plain", "-out", out)
+		"-scenarios", "ceiling,plain,policy-nodkim", "-out", out)
 	var buf bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &buf, &buf
 	if err := cmd.Run(); err != nil {
@@ -78,7 +78,8 @@ func TestSmoke(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"machine: ", "ceiling: smtp-source → smtp-sink", "mailgate plain relay",
-		"one message per connection", "many messages per connection"} {
+		"one message per connection", "many messages per connection",
+		"mailgate plain relay + Rego/HCL policy (no DKIM)", "the example policies' share"} {
 		if !bytes.Contains(table, []byte(want)) {
 			t.Errorf("table.md lacks %q:\n%s", want, table)
 		}
@@ -92,9 +93,9 @@ func TestSmoke(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// header + 2 scenarios x 2 modes
-	if len(rows) != 5 {
-		t.Fatalf("raw.csv has %d rows, want 5:\n%v", len(rows), rows)
+	// header + 3 scenarios x 2 modes
+	if len(rows) != 7 {
+		t.Fatalf("raw.csv has %d rows, want 7:\n%v", len(rows), rows)
 	}
 	col := map[string]int{}
 	for i, name := range rows[0] {
@@ -109,7 +110,7 @@ func TestSmoke(t *testing.T) {
 		if r[col["sink_count"]] != "200" || r[col["verified"]] != "ok" {
 			t.Errorf("run %v: sink_count %s, verified %q", r[:3], r[col["sink_count"]], r[col["verified"]])
 		}
-		if r[col["scenario"]] == "plain" && r[col["cpu_s_per_1k"]] == "" {
+		if r[col["scenario"]] != "ceiling" && r[col["cpu_s_per_1k"]] == "" {
 			t.Errorf("run %v: no CPU figure for mailgate", r[:3])
 		}
 	}

@@ -17,8 +17,10 @@ usage: examples/bench/run.sh [flags]
   -mode M          conn | session | both (default both)
                      conn:    one message per connection
                      session: many messages per connection (smtp-source -d)
-  -scenarios LIST  comma list of ceiling,plain,rsa,ed25519,policy,quota,
-                   rsa-openssl,policy-openssl,classic (default: all)
+  -scenarios LIST  comma list of ceiling,plain,rsa,ed25519,policy,policy-nodkim,
+                   quota,rsa-openssl,policy-openssl,classic (default: all)
+                     policy-nodkim: the plain relay with the example policies,
+                     no signing: the policies' own cost, against plain
                      quota: the plain relay with three quotas counted in a
                      redis-server the script starts
                      rsa-openssl, policy-openssl: rsa and policy with a build
@@ -37,7 +39,7 @@ EOF
 }
 
 # ---------------------------------------------------------------- flags
-N="" SIZE=4096 SESSIONS=20 REPS="" MODE=both SCENARIOS="ceiling,plain,rsa,ed25519,policy,quota,rsa-openssl,policy-openssl,classic"
+N="" SIZE=4096 SESSIONS=20 REPS="" MODE=both SCENARIOS="ceiling,plain,rsa,ed25519,policy,policy-nodkim,quota,rsa-openssl,policy-openssl,classic"
 POOL="" OUT="" QUICK=0 KEEP=0 BASE=""
 while [ $# -gt 0 ]; do
 	case "$1" in
@@ -80,7 +82,7 @@ both) MODES=(conn session) ;;
 esac
 IFS=, read -r -a SCEN <<<"$SCENARIOS"
 for s in "${SCEN[@]}"; do
-	case "$s" in ceiling | plain | rsa | ed25519 | policy | quota | rsa-openssl | policy-openssl | classic) ;;
+	case "$s" in ceiling | plain | rsa | ed25519 | policy | policy-nodkim | quota | rsa-openssl | policy-openssl | classic) ;;
 	*) echo "run.sh: unknown scenario $s" >&2; exit 2 ;;
 	esac
 done
@@ -218,7 +220,7 @@ if [ -n "$BASE" ]; then
 	fi
 	MG_BASE="$TMP/mailgate-base"
 	for s in "${SCEN[@]}"; do
-		case "$s" in plain | rsa | ed25519 | policy | quota) SCEN+=("$s@base") ;; esac
+		case "$s" in plain | rsa | ed25519 | policy | policy-nodkim | quota) SCEN+=("$s@base") ;; esac
 	done
 fi
 mkdir -p "$TMP/keys"
@@ -293,7 +295,7 @@ quota \"per-destination\" {
 }
 "
 	fi
-	if [ "$scen" = policy ]; then
+	if [ "$scen" = policy ] || [ "$scen" = policy-nodkim ]; then
 		extra+="policy {
   rego {
     name = \"org\"
@@ -475,7 +477,7 @@ scen, dump, records = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 def dnsfunc(name, timeout=5):
     v = records.get(name.decode("ascii", "replace").rstrip(".").lower())
     return None if v is None else v.encode()
-want = {"ceiling": None, "plain": None, "quota": None, "rsa": b"rsa-sha256", "policy": b"rsa-sha256",
+want = {"ceiling": None, "plain": None, "quota": None, "policy-nodkim": None, "rsa": b"rsa-sha256", "policy": b"rsa-sha256",
         "rsa-openssl": b"rsa-sha256", "policy-openssl": b"rsa-sha256",
         "classic": b"rsa-sha256", "ed25519": b"ed25519-sha256"}[scen]
 files = sorted(os.listdir(dump))
@@ -679,10 +681,11 @@ names = {"ceiling": "ceiling: smtp-source → smtp-sink",
          "ed25519": "mailgate + DKIM Ed25519",
          "policy": "**mailgate + DKIM RSA-2048 + Rego/HCL policy**",
          "quota": "mailgate plain relay + 3 quotas in Redis",
+         "policy-nodkim": "mailgate plain relay + Rego/HCL policy (no DKIM)",
          "rsa-openssl": "mailgate + DKIM RSA-2048, OpenSSL signer",
          "policy-openssl": "**mailgate + DKIM RSA-2048 + Rego/HCL policy, OpenSSL signer**",
          "classic": "Postfix + OpenDKIM (RSA-2048)"}
-for s in ["plain", "rsa", "ed25519", "policy", "quota"]:
+for s in ["plain", "rsa", "ed25519", "policy", "policy-nodkim", "quota"]:
     names[s + "@base"] = names[s].strip("*") + " — baseline build"
 modes = {"conn": "one message per connection", "session": "many messages per connection (smtp-source -d)"}
 med = lambda xs: statistics.median(xs) if xs else None
@@ -756,6 +759,17 @@ for mode in ["conn", "session"]:
         if "policy" in stats and "policy-openssl" in stats and stats["policy"]["del"]:
             print("\nRSA + policies, msgs/s OpenSSL build / pure-Go build: %.2f"
                   % (stats["policy-openssl"]["del"] / stats["policy"]["del"]))
+    # The policies' share: CPU per message with them minus the same
+    # configuration without them, pair by pair within this run.
+    pairs = [(p, q) for p, q in [("policy-nodkim", "plain"), ("policy", "rsa"), ("policy-openssl", "rsa-openssl"),
+                                 ("policy-nodkim@base", "plain@base"), ("policy@base", "rsa@base")]
+             if p in stats and q in stats and stats[p]["cpu"] is not None and stats[q]["cpu"] is not None]
+    if pairs:
+        print("\nthe example policies' share: CPU µs per message with them minus without, same run\n")
+        print("| with | without | policies µs per msg |")
+        print("|---|---|---:|")
+        for p, q in pairs:
+            print("| %s | %s | %+.0f |" % (names[p].strip("*"), names[q].strip("*"), (stats[p]["cpu"] - stats[q]["cpu"]) * 1000))
 print("\nmsgs/s: messages / (time from smtp-source start until the sink holds all of them); for the classic")
 print("stack the acceptance rate (smtp-source done) is given too. msgs/s and CPU: median over reps; memory:")
 print("max over reps. CPU and memory are the system under test only (mailgate; or Postfix master +")
