@@ -372,6 +372,10 @@ func (e *regoEngine) eval(ctx context.Context, doc *document) (engineResult, err
 		stop := context.AfterFunc(ctx, cancel.Cancel)
 		defer stop()
 	}
+	// The virtual document cache is OPA's contract with nodes reused
+	// from one evaluation to the next (evalcache.go).
+	vc := getEvalCache()
+	defer putEvalCache(vc)
 	q := topdown.NewQuery(pq.body).
 		WithQueryCompiler(pq.qc).
 		WithCompiler(e.compiler).
@@ -380,6 +384,7 @@ func (e *regoEngine) eval(ctx context.Context, doc *document) (engineResult, err
 		WithMetrics(noMetrics).
 		WithStrictBuiltinErrors(true).
 		WithBaseCache(e.cache).
+		WithVirtualCache(vc).
 		WithInput(ast.NewTerm(doc.ast(e.inputShape(doc.in.Stage)))).
 		WithCancel(cancel).
 		WithRequestMetadata(e.meta)
