@@ -71,8 +71,13 @@ func (r *Reservation) take() []reservedGroup {
 // Commit counts the reserved units as sent.
 func (r *Reservation) Commit(ctx context.Context) error {
 	var errs []error
-	for _, g := range r.take() {
-		if err := r.store.Commit(ctx, g.id, r.now(), g.parts); err != nil {
+	gs := r.take()
+	if len(gs) == 0 {
+		return nil
+	}
+	now := r.now()
+	for _, g := range gs {
+		if err := r.store.Commit(ctx, g.id, now, g.parts); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -161,7 +166,7 @@ func (p *Policy) checkQuotas(ctx context.Context, qs *Quotas, doc *document) quo
 		pd.end = len(reqs)
 		applied = append(applied, pd)
 	}
-	putEvalScratch(sc)
+	putEvalScratch(sc, sq.vars)
 	if evalErr != nil {
 		c.refusal = quotaUnavailable(evalErr.name)
 		return c
@@ -291,10 +296,11 @@ var evalScratchPool = sync.Pool{New: func() any {
 func getEvalScratch() *evalScratch { return evalScratchPool.Get().(*evalScratch) }
 
 // putEvalScratch drops the stage's values (they hold its input) and
-// returns sc to the pool.
-func putEvalScratch(sc *evalScratch) {
-	clear(sc.ectx.Variables)
-	clear(sc.attrs)
+// returns sc to the pool. fillVars left sc.attrs empty.
+func putEvalScratch(sc *evalScratch, specs []varSpec) {
+	for _, s := range specs {
+		delete(sc.ectx.Variables, s.name)
+	}
 	evalScratchPool.Put(sc)
 }
 
@@ -375,6 +381,10 @@ func newReservationID() string {
 type tripLog struct {
 	mu sync.Mutex
 	m  map[string]struct{}
+	// n is len(m), for clear to skip the lock when nothing tripped (the
+	// usual case: a clear that misses a concurrent first is as if it had
+	// run just before it).
+	n atomic.Int64
 }
 
 const maxTrips = 10000
@@ -390,14 +400,19 @@ func (t *tripLog) first(name, key string) bool {
 		t.m = map[string]struct{}{}
 	}
 	t.m[k] = struct{}{}
+	t.n.Store(int64(len(t.m)))
 	return true
 }
 
 func (t *tripLog) clear(name, key string) {
+	if t.n.Load() == 0 {
+		return
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if len(t.m) > 0 {
 		delete(t.m, name+"\x00"+key)
+		t.n.Store(int64(len(t.m)))
 	}
 }
 
@@ -531,7 +546,11 @@ func fillVars(vars map[string]cty.Value, in *Input, specs []varSpec, attrs map[s
 			vars[s.name] = cty.ObjectVal(m)
 		}
 		// MapVal and ObjectVal copy m: it can serve the next variable.
-		clear(attrs)
+		if attrs != nil {
+			for _, a := range s.attrs {
+				delete(attrs, a)
+			}
+		}
 	}
 }
 
@@ -549,33 +568,50 @@ func someHeaders(hs map[string][]string, names []string) map[string][]string {
 // ctyAttr is ctyVar(in, root).GetAttr(attr) without building the rest of
 // root.
 func ctyAttr(in *Input, root, attr string) cty.Value {
-	switch root + "." + attr {
-	case "session.id":
-		return cty.StringVal(in.Session.ID)
-	case "session.listener":
-		return cty.StringVal(in.Session.Listener)
-	case "session.client_ip":
-		return cty.StringVal(in.Session.ClientIP)
-	case "session.helo":
-		return cty.StringVal(in.Session.HELO)
-	case "auth.user":
-		return cty.StringVal(in.Auth.User)
-	case "auth.mechanism":
-		return cty.StringVal(in.Auth.Mechanism)
-	case "envelope.from":
-		return cty.StringVal(in.Envelope.From)
-	case "envelope.from_domain":
-		return cty.StringVal(in.Envelope.FromDomain)
-	case "rcpt.address":
-		return cty.StringVal(in.Rcpt.Address)
-	case "rcpt.domain":
-		return cty.StringVal(in.Rcpt.Domain)
-	case "envelope.recipients":
-		return strList(in.Envelope.Recipients)
-	case "message.from_addresses":
-		return strList(in.Message.FromAddresses)
-	case "message.headers":
-		return headersCty(in.Message.Headers)
+	// A switch per level: matching root+"."+attr would build the string
+	// for every attribute of every stage.
+	switch root {
+	case "session":
+		switch attr {
+		case "id":
+			return cty.StringVal(in.Session.ID)
+		case "listener":
+			return cty.StringVal(in.Session.Listener)
+		case "client_ip":
+			return cty.StringVal(in.Session.ClientIP)
+		case "helo":
+			return cty.StringVal(in.Session.HELO)
+		}
+	case "auth":
+		switch attr {
+		case "user":
+			return cty.StringVal(in.Auth.User)
+		case "mechanism":
+			return cty.StringVal(in.Auth.Mechanism)
+		}
+	case "envelope":
+		switch attr {
+		case "from":
+			return cty.StringVal(in.Envelope.From)
+		case "from_domain":
+			return cty.StringVal(in.Envelope.FromDomain)
+		case "recipients":
+			return strList(in.Envelope.Recipients)
+		}
+	case "rcpt":
+		switch attr {
+		case "address":
+			return cty.StringVal(in.Rcpt.Address)
+		case "domain":
+			return cty.StringVal(in.Rcpt.Domain)
+		}
+	case "message":
+		switch attr {
+		case "from_addresses":
+			return strList(in.Message.FromAddresses)
+		case "headers":
+			return headersCty(in.Message.Headers)
+		}
 	}
 	return ctyVar(in, root).GetAttr(attr)
 }
