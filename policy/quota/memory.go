@@ -3,6 +3,7 @@ package quota
 import (
 	"container/list"
 	"context"
+	"hash/maphash"
 	"sync"
 	"time"
 )
@@ -26,6 +27,7 @@ type Memory struct {
 	lru     list.List                  // front: most recently written
 	removed uint64                     // entries removed so far
 	pends   pendPool
+	hashes  hashCache
 }
 
 var _ Store = (*Memory)(nil)
@@ -73,6 +75,36 @@ func (e *entry) win(kind Kind, period int64) *winState {
 		}
 	}
 	return nil
+}
+
+// hashCache keeps the recipient hashes of recent calls: a transaction's
+// Commit hashes the recipient its Reserve hashed, and SHA-256 costs more
+// than the rest of checking a request. A slot is found by a cheap hash of
+// the address and holds the address itself, so a hit is exact.
+type hashCache struct {
+	seed  maphash.Seed
+	slots [hashSlots]hashSlot
+}
+
+const hashSlots = 64
+
+type hashSlot struct {
+	rcpt string
+	h    uint64
+	ok   bool
+}
+
+// hash is recipientHash(rcpt).
+func (c *hashCache) hash(rcpt string) uint64 {
+	if c.seed == (maphash.Seed{}) {
+		c.seed = maphash.MakeSeed()
+	}
+	s := &c.slots[maphash.String(c.seed, rcpt)%hashSlots]
+	if s.ok && s.rcpt == rcpt {
+		return s.h
+	}
+	*s = hashSlot{rcpt: rcpt, h: recipientHash(rcpt), ok: true}
+	return s.h
 }
 
 // pendPool keeps the arrays of reservation lists that emptied, for the
@@ -303,7 +335,7 @@ func (m *Memory) check(e *entry, r *Request, nowMs int64, ts []tent, levels []Le
 	charge := r.Amount
 	known := false
 	if remembers(r.Counter, r.Recipient, r.Remember) && e != nil && e.seen != nil {
-		known = e.seen.knows(recipientHash(r.Recipient), nowMs, ceilMs(r.Remember))
+		known = e.seen.knows(m.hashes.hash(r.Recipient), nowMs, ceilMs(r.Remember))
 	}
 	if known {
 		charge = 0
@@ -340,8 +372,8 @@ func (m *Memory) Reserve(_ context.Context, id string, now time.Time, ttl time.D
 	defer m.mu.Unlock()
 	results := make([]Result, len(reqs))
 	nlevels := 0
-	for _, r := range reqs {
-		nlevels += len(r.Windows)
+	for i := range reqs {
+		nlevels += len(reqs[i].Windows)
 	}
 	levels := make([]Level, nlevels)
 	var tbuf [8]tent
@@ -431,7 +463,7 @@ func (m *Memory) Commit(_ context.Context, id string, now time.Time, parts []Par
 			if e.seen == nil {
 				e.seen = newSeenSet()
 			}
-			e.seen.put(recipientHash(p.Recipient), nowMs, ceilMs(p.Remember), m.opts.maxRemembered)
+			e.seen.put(m.hashes.hash(p.Recipient), nowMs, ceilMs(p.Remember), m.opts.maxRemembered)
 		}
 	}
 	m.sweep(nowMs)
