@@ -15,7 +15,11 @@ import (
 // contract promises a list), FromDomain and Rcpt.Domain derived from the
 // addresses when empty, and domains lower-cased. It never changes an
 // address.
-func (in Input) Normalize() Input {
+func (in Input) Normalize() Input { return in.normalize(true) }
+
+// normalize is Normalize, leaving a nil Quota nil when quota is false (for
+// a caller that sets it).
+func (in Input) normalize(quota bool) Input {
 	if in.Version == 0 {
 		in.Version = InputVersion
 	}
@@ -36,7 +40,7 @@ func (in Input) Normalize() Input {
 		}
 		in.Rcpt = &r
 	}
-	if in.Quota == nil {
+	if in.Quota == nil && quota {
 		in.Quota = map[string]QuotaState{}
 	}
 	if in.Message != nil {

@@ -295,9 +295,12 @@ func (p *Policy) Explain(ctx context.Context, in Input) (Decision, []EngineResul
 
 func (p *Policy) evaluate(ctx context.Context, in Input, explain bool) (Decision, []EngineResult, error) {
 	set := p.set.Load()
-	doc := newDocument(in)
+	qs := p.quotas.Load()
+	checkQuotas := qs != nil && p.store != nil && in.Stage != StageData
+	// When the quotas are checked they set the input's quota states.
+	doc := &document{in: in.normalize(!checkQuotas)}
 	var qc quotaCheck
-	if qs := p.quotas.Load(); qs != nil && p.store != nil && doc.in.Stage != StageData {
+	if checkQuotas {
 		qc = p.checkQuotas(ctx, qs, doc)
 		doc.in.Quota = qc.states
 		if doc.in.Quota == nil {

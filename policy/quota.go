@@ -67,9 +67,29 @@ const reservationTTL = 30 * time.Minute
 // Quotas is a compiled, immutable set of quota blocks.
 type Quotas struct {
 	defs []*quotaDef
-	// vars lists, per stage, the input attributes the quotas checked at
-	// that stage read.
-	vars map[Stage][]varSpec
+	// mail and rcpt are the quotas checked at those stages.
+	mail, rcpt stageQuotas
+}
+
+// stageQuotas is what checking the quotas of one stage needs, worked out
+// once at compile time.
+type stageQuotas struct {
+	defs []*quotaDef // that apply at the stage, in configuration order
+	// vars lists the input attributes they read.
+	vars []varSpec
+	// nreqs is the most requests they make.
+	nreqs int
+}
+
+// stage is the quotas checked at stage, nil at stage data.
+func (q *Quotas) stage(s Stage) *stageQuotas {
+	switch s {
+	case StageMail:
+		return &q.mail
+	case StageRcpt:
+		return &q.rcpt
+	}
+	return nil
 }
 
 // Names lists the quotas in configuration order.
@@ -299,15 +319,22 @@ func CompileQuotas(cfgs []QuotaConfig) (*Quotas, hcl.Diagnostics) {
 	if diags.HasErrors() {
 		return nil, diags
 	}
-	q.vars = map[Stage][]varSpec{}
 	for _, stage := range []Stage{StageMail, StageRcpt} {
+		sq := q.stage(stage)
 		var trs []hcl.Traversal
 		for _, d := range q.defs {
-			if d.applies(stage) {
-				trs = append(trs, d.vars...)
+			if !d.applies(stage) {
+				continue
+			}
+			sq.defs = append(sq.defs, d)
+			trs = append(trs, d.vars...)
+			if stage == StageMail {
+				sq.nreqs++
+			} else {
+				sq.nreqs += min(len(d.rcpts), 1) + min(len(d.newRcpts), 1)
 			}
 		}
-		q.vars[stage] = traversalSpecs(trs)
+		sq.vars = traversalSpecs(trs)
 	}
 	return q, nil
 }

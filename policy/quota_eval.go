@@ -28,6 +28,9 @@ type Reservation struct {
 	now    func() time.Time
 	mu     sync.Mutex
 	groups []reservedGroup
+	// buf backs groups for a transaction's usual two stages (mail and
+	// rcpt joined), so neither the reservation nor Join allocates more.
+	buf [2]reservedGroup
 }
 
 type reservedGroup struct {
@@ -68,8 +71,15 @@ func (r *Reservation) take() []reservedGroup {
 // Commit counts the reserved units as sent.
 func (r *Reservation) Commit(ctx context.Context) error {
 	var errs []error
-	for _, g := range r.take() {
-		errs = append(errs, r.store.Commit(ctx, g.id, r.now(), g.parts))
+	gs := r.take()
+	if len(gs) == 0 {
+		return nil
+	}
+	now := r.now()
+	for _, g := range gs {
+		if err := r.store.Commit(ctx, g.id, now, g.parts); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -78,7 +88,9 @@ func (r *Reservation) Commit(ctx context.Context) error {
 func (r *Reservation) Release(ctx context.Context) error {
 	var errs []error
 	for _, g := range r.take() {
-		errs = append(errs, r.store.Release(ctx, g.id, g.parts))
+		if err := r.store.Release(ctx, g.id, g.parts); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -106,25 +118,30 @@ func (d *quotaDef) applies(stage Stage) bool {
 // their units in one call to the store.
 func (p *Policy) checkQuotas(ctx context.Context, qs *Quotas, doc *document) quotaCheck {
 	var c quotaCheck
+	stage := doc.in.Stage
+	sq := qs.stage(stage)
+	if sq == nil {
+		return c
+	}
+	// The requests of one quota are contiguous in reqs: reqs[first:end].
 	type pending struct {
-		def  *quotaDef
-		key  string
-		reqs []int // indexes into reqs
+		def        *quotaDef
+		key        string
+		first, end int
 	}
 	var (
-		reqs    = make([]quota.Request, 0, 2*len(qs.defs))
-		applied = make([]pending, 0, len(qs.defs))
+		reqs    = make([]quota.Request, 0, sq.nreqs)
+		buf     [8]pending
+		applied = buf[:0]
 		evalErr *quotaDef
 	)
-	stage := doc.in.Stage
 	// One evaluation context for every quota of the stage, holding the
-	// input attributes any of them reads.
-	ectx := &hcl.EvalContext{Variables: partialVars(&doc.in, qs.vars[stage]), Functions: ruleFunctions}
-	for _, d := range qs.defs {
-		if !d.applies(stage) {
-			continue
-		}
-		key, ok, err := d.evalKey(ectx)
+	// input attributes any of them reads; the context and its maps are
+	// reused from one stage to the next (the values are the stage's own).
+	sc := getEvalScratch()
+	fillVars(sc.ectx.Variables, &doc.in, sq.vars, sc.attrs)
+	for _, d := range sq.defs {
+		key, ok, err := d.evalKey(&sc.ectx)
 		if err != nil {
 			p.log.LogAttrs(ctx, slog.LevelError, "quota key failed", slog.String("quota", d.name),
 				slog.String("session", doc.in.Session.ID), slog.Any("error", err))
@@ -136,27 +153,20 @@ func (p *Policy) checkQuotas(ctx context.Context, qs *Quotas, doc *document) quo
 		if !ok {
 			continue
 		}
-		pd := pending{def: d, key: key}
+		pd := pending{def: d, key: key, first: len(reqs)}
 		enforce := d.action != "warn"
-		add := func(k quota.Kind, ws []quota.Window, rcpt string) {
-			if len(ws) == 0 {
-				return
-			}
-			pd.reqs = append(pd.reqs, len(reqs))
-			r := quota.Request{Counter: quota.Counter{Quota: d.name, Key: key, Kind: k}, Windows: ws, Amount: 1, Enforce: enforce}
-			if k == quota.NewRecipients {
-				r.Recipient, r.Remember = rcpt, d.remember
-			}
-			reqs = append(reqs, r)
-		}
 		if stage == StageMail {
-			add(quota.Messages, d.messages, "")
+			reqs = appendRequest(reqs, d, key, quota.Messages, d.messages, enforce, "")
 		} else {
-			add(quota.Recipients, d.rcpts, "")
-			add(quota.NewRecipients, d.newRcpts, strings.ToLower(doc.in.Rcpt.Address))
+			reqs = appendRequest(reqs, d, key, quota.Recipients, d.rcpts, enforce, "")
+			if len(d.newRcpts) > 0 {
+				reqs = appendRequest(reqs, d, key, quota.NewRecipients, d.newRcpts, enforce, strings.ToLower(doc.in.Rcpt.Address))
+			}
 		}
+		pd.end = len(reqs)
 		applied = append(applied, pd)
 	}
+	putEvalScratch(sc, sq.vars)
 	if evalErr != nil {
 		c.refusal = quotaUnavailable(evalErr.name)
 		return c
@@ -177,15 +187,29 @@ func (p *Policy) checkQuotas(ctx context.Context, qs *Quotas, doc *document) quo
 		return c // every quota involved says on_error = "accept"
 	}
 	c.states = make(map[string]QuotaState, len(applied))
-	parts := make([]quota.Part, 0, len(reqs))
+	nparts, nlevels := 0, 0
+	for i := range results {
+		if reserved && results[i].Charged > 0 {
+			nparts++
+		}
+		nlevels += len(results[i].Levels)
+	}
+	var parts []quota.Part
+	if nparts > 0 {
+		parts = make([]quota.Part, 0, nparts)
+	}
+	// The windows of every quota of the stage, cut into each state's.
+	levels := make([]QuotaWindow, nlevels)
 	for _, a := range applied {
 		st := QuotaState{Key: a.key, Action: a.def.action, Messages: []QuotaWindow{}, Recipients: []QuotaWindow{}, NewRecipients: []QuotaWindow{}}
 		var worst time.Duration
 		worstText := ""
-		for _, i := range a.reqs {
-			r, res := reqs[i], results[i]
+		for i := a.first; i < a.end; i++ {
+			r, res := &reqs[i], &results[i]
 			texts := a.def.texts[r.Counter.Kind]
-			ws := make([]QuotaWindow, len(res.Levels))
+			n := len(res.Levels)
+			ws := levels[:n:n]
+			levels = levels[n:]
 			for j, l := range res.Levels {
 				ws[j] = QuotaWindow{Window: texts[j], Limit: l.Window.Limit, Used: l.Used,
 					Remaining: max(l.Window.Limit-l.Used, 0), RetryAfter: int64((l.RetryAfter + time.Second - 1) / time.Second)}
@@ -236,9 +260,48 @@ func (p *Policy) checkQuotas(ctx context.Context, qs *Quotas, doc *document) quo
 		}
 	}
 	if reserved && len(parts) > 0 {
-		c.res = &Reservation{store: p.store, now: p.now, groups: []reservedGroup{{id: id, parts: parts}}}
+		r := &Reservation{store: p.store, now: p.now}
+		r.buf[0] = reservedGroup{id: id, parts: parts}
+		r.groups = r.buf[:1]
+		c.res = r
 	}
 	return c
+}
+
+// appendRequest appends d's request for ws of kind k, when it has any.
+func appendRequest(reqs []quota.Request, d *quotaDef, key string, k quota.Kind, ws []quota.Window, enforce bool, rcpt string) []quota.Request {
+	if len(ws) == 0 {
+		return reqs
+	}
+	r := quota.Request{Counter: quota.Counter{Quota: d.name, Key: key, Kind: k}, Windows: ws, Amount: 1, Enforce: enforce}
+	if k == quota.NewRecipients {
+		r.Recipient, r.Remember = rcpt, d.remember
+	}
+	return append(reqs, r)
+}
+
+// evalScratch is an evaluation context for quota keys, with the maps
+// fillVars fills, kept between stages so that a stage does not build
+// them anew. Only the variables' values are the stage's own.
+type evalScratch struct {
+	ectx  hcl.EvalContext
+	attrs map[string]cty.Value
+}
+
+var evalScratchPool = sync.Pool{New: func() any {
+	return &evalScratch{ectx: hcl.EvalContext{Variables: map[string]cty.Value{}, Functions: ruleFunctions},
+		attrs: map[string]cty.Value{}}
+}}
+
+func getEvalScratch() *evalScratch { return evalScratchPool.Get().(*evalScratch) }
+
+// putEvalScratch drops the stage's values (they hold its input) and
+// returns sc to the pool. fillVars left sc.attrs empty.
+func putEvalScratch(sc *evalScratch, specs []varSpec) {
+	for _, s := range specs {
+		delete(sc.ectx.Variables, s.name)
+	}
+	evalScratchPool.Put(sc)
 }
 
 func kindLabel(k quota.Kind) string {
@@ -306,7 +369,9 @@ var (
 )
 
 func newReservationID() string {
-	return reservationPrefix() + strconv.FormatUint(reservationSeq.Add(1), 36)
+	var b [48]byte
+	id := append(b[:0], reservationPrefix()...)
+	return string(strconv.AppendUint(id, reservationSeq.Add(1), 36))
 }
 
 // tripLog remembers which (quota, key) pairs are over a limit, so the
@@ -316,6 +381,10 @@ func newReservationID() string {
 type tripLog struct {
 	mu sync.Mutex
 	m  map[string]struct{}
+	// n is len(m), for clear to skip the lock when nothing tripped (the
+	// usual case: a clear that misses a concurrent first is as if it had
+	// run just before it).
+	n atomic.Int64
 }
 
 const maxTrips = 10000
@@ -331,14 +400,19 @@ func (t *tripLog) first(name, key string) bool {
 		t.m = map[string]struct{}{}
 	}
 	t.m[k] = struct{}{}
+	t.n.Store(int64(len(t.m)))
 	return true
 }
 
 func (t *tripLog) clear(name, key string) {
+	if t.n.Load() == 0 {
+		return
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if len(t.m) > 0 {
 		delete(t.m, name+"\x00"+key)
+		t.n.Store(int64(len(t.m)))
 	}
 }
 
@@ -437,12 +511,22 @@ func headerKey(tr hcl.Traversal) (string, bool) {
 // a typed null.
 func partialVars(in *Input, specs []varSpec) map[string]cty.Value {
 	vars := make(map[string]cty.Value, len(specs))
+	fillVars(vars, in, specs, nil)
+	return vars
+}
+
+// fillVars is partialVars into vars; attrs, when not nil, is an empty map
+// it may use as scratch (and leaves empty).
+func fillVars(vars map[string]cty.Value, in *Input, specs []varSpec, attrs map[string]cty.Value) {
 	for _, s := range specs {
 		if s.attrs == nil || (s.name == "auth" && in.Auth == nil) || (s.name == "rcpt" && in.Rcpt == nil) || (s.name == "message" && in.Message == nil) {
 			vars[s.name] = ctyVar(in, s.name)
 			continue
 		}
-		m := make(map[string]cty.Value, len(s.attrs))
+		m := attrs
+		if m == nil {
+			m = make(map[string]cty.Value, len(s.attrs))
+		}
 		strs := true
 		for _, a := range s.attrs {
 			var v cty.Value
@@ -461,8 +545,13 @@ func partialVars(in *Input, specs []varSpec) map[string]cty.Value {
 		} else {
 			vars[s.name] = cty.ObjectVal(m)
 		}
+		// MapVal and ObjectVal copy m: it can serve the next variable.
+		if attrs != nil {
+			for _, a := range s.attrs {
+				delete(attrs, a)
+			}
+		}
 	}
-	return vars
 }
 
 // someHeaders returns the headers of hs named in names.
@@ -479,33 +568,50 @@ func someHeaders(hs map[string][]string, names []string) map[string][]string {
 // ctyAttr is ctyVar(in, root).GetAttr(attr) without building the rest of
 // root.
 func ctyAttr(in *Input, root, attr string) cty.Value {
-	switch root + "." + attr {
-	case "session.id":
-		return cty.StringVal(in.Session.ID)
-	case "session.listener":
-		return cty.StringVal(in.Session.Listener)
-	case "session.client_ip":
-		return cty.StringVal(in.Session.ClientIP)
-	case "session.helo":
-		return cty.StringVal(in.Session.HELO)
-	case "auth.user":
-		return cty.StringVal(in.Auth.User)
-	case "auth.mechanism":
-		return cty.StringVal(in.Auth.Mechanism)
-	case "envelope.from":
-		return cty.StringVal(in.Envelope.From)
-	case "envelope.from_domain":
-		return cty.StringVal(in.Envelope.FromDomain)
-	case "rcpt.address":
-		return cty.StringVal(in.Rcpt.Address)
-	case "rcpt.domain":
-		return cty.StringVal(in.Rcpt.Domain)
-	case "envelope.recipients":
-		return strList(in.Envelope.Recipients)
-	case "message.from_addresses":
-		return strList(in.Message.FromAddresses)
-	case "message.headers":
-		return headersCty(in.Message.Headers)
+	// A switch per level: matching root+"."+attr would build the string
+	// for every attribute of every stage.
+	switch root {
+	case "session":
+		switch attr {
+		case "id":
+			return cty.StringVal(in.Session.ID)
+		case "listener":
+			return cty.StringVal(in.Session.Listener)
+		case "client_ip":
+			return cty.StringVal(in.Session.ClientIP)
+		case "helo":
+			return cty.StringVal(in.Session.HELO)
+		}
+	case "auth":
+		switch attr {
+		case "user":
+			return cty.StringVal(in.Auth.User)
+		case "mechanism":
+			return cty.StringVal(in.Auth.Mechanism)
+		}
+	case "envelope":
+		switch attr {
+		case "from":
+			return cty.StringVal(in.Envelope.From)
+		case "from_domain":
+			return cty.StringVal(in.Envelope.FromDomain)
+		case "recipients":
+			return strList(in.Envelope.Recipients)
+		}
+	case "rcpt":
+		switch attr {
+		case "address":
+			return cty.StringVal(in.Rcpt.Address)
+		case "domain":
+			return cty.StringVal(in.Rcpt.Domain)
+		}
+	case "message":
+		switch attr {
+		case "from_addresses":
+			return strList(in.Message.FromAddresses)
+		case "headers":
+			return headersCty(in.Message.Headers)
+		}
 	}
 	return ctyVar(in, root).GetAttr(attr)
 }

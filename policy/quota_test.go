@@ -550,6 +550,66 @@ func TestQuota_SetQuotasKeepsCounters(t *testing.T) {
 	}
 }
 
+// TestQuota_ConcurrentKeys: stages evaluated at once, each sender from
+// its own address, see their own keys and counts (the evaluation context
+// of the key expressions is shared between stages through a pool).
+func TestQuota_ConcurrentKeys(t *testing.T) {
+	const senders, messages = 8, 50
+	p := quotaPolicy(t, `quota "per-sender" {
+  key      = envelope.from
+  messages = ["1000/1h"]
+}
+quota "per-ip" {
+  key      = session.client_ip
+  messages = ["1000/1h"]
+}
+quota "per-destination" {
+  key        = "${envelope.from}>${rcpt.domain}"
+  recipients = ["1000/1h"]
+}`, Config{}, nil, newClock())
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	errs := make(chan error, senders)
+	for i := range senders {
+		wg.Go(func() {
+			from := fmt.Sprintf("app%d@example.com", i)
+			ip := fmt.Sprintf("192.0.2.%d", 10+i)
+			dom := fmt.Sprintf("dest%d.example", i)
+			for n := 1; n <= messages; n++ {
+				mail := mailInput("", from)
+				mail.Session.ClientIP = ip
+				d, err := p.Evaluate(ctx, mail)
+				if err != nil {
+					errs <- err
+					return
+				}
+				rcpt := rcptInput("", from, "bob@"+dom, 0)
+				rcpt.Session.ClientIP = ip
+				rd, err := p.Evaluate(ctx, rcpt)
+				if err != nil {
+					errs <- err
+					return
+				}
+				s, a, r := d.Quota["per-sender"], d.Quota["per-ip"], rd.Quota["per-destination"]
+				if s.Key != from || a.Key != ip || r.Key != from+">"+dom ||
+					s.Messages[0].Used != int64(n) || a.Messages[0].Used != int64(n) || r.Recipients[0].Used != int64(n) {
+					errs <- fmt.Errorf("%s message %d: per-sender %+v, per-ip %+v, per-destination %+v", from, n, s, a, r)
+					return
+				}
+				if err := d.Reservation.Join(rd.Reservation).Commit(ctx); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
+
 // BenchmarkQuotaMessage is what three quotas (per sender, per client
 // address, per destination) cost a one-recipient message on the memory
 // store: stage mail and stage rcpt checked and reserved, then committed,

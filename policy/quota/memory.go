@@ -3,6 +3,7 @@ package quota
 import (
 	"container/list"
 	"context"
+	"hash/maphash"
 	"sync"
 	"time"
 )
@@ -24,6 +25,9 @@ type Memory struct {
 	mu      sync.Mutex
 	entries map[entryKey]*list.Element // of *entry
 	lru     list.List                  // front: most recently written
+	removed uint64                     // entries removed so far
+	pends   pendPool
+	hashes  hashCache
 }
 
 var _ Store = (*Memory)(nil)
@@ -73,8 +77,67 @@ func (e *entry) win(kind Kind, period int64) *winState {
 	return nil
 }
 
+// hashCache keeps the recipient hashes of recent calls: a transaction's
+// Commit hashes the recipient its Reserve hashed, and SHA-256 costs more
+// than the rest of checking a request. A slot is found by a cheap hash of
+// the address and holds the address itself, so a hit is exact.
+type hashCache struct {
+	seed  maphash.Seed
+	slots [hashSlots]hashSlot
+}
+
+const hashSlots = 64
+
+type hashSlot struct {
+	rcpt string
+	h    uint64
+	ok   bool
+}
+
+// hash is recipientHash(rcpt).
+func (c *hashCache) hash(rcpt string) uint64 {
+	if c.seed == (maphash.Seed{}) {
+		c.seed = maphash.MakeSeed()
+	}
+	s := &c.slots[maphash.String(c.seed, rcpt)%hashSlots]
+	if s.ok && s.rcpt == rcpt {
+		return s.h
+	}
+	*s = hashSlot{rcpt: rcpt, h: recipientHash(rcpt), ok: true}
+	return s.h
+}
+
+// pendPool keeps the arrays of reservation lists that emptied, for the
+// next window to reserve: a window holds a reservation only for the
+// seconds of a transaction, and without the pool every reservation
+// would allocate its list anew. It is bounded, so idle keys hold no
+// array.
+type pendPool struct{ free [][]pending }
+
+// maxFreePends bounds the arrays a pendPool keeps.
+const maxFreePends = 256
+
+// get returns an empty list with room for one reservation.
+func (pp *pendPool) get() []pending {
+	if n := len(pp.free); n > 0 {
+		p := pp.free[n-1]
+		pp.free[n-1] = nil
+		pp.free = pp.free[:n-1]
+		return p
+	}
+	return make([]pending, 0, 1)
+}
+
+// put takes back the array of p, whose elements are cleared.
+func (pp *pendPool) put(p []pending) {
+	if cap(p) == 0 || len(pp.free) >= maxFreePends {
+		return
+	}
+	pp.free = append(pp.free, p[:0])
+}
+
 // prune drops buckets that no longer count and expired reservations.
-func (w *winState) prune(nowMs int64) {
+func (w *winState) prune(nowMs int64, pp *pendPool) {
 	low := oldestCounted(nowMs, w.width, int64(w.span))
 	i := 0
 	for i < len(w.buckets) && w.buckets[i].idx < low {
@@ -93,6 +156,7 @@ func (w *winState) prune(nowMs int64) {
 	clear(w.pend[j:])
 	w.pend = w.pend[:j]
 	if j == 0 {
+		pp.put(w.pend)
 		w.pend = nil
 	}
 }
@@ -108,7 +172,7 @@ func (w *winState) counted() (committed, reserved int64) {
 	return committed, reserved
 }
 
-func (w *winState) reserve(id string, amount, exp int64) {
+func (w *winState) reserve(id string, amount, exp int64, pp *pendPool) {
 	for i := range w.pend {
 		if w.pend[i].id == id {
 			w.pend[i].amount += amount
@@ -116,15 +180,21 @@ func (w *winState) reserve(id string, amount, exp int64) {
 			return
 		}
 	}
+	if w.pend == nil {
+		w.pend = pp.get()
+	}
 	w.pend = append(w.pend, pending{id: id, amount: amount, exp: exp})
 }
 
-func (w *winState) release(id string) {
+func (w *winState) release(id string, pp *pendPool) {
 	for i := range w.pend {
 		if w.pend[i].id == id {
 			last := len(w.pend) - 1
 			if last == 0 {
-				w.pend = nil // the usual case: give the array back
+				// The usual case: give the array back.
+				w.pend[0] = pending{}
+				pp.put(w.pend)
+				w.pend = nil
 				return
 			}
 			copy(w.pend[i:], w.pend[i+1:])
@@ -151,11 +221,11 @@ func (w *winState) add(idx, n int64) {
 }
 
 // idle prunes e at nowMs and reports whether nothing is left.
-func (e *entry) idle(nowMs int64) bool {
+func (e *entry) idle(nowMs int64, pp *pendPool) bool {
 	j := 0
 	for i := range e.wins {
 		w := &e.wins[i]
-		w.prune(nowMs)
+		w.prune(nowMs, pp)
 		if len(w.buckets) > 0 || len(w.pend) > 0 {
 			e.wins[j] = *w
 			j++
@@ -196,13 +266,14 @@ func (m *Memory) touch(c Counter) *entry {
 func (m *Memory) remove(el *list.Element) {
 	e := m.lru.Remove(el).(*entry)
 	delete(m.entries, e.k)
+	m.removed++
 }
 
 // sweep drops up to sweepPerWrite idle entries from the LRU end.
 func (m *Memory) sweep(nowMs int64) {
 	for range sweepPerWrite {
 		el := m.lru.Back()
-		if el == nil || !el.Value.(*entry).idle(nowMs) {
+		if el == nil || !el.Value.(*entry).idle(nowMs, &m.pends) {
 			return
 		}
 		m.remove(el)
@@ -260,12 +331,11 @@ func addTent(ts []tent, k tentKey, n int64) []tent {
 
 // check evaluates r at nowMs with the tentative units ts of earlier
 // requests, and returns the result (Charged is what would be charged).
-func (m *Memory) check(r Request, nowMs int64, ts []tent, levels []Level) Result {
-	e := m.lookup(r.Counter)
+func (m *Memory) check(e *entry, r *Request, nowMs int64, ts []tent, levels []Level) Result {
 	charge := r.Amount
 	known := false
 	if remembers(r.Counter, r.Recipient, r.Remember) && e != nil && e.seen != nil {
-		known = e.seen.knows(recipientHash(r.Recipient), nowMs, ceilMs(r.Remember))
+		known = e.seen.knows(m.hashes.hash(r.Recipient), nowMs, ceilMs(r.Remember))
 	}
 	if known {
 		charge = 0
@@ -277,7 +347,7 @@ func (m *Memory) check(r Request, nowMs int64, ts []tent, levels []Level) Result
 		var buckets []bucket
 		width := widthMs(w)
 		if ws := winOf(e, r.Counter, w); ws != nil {
-			ws.prune(nowMs)
+			ws.prune(nowMs, &m.pends)
 			c, rv := ws.counted()
 			used = c + rv
 			buckets = ws.buckets
@@ -302,15 +372,27 @@ func (m *Memory) Reserve(_ context.Context, id string, now time.Time, ttl time.D
 	defer m.mu.Unlock()
 	results := make([]Result, len(reqs))
 	nlevels := 0
-	for _, r := range reqs {
-		nlevels += len(r.Windows)
+	for i := range reqs {
+		nlevels += len(reqs[i].Windows)
 	}
 	levels := make([]Level, nlevels)
 	var tbuf [8]tent
 	ts := tbuf[:0]
+	// The entries the checks found, for the reservations to reuse unless
+	// an entry was removed meanwhile (touch evicts to make room).
+	var ebuf [8]*list.Element
+	els := ebuf[:0]
+	removed := m.removed
 	ok := true
-	for i, r := range reqs {
-		res := m.check(r, nowMs, ts, levels[:len(r.Windows):len(r.Windows)])
+	for i := range reqs {
+		r := &reqs[i]
+		el := m.entries[entryKey{r.Counter.Quota, r.Counter.Key}]
+		els = append(els, el)
+		var e *entry
+		if el != nil {
+			e = el.Value.(*entry)
+		}
+		res := m.check(e, r, nowMs, ts, levels[:len(r.Windows):len(r.Windows)])
 		levels = levels[len(r.Windows):]
 		if !res.Fits && r.Enforce {
 			ok = false
@@ -332,9 +414,15 @@ func (m *Memory) Reserve(_ context.Context, id string, now time.Time, ttl time.D
 		if res.Charged == 0 || len(r.Windows) == 0 {
 			continue
 		}
-		e := m.touch(r.Counter)
+		var e *entry
+		if el := els[i]; el != nil && m.removed == removed {
+			m.lru.MoveToFront(el)
+			e = el.Value.(*entry)
+		} else {
+			e = m.touch(r.Counter)
+		}
 		for j, w := range r.Windows {
-			e.winOrNew(r.Counter, w).reserve(id, res.Charged, exp)
+			e.winOrNew(r.Counter, w).reserve(id, res.Charged, exp, &m.pends)
 			res.Levels[j].Used += res.Charged
 		}
 	}
@@ -366,7 +454,7 @@ func (m *Memory) Commit(_ context.Context, id string, now time.Time, parts []Par
 			if ws == nil {
 				continue
 			}
-			ws.release(id)
+			ws.release(id, &m.pends)
 			if p.Amount > 0 {
 				ws.add(bucketIndex(nowMs, ws.width), p.Amount)
 			}
@@ -375,7 +463,7 @@ func (m *Memory) Commit(_ context.Context, id string, now time.Time, parts []Par
 			if e.seen == nil {
 				e.seen = newSeenSet()
 			}
-			e.seen.put(recipientHash(p.Recipient), nowMs, ceilMs(p.Remember), m.opts.maxRemembered)
+			e.seen.put(m.hashes.hash(p.Recipient), nowMs, ceilMs(p.Remember), m.opts.maxRemembered)
 		}
 	}
 	m.sweep(nowMs)
@@ -390,7 +478,7 @@ func (m *Memory) Release(_ context.Context, id string, parts []Part) error {
 		e := m.lookup(p.Counter)
 		for _, w := range p.Windows {
 			if ws := winOf(e, p.Counter, w); ws != nil {
-				ws.release(id)
+				ws.release(id, &m.pends)
 			}
 		}
 	}
@@ -406,7 +494,7 @@ func (m *Memory) Levels(_ context.Context, now time.Time, c Counter, windows []W
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.check(r, now.UnixMilli(), nil, make([]Level, len(windows))).Levels, nil
+	return m.check(m.lookup(c), &r, now.UnixMilli(), nil, make([]Level, len(windows))).Levels, nil
 }
 
 // Keys implements Store. It lists the keys the store tracks, which may

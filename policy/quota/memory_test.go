@@ -204,3 +204,17 @@ func processCPU() time.Duration {
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+// TestHashCache: the cache answers recipientHash for every address, on a
+// miss, on a hit and after another address took the slot.
+func TestHashCache(t *testing.T) {
+	var c hashCache
+	for round := range 3 {
+		for i := range 4 * hashSlots {
+			rcpt := fmt.Sprintf("rcpt%d@example.net", i%(hashSlots+round*7))
+			if got, want := c.hash(rcpt), recipientHash(rcpt); got != want {
+				t.Fatalf("round %d: hash(%q) = %x, want %x", round, rcpt, got, want)
+			}
+		}
+	}
+}

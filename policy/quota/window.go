@@ -104,7 +104,8 @@ func remembers(c Counter, rcpt string, remember time.Duration) bool {
 var errNegative = errors.New("quota: negative amount")
 
 func checkRequests(reqs []Request) error {
-	for _, r := range reqs {
+	for i := range reqs {
+		r := &reqs[i]
 		if r.Amount < 0 {
 			return fmt.Errorf("%w: %s/%s %d", errNegative, r.Counter.Quota, r.Counter.Kind, r.Amount)
 		}
@@ -118,7 +119,8 @@ func checkRequests(reqs []Request) error {
 }
 
 func checkParts(parts []Part) error {
-	for _, p := range parts {
+	for i := range parts {
+		p := &parts[i]
 		if p.Amount < 0 {
 			return fmt.Errorf("%w: %s/%s %d", errNegative, p.Counter.Quota, p.Counter.Kind, p.Amount)
 		}
