@@ -250,7 +250,17 @@ func (e *rulesEngine) eval(ctx context.Context, doc *document) (engineResult, er
 	if len(e.byStage[doc.in.Stage]) == 0 {
 		return res, nil
 	}
-	return e.run(doc.in.Stage, &hcl.EvalContext{Variables: partialVars(&doc.in, e.vars[doc.in.Stage]), Functions: ruleFunctions})
+	// The evaluation context and its maps are pooled, as the quotas' are;
+	// after an error the context stays with it (HCL's diagnostics point to
+	// it) and is not reused.
+	specs := e.vars[doc.in.Stage]
+	sc := getEvalScratch()
+	fillVars(sc.ectx.Variables, &doc.in, specs, sc.attrs)
+	res, err := e.run(doc.in.Stage, &sc.ectx)
+	if err == nil {
+		putEvalScratch(sc, specs)
+	}
+	return res, err
 }
 
 // run evaluates the rules of stage in file order against ectx.
