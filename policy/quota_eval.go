@@ -505,18 +505,11 @@ func headerKey(tr hcl.Traversal) (string, bool) {
 	return ix.Key.AsString(), true
 }
 
-// partialVars builds the variables of specs from in: whole values as
+// fillVars puts the variables of specs from in into vars: whole values as
 // ctyVar builds them, or objects holding just the attributes read. A
 // variable that is null (auth without AUTH, rcpt outside its stage) stays
-// a typed null.
-func partialVars(in *Input, specs []varSpec) map[string]cty.Value {
-	vars := make(map[string]cty.Value, len(specs))
-	fillVars(vars, in, specs, nil)
-	return vars
-}
-
-// fillVars is partialVars into vars; attrs, when not nil, is an empty map
-// it may use as scratch (and leaves empty).
+// a typed null. attrs, when not nil, is an empty map it may use as scratch
+// (and leaves empty).
 func fillVars(vars map[string]cty.Value, in *Input, specs []varSpec, attrs map[string]cty.Value) {
 	for _, s := range specs {
 		if s.attrs == nil || (s.name == "auth" && in.Auth == nil) || (s.name == "rcpt" && in.Rcpt == nil) || (s.name == "message" && in.Message == nil) {
