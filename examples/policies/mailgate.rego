@@ -96,11 +96,11 @@ deny contains {
 	not user in cfg.external_senders
 }
 
-# Recipients per message, capped per sender, default_max_recipients for
-# senders not listed and unauthenticated clients (452 4.5.3: the client sends the rest in another
-# transaction, RFC 5321 §4.5.3.1.10). One lookup in a map keyed by sender:
-# a comprehension over groups of members would be evaluated on every
-# recipient of every message.
+# Recipients per message, capped per sender; default_max_recipients for
+# senders not listed and for unauthenticated clients (452 4.5.3: the
+# client sends the rest in another transaction, RFC 5321 §4.5.3.1.10).
+# One lookup in a map keyed by sender: a comprehension over groups of
+# members would be evaluated on every recipient of every message.
 max_recipients := n if {
 	n := cfg.max_recipients[user]
 } else := cfg.default_max_recipients
