@@ -506,7 +506,7 @@ print("ok")
 verify_sample() { "$PY" -c "$VERIFY_PY" "$1" "$DUMP" "$DNS_JSON" 2>&1 | tail -3; }
 
 # ---------------------------------------------------------------- one run
-echo "rep,mode,scenario,messages,size,sessions,accept_seconds,deliver_seconds,accept_msgs_per_s,deliver_msgs_per_s,cpu_seconds,cpu_s_per_1k,peak_rss_kb,peak_pss_kb,machine_busy_pct,other_load_pct,sink_count,verified" >"$CSV"
+echo "rep,mode,scenario,messages,size,sessions,accept_seconds,deliver_seconds,accept_msgs_per_s,deliver_msgs_per_s,cpu_seconds,cpu_s_per_1k,peak_rss_kb,peak_pss_kb,machine_busy_pct,other_load_pct,sink_count,verified,redis_cpu_s_per_1k" >"$CSV"
 FAILED=0
 
 # run_one REP MODE SCENARIO
@@ -544,9 +544,12 @@ run_one() {
 		sampler=$!
 		PIDS+=("$sampler")
 	fi
-	local m0 m1 k0 k1 h0 h1
+	local m0 m1 k0 k1 h0 h1 r0=0 r1=0
 	m0=$(cpu_busy)
 	k0=$(cpu_ticks "$SINK_PID")
+	# The quota scenario's redis-server is part of the system under test:
+	# its CPU is reported beside mailgate's, not as foreign load.
+	[[ "$scen" == quota* ]] && r0=$(cpu_ticks "$REDIS_PID")
 	h0=$(cpu_children $$) # this script's reaped children: smtp-source, find, awk...
 	t0=$(date +%s%N)
 	rc=0
@@ -571,6 +574,7 @@ run_one() {
 	t2=$(date +%s%N)
 	m1=$(cpu_busy)
 	k1=$(cpu_ticks "$SINK_PID")
+	[[ "$scen" == quota* ]] && r1=$(cpu_ticks "$REDIS_PID")
 	h1=$(cpu_children $$)
 	if [ "$scen" = classic ]; then
 		c1=$(classic_ticks)
@@ -613,7 +617,7 @@ run_one() {
 		KEEP=1
 	fi
 	awk -v rep="$rep" -v mode="$mode" -v scen="$scen" -v n="$N" -v size="$SIZE" -v s="$SESSIONS" \
-		-v t0="$t0" -v t1="$t1" -v t2="$t2" -v c0="$c0" -v c1="$c1" -v hz="$CLK_TCK" -v hwm="$hwm" -v pss="$pss" -v m0="$m0" -v m1="$m1" -v known=$((c1 - c0 + k1 - k0 + h1 - h0)) \
+		-v t0="$t0" -v t1="$t1" -v t2="$t2" -v c0="$c0" -v c1="$c1" -v hz="$CLK_TCK" -v hwm="$hwm" -v pss="$pss" -v m0="$m0" -v m1="$m1" -v known=$((c1 - c0 + k1 - k0 + h1 - h0 + r1 - r0)) -v redis=$((r1 - r0)) \
 		-v count="$count" -v ver="$verified" -v sut="$([ "$scen" = ceiling ] && echo 0 || echo 1)" 'BEGIN {
 		a = (t1 - t0) / 1e9; d = (t2 - t0) / 1e9
 		cpu = (c1 - c0) / hz
@@ -622,7 +626,8 @@ run_one() {
 		busy = (y[2] > x[2]) ? 100 * (y[1] - x[1]) / (y[2] - x[2]) : 0
 		other = (y[2] > x[2]) ? 100 * (y[3] - x[3] - known) / (y[2] - x[2]) : 0
 		if (other < 0) other = 0
-		printf "%d,%s,%s,%d,%d,%d,%.3f,%.3f,%.1f,%.1f,%s,%s,%s,%s,%.0f,%.0f,%d,%s\n", rep, mode, scen, n, size, s, a, d, n / a, n / d, cpuS, per, rss, ps, busy, other, count, ver
+		rc = (redis > 0) ? sprintf("%.3f", redis / hz * 1000 / n) : ""
+		printf "%d,%s,%s,%d,%d,%d,%.3f,%.3f,%.1f,%.1f,%s,%s,%s,%s,%.0f,%.0f,%d,%s,%s\n", rep, mode, scen, n, size, s, a, d, n / a, n / d, cpuS, per, rss, ps, busy, other, count, ver, rc
 	}' >>"$CSV"
 	log "$(tail -1 "$CSV")"
 	[ "$KEEP" = 1 ] || rm -rf "$dir"
@@ -720,6 +725,7 @@ for mode in ["conn", "session"]:
             "n": len(sr),
             "busy": med([float(r["machine_busy_pct"]) for r in sr]),
             "other": med([float(r["other_load_pct"]) for r in sr]),
+            "redis": med([float(r["redis_cpu_s_per_1k"]) for r in sr if r.get("redis_cpu_s_per_1k")]),
         }
     print("\n### %s\n" % modes[mode])
     print("| scenario | msgs/s | CPU s / 1k msgs | peak RSS MiB | peak PSS MiB | machine busy (other) | × ceiling msgs/s | × classic msgs/s | × classic CPU |")
@@ -747,6 +753,16 @@ for mode in ["conn", "session"]:
             a, z = stats[b[:-5]], stats[b]
             print("| %s | %s | %s |" % (names[b[:-5]].strip("*"), f(a["del"] / z["del"] if z["del"] else None, "%.2f"),
                                          f(a["cpu"] / z["cpu"] if a["cpu"] and z["cpu"] else None, "%.2f")))
+    quotas = [s for s in ["quota", "quota@base"] if s in stats and stats[s]["redis"] is not None]
+    if quotas:
+        print("\nquotas: redis-server's CPU, counted with mailgate's as the system under test (not in \"other\")\n")
+        print("| scenario | mailgate CPU s / 1k msgs | redis-server CPU s / 1k msgs | together | msgs/s ÷ plain relay |")
+        print("|---|---:|---:|---:|---:|")
+        for q in quotas:
+            st, pl = stats[q], stats.get("plain@base" if q.endswith("@base") else "plain")
+            print("| %s | %s | %.3f | %s | %s |" % (names[q].strip("*"), f(st["cpu"], "%.3f"), st["redis"],
+                  f(st["cpu"] + st["redis"] if st["cpu"] is not None else None, "%.3f"),
+                  f(st["del"] / pl["del"] if pl and pl["del"] else None, "%.2f")))
     signed = [s for s in ["rsa", "policy", "rsa-openssl", "policy-openssl"] if s in stats and stats[s]["cpu"] is not None]
     if floor is not None and signed:
         print("\nabove the crypto floor: one OpenSSL RSA-2048 signature = %.0f µs (`openssl speed -seconds 3 rsa2048`,"
@@ -773,7 +789,7 @@ for mode in ["conn", "session"]:
 print("\nmsgs/s: messages / (time from smtp-source start until the sink holds all of them); for the classic")
 print("stack the acceptance rate (smtp-source done) is given too. msgs/s and CPU: median over reps; memory:")
 print("max over reps. CPU and memory are the system under test only (mailgate; or Postfix master +")
-print("children + OpenDKIM), never smtp-source/smtp-sink. Peak RSS sums VmHWM (classic: over its")
+print("children + OpenDKIM; redis-server's CPU for quota in its own table), never smtp-source/smtp-sink. Peak RSS sums VmHWM (classic: over its")
 print("processes, shared libraries counted once per process); peak PSS is sampled every 0.5 s.")
 print("machine busy: all CPUs, everything (load generator and sink included), during the run; (other): the")
 print("user+system time not from the system under test, smtp-sink or this script's children (smtp-source…):")
