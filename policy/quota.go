@@ -310,7 +310,9 @@ func CompileQuotas(cfgs []QuotaConfig) (*Quotas, hcl.Diagnostics) {
 		if d.perRcpt || len(d.messages) == 0 {
 			stage = StageRcpt
 		}
+		useFastOps(d.key)
 		if d.when != nil {
+			useFastOps(d.when)
 			diags = append(diags, typeCheck(d.when, stage, cty.Bool, nil)...)
 		}
 		diags = append(diags, typeCheck(d.key, stage, cty.String, guard)...)

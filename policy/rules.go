@@ -204,12 +204,14 @@ func compileRule(b ruleBlock) (*rule, hcl.Diagnostics) {
 			return nil, errAt("Invalid reply code", fmt.Sprintf("Rule %q (%s): %v.", b.Name, r.action, err))
 		}
 	}
+	useFastOps(b.When)
 	diags := typeCheck(b.When, r.stage, cty.Bool, nil)
 	if !diags.HasErrors() {
 		r.and = conjuncts(b.When, checkContext(r.stage))
 	}
 	if b.Message != nil {
 		r.message = b.Message.Expr
+		useFastOps(r.message)
 		diags = append(diags, typeCheck(r.message, r.stage, cty.String, b.When)...)
 	}
 	for name, a := range map[string]*hcl.Attribute{"add_headers": b.AddHeaders, "remove_headers": b.RemoveHeaders, "dkim_domain": b.DKIMDomain, "upstream": b.Upstream} {
@@ -221,6 +223,7 @@ func compileRule(b ruleBlock) (*rule, hcl.Diagnostics) {
 			continue
 		}
 		r.acts[name] = a.Expr
+		useFastOps(a.Expr)
 		d := typeCheck(a.Expr, r.stage, actionTypes[name], b.When)
 		diags = append(diags, d...)
 		if !d.HasErrors() && len(a.Expr.Variables()) == 0 {
