@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 
@@ -74,6 +75,8 @@ type rule struct {
 	// give the same value. An expression that fails at load is left to
 	// fail at evaluation time, as it did.
 	consts map[string]cty.Value
+	// constActs is consts decoded, once: actions starts from it.
+	constActs Actions
 }
 
 // rulesEngine evaluates HCL rules in file order.
@@ -232,6 +235,7 @@ func compileRule(b ruleBlock) (*rule, hcl.Diagnostics) {
 					r.consts = map[string]cty.Value{}
 				}
 				r.consts[name] = v
+				setAction(&r.constActs, name, v)
 			}
 		}
 	}
@@ -335,37 +339,45 @@ func (r *rule) match(ectx *hcl.EvalContext) (cty.Value, error) {
 }
 
 func (r *rule) actions(ectx *hcl.EvalContext) (Actions, error) {
-	var a Actions
+	// The constant actions' slices are clipped: nothing appended to a's
+	// can write into them.
+	a := r.constActs
+	a.AddHeaders, a.RemoveHeaders = slices.Clip(a.AddHeaders), slices.Clip(a.RemoveHeaders)
 	for name, expr := range r.acts {
-		v, ok := r.consts[name]
-		if !ok {
-			var err error
-			if v, err = evalAs(expr, ectx, actionTypes[name]); err != nil {
-				return a, fmt.Errorf("%s: %w", name, err)
-			}
+		if _, ok := r.consts[name]; ok {
+			continue
 		}
-		switch name {
-		case "add_headers":
-			m := v.AsValueMap()
-			keys := make([]string, 0, len(m))
-			for k := range m {
-				keys = append(keys, k)
-			}
-			sort.Strings(keys)
-			for _, k := range keys {
-				a.AddHeaders = append(a.AddHeaders, Header{Name: k, Value: m[k].AsString()})
-			}
-		case "remove_headers":
-			for _, x := range v.AsValueSlice() {
-				a.RemoveHeaders = append(a.RemoveHeaders, x.AsString())
-			}
-		case "dkim_domain":
-			a.DKIMDomain = v.AsString()
-		case "upstream":
-			a.Upstream = v.AsString()
+		v, err := evalAs(expr, ectx, actionTypes[name])
+		if err != nil {
+			return a, fmt.Errorf("%s: %w", name, err)
 		}
+		setAction(&a, name, v)
 	}
 	return a, checkActions(a)
+}
+
+// setAction sets the action name of a from its value v (of actionTypes[name]).
+func setAction(a *Actions, name string, v cty.Value) {
+	switch name {
+	case "add_headers":
+		m := v.AsValueMap()
+		keys := make([]string, 0, len(m))
+		for k := range m {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			a.AddHeaders = append(a.AddHeaders, Header{Name: k, Value: m[k].AsString()})
+		}
+	case "remove_headers":
+		for _, x := range v.AsValueSlice() {
+			a.RemoveHeaders = append(a.RemoveHeaders, x.AsString())
+		}
+	case "dkim_domain":
+		a.DKIMDomain = v.AsString()
+	case "upstream":
+		a.Upstream = v.AsString()
+	}
 }
 
 // evalAs evaluates expr and converts the result to want, refusing null and

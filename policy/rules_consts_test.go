@@ -47,5 +47,12 @@ func TestRuleConstantActions(t *testing.T) {
 		if !reflect.DeepEqual(res.actions, want) {
 			t.Errorf("from %s: actions %+v, want %+v", from, res.actions, want)
 		}
+		// What an evaluation's caller does with its actions never
+		// reaches the constant ones.
+		res.actions.AddHeaders[0].Value = "changed"
+		res.actions.AddHeaders = append(res.actions.AddHeaders, Header{Name: "X-C", Value: "three"})
+	}
+	if c := (Actions{AddHeaders: want.AddHeaders, RemoveHeaders: want.RemoveHeaders}); !reflect.DeepEqual(r.constActs, c) {
+		t.Errorf("constant actions changed by evaluations: %+v, want %+v", r.constActs, c)
 	}
 }
