@@ -307,9 +307,13 @@ func (p *Policy) evaluate(ctx context.Context, in Input, explain bool) (Decision
 			doc.in.Quota = map[string]QuotaState{}
 		}
 	}
-	var runs []engineRun
+	// A chain of up to four engines runs in an array on this stack.
+	var (
+		buf  [4]engineRun
+		runs []engineRun
+	)
 	if r := qc.refusal; r == nil || r.Outcome != Reject {
-		runs = p.runEngines(ctx, set.engines, doc)
+		runs = p.runEngines(ctx, set.engines, doc, buf[:0])
 	}
 	final, results, finalErr := combine(qc.refusal, qc.warnings, set.engines, runs, explain || p.dlog != nil)
 	if qc.res != nil {
@@ -347,10 +351,10 @@ func (run *engineRun) stops() bool {
 }
 
 // runEngines evaluates engines in order on doc until one stops the chain,
-// and names each warning with its engine. A failure that does not stop the
-// chain (dry-run, on_error = "accept") is logged here.
-func (p *Policy) runEngines(ctx context.Context, engines []compiledEngine, doc *document) []engineRun {
-	runs := make([]engineRun, 0, len(engines))
+// and names each warning with its engine; it appends the runs to runs. A
+// failure that does not stop the chain (dry-run, on_error = "accept") is
+// logged here.
+func (p *Policy) runEngines(ctx context.Context, engines []compiledEngine, doc *document, runs []engineRun) []engineRun {
 	for i := range engines {
 		ce := &engines[i]
 		res, err := ce.eng.eval(ctx, doc)
