@@ -310,12 +310,12 @@ func CompileQuotas(cfgs []QuotaConfig) (*Quotas, hcl.Diagnostics) {
 		if d.perRcpt || len(d.messages) == 0 {
 			stage = StageRcpt
 		}
-		useFastOps(d.key)
 		if d.when != nil {
-			useFastOps(d.when)
 			diags = append(diags, typeCheck(d.when, stage, cty.Bool, nil)...)
+			d.when = optimize(d.when)
 		}
 		diags = append(diags, typeCheck(d.key, stage, cty.String, guard)...)
+		d.key = optimize(d.key)
 		q.defs = append(q.defs, d)
 	}
 	if diags.HasErrors() {

@@ -207,15 +207,17 @@ func compileRule(b ruleBlock) (*rule, hcl.Diagnostics) {
 			return nil, errAt("Invalid reply code", fmt.Sprintf("Rule %q (%s): %v.", b.Name, r.action, err))
 		}
 	}
-	useFastOps(b.When)
+	// Diagnostics are HCL's on the expressions as written; what is
+	// evaluated per message is optimized (rules_optimize.go).
 	diags := typeCheck(b.When, r.stage, cty.Bool, nil)
 	if !diags.HasErrors() {
-		r.and = conjuncts(b.When, checkContext(r.stage))
+		r.when = optimize(b.When)
+		r.and = conjuncts(r.when, checkContext(r.stage))
 	}
 	if b.Message != nil {
 		r.message = b.Message.Expr
-		useFastOps(r.message)
 		diags = append(diags, typeCheck(r.message, r.stage, cty.String, b.When)...)
+		r.message = optimize(r.message)
 	}
 	for name, a := range map[string]*hcl.Attribute{"add_headers": b.AddHeaders, "remove_headers": b.RemoveHeaders, "dkim_domain": b.DKIMDomain, "upstream": b.Upstream} {
 		if a == nil {
@@ -225,12 +227,11 @@ func compileRule(b ruleBlock) (*rule, hcl.Diagnostics) {
 			diags = append(diags, errAt("Action on a refusing rule", fmt.Sprintf("Rule %q: %s applies to accept and warn rules only.", b.Name, name))...)
 			continue
 		}
-		r.acts[name] = a.Expr
-		useFastOps(a.Expr)
 		d := typeCheck(a.Expr, r.stage, actionTypes[name], b.When)
 		diags = append(diags, d...)
+		r.acts[name] = optimize(a.Expr)
 		if !d.HasErrors() && len(a.Expr.Variables()) == 0 {
-			if v, err := evalAs(a.Expr, &hcl.EvalContext{Functions: ruleFunctions}, actionTypes[name]); err == nil {
+			if v, err := evalAs(r.acts[name], &hcl.EvalContext{Functions: ruleFunctions}, actionTypes[name]); err == nil {
 				if r.consts == nil {
 					r.consts = map[string]cty.Value{}
 				}

@@ -6,9 +6,7 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/ext/tryfunc"
-	"github.com/hashicorp/hcl/v2/hclsyntax"
 	"github.com/zclconf/go-cty/cty"
 	"github.com/zclconf/go-cty/cty/function"
 	"github.com/zclconf/go-cty/cty/function/stdlib"
@@ -203,81 +201,3 @@ var lengthFunc = function.New(&function.Spec{
 		return cty.NilVal, function.NewArgErrorf(0, "length needs a string or a collection, got %s", v.Type().FriendlyName())
 	},
 })
-
-// equalOp and notEqualOp are HCL's == and != (cty's stdlib Equal and
-// NotEqual: the same parameters, result and refinement) with parameters
-// that allow marked values. HCL's own operations copy every operand deep
-// to look for marks (UnmarkDeep: a map and a walk over a whole object such
-// as auth), which mailgate never sets. useFastOps puts them into a
-// compiled expression; everything else about the operator stays HCL's.
-var (
-	equalOp    = &hclsyntax.Operation{Impl: equalityFunc(false), Type: cty.Bool}
-	notEqualOp = &hclsyntax.Operation{Impl: equalityFunc(true), Type: cty.Bool}
-)
-
-func equalityFunc(negate bool) function.Function {
-	param := func(name string) function.Parameter {
-		return function.Parameter{Name: name, Type: cty.DynamicPseudoType, AllowUnknown: true, AllowDynamicType: true, AllowNull: true, AllowMarked: true}
-	}
-	return function.New(&function.Spec{
-		Params: []function.Parameter{param("a"), param("b")},
-		Type:   function.StaticReturnType(cty.Bool),
-		Impl: func(args []cty.Value, _ cty.Type) (cty.Value, error) {
-			v := equals(args[0], args[1])
-			if negate {
-				v = v.Not()
-			}
-			if !v.IsKnown() {
-				// stdlib's RefineResult, applied only where it can refine
-				// anything: a known result is already not null.
-				v = v.RefineNotNull()
-			}
-			return v, nil
-		},
-	})
-}
-
-// equals is cty's Value.Equals, answered without it where its answer is
-// plain: for unmarked operands, a null and a known non-null value are not
-// equal, and two known strings or bools are equal when their Go values
-// are (cty normalizes strings when it builds them). Value.Equals walks
-// both operands deep for marks first.
-func equals(a, b cty.Value) cty.Value {
-	if a.IsMarked() || b.IsMarked() || !a.IsKnown() || !b.IsKnown() {
-		return a.Equals(b)
-	}
-	switch an, bn := a.IsNull(), b.IsNull(); {
-	case an && bn:
-		return a.Equals(b)
-	case an || bn:
-		return cty.False
-	}
-	// (cty.Type values of object types are not comparable with ==, so the
-	// type is compared with the primitive types only.)
-	switch at, bt := a.Type(), b.Type(); {
-	case at == cty.String && bt == cty.String:
-		return cty.BoolVal(a.AsString() == b.AsString())
-	case at == cty.Bool && bt == cty.Bool:
-		return cty.BoolVal(a.True() == b.True())
-	}
-	return a.Equals(b)
-}
-
-// useFastOps replaces HCL's == and != in expr by equalOp and notEqualOp.
-func useFastOps(expr hcl.Expression) {
-	node, ok := expr.(hclsyntax.Node)
-	if !ok {
-		return
-	}
-	hclsyntax.VisitAll(node, func(n hclsyntax.Node) hcl.Diagnostics {
-		if b, ok := n.(*hclsyntax.BinaryOpExpr); ok {
-			switch b.Op {
-			case hclsyntax.OpEqual:
-				b.Op = equalOp
-			case hclsyntax.OpNotEqual:
-				b.Op = notEqualOp
-			}
-		}
-		return nil
-	})
-}

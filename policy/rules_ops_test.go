@@ -92,3 +92,84 @@ func TestUseFastOps(t *testing.T) {
 		t.Errorf("value %#v before, %#v after (%v)", before, after, diags)
 	}
 }
+
+// TestOptimize: an optimized expression evaluates to what HCL gives for
+// the expression as written (value, or an error with the same summary),
+// in contexts with and without AUTH; constant parts are folded, and a
+// constant that fails is left to fail at evaluation.
+func TestOptimize(t *testing.T) {
+	ctxs := []*hcl.EvalContext{
+		{Functions: ruleFunctions, Variables: map[string]cty.Value{
+			"auth":     cty.ObjectVal(map[string]cty.Value{"user": cty.StringVal("News@Example.com")}),
+			"envelope": cty.MapVal(map[string]cty.Value{"from": cty.StringVal("news@example.com"), "from_domain": cty.StringVal("example.com")}),
+			"session":  cty.MapVal(map[string]cty.Value{"helo": cty.StringVal("[192.0.2.1]"), "client_ip": cty.StringVal("127.0.0.1")}),
+			"message":  cty.ObjectVal(map[string]cty.Value{"from_addresses": cty.ListVal([]cty.Value{cty.StringVal("a@example.com"), cty.StringVal("b@example.net")})}),
+		}},
+		{Functions: ruleFunctions, Variables: map[string]cty.Value{
+			"auth":     cty.NullVal(cty.Object(map[string]cty.Type{"user": cty.String})),
+			"envelope": cty.MapVal(map[string]cty.Value{"from": cty.StringVal(""), "from_domain": cty.StringVal("")}),
+			"session":  cty.MapVal(map[string]cty.Value{"helo": cty.StringVal("mail.example.org"), "client_ip": cty.StringVal("::1")}),
+			"message":  cty.ObjectVal(map[string]cty.Value{"from_addresses": cty.ListValEmpty(cty.String)}),
+		}},
+	}
+	cases := []struct {
+		src   string
+		folds bool // some sub-expression is constant
+	}{
+		{`auth != null && lower(envelope.from) != lower(auth.user)`, false},
+		{`envelope.from == "news@example.com"`, true},
+		{`cidr_contains("127.0.0.0/8", session.client_ip)`, true},
+		{`regex("^\\[?[0-9.]+\\]?$", session.helo)`, true},
+		{`contains(["broken.example", lower("X.EXAMPLE")], envelope.from_domain)`, true},
+		{`contains([for a in message.from_addresses : domain(a) == "example.com"], false)`, true},
+		{`[for a in ["x", "y"] : upper(a)][1] == "Y"`, true},
+		{`startswith(lower("NEWS@"), "news") ? envelope.from : "none"`, true},
+		{`can(message.headers["list-unsubscribe"])`, false}, // a literal key is a traversal step
+		{`try(auth.user, "anonymous") == "anonymous"`, true},
+		{`!(1 + 2 == 3) || envelope.from_domain == "example.com"`, true},
+		{`"${envelope.from} via ${"x"}"`, true},
+		{`regex("[", session.helo)`, true},          // the invalid pattern still fails at evaluation
+		{`lower(1 == 1 ? null : "x") == "x"`, true}, // 1 == 1 folds; the call that fails does not
+	}
+	for _, tc := range cases {
+		orig, diags := hclsyntax.ParseExpression([]byte(tc.src), "t.hcl", hcl.InitialPos)
+		if diags.HasErrors() {
+			t.Fatalf("%s: %v", tc.src, diags)
+		}
+		opt, _ := hclsyntax.ParseExpression([]byte(tc.src), "t.hcl", hcl.InitialPos)
+		optimized := optimize(opt)
+		literals := func(x hcl.Expression) int {
+			n := 0
+			hclsyntax.VisitAll(x.(hclsyntax.Node), func(n2 hclsyntax.Node) hcl.Diagnostics {
+				if _, ok := n2.(*hclsyntax.LiteralValueExpr); ok {
+					n++
+				}
+				return nil
+			})
+			return n
+		}
+		// Folding replaces several nodes by one literal, or a template
+		// by a literal: the expression has fewer nodes, or as many
+		// with more of them literals.
+		nodes := func(x hcl.Expression) int {
+			n := 0
+			hclsyntax.VisitAll(x.(hclsyntax.Node), func(hclsyntax.Node) hcl.Diagnostics { n++; return nil })
+			return n
+		}
+		folded := nodes(optimized) < nodes(orig) || literals(optimized) > literals(orig)
+		if folded != tc.folds {
+			t.Errorf("%s: folded %v, want %v", tc.src, folded, tc.folds)
+		}
+		for i, ctx := range ctxs {
+			want, wd := orig.Value(ctx)
+			got, gd := optimized.Value(ctx)
+			if wd.HasErrors() != gd.HasErrors() || (wd.HasErrors() && wd[0].Summary != gd[0].Summary) {
+				t.Errorf("%s, context %d: diagnostics %v, HCL's %v", tc.src, i, gd, wd)
+				continue
+			}
+			if !wd.HasErrors() && !got.RawEquals(want) {
+				t.Errorf("%s, context %d: %#v, HCL's %#v", tc.src, i, got, want)
+			}
+		}
+	}
+}
