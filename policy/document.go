@@ -31,27 +31,33 @@ func (in Input) normalize(quota bool) Input {
 	} else {
 		in.Envelope.FromDomain = strings.ToLower(in.Envelope.FromDomain)
 	}
-	if in.Rcpt != nil {
-		r := *in.Rcpt
-		if r.Domain == "" {
-			r.Domain = domainOf(r.Address)
+	// Rcpt and Message are copied only to change them: the caller's stay
+	// as they were.
+	if r := in.Rcpt; r != nil {
+		d := r.Domain
+		if d == "" {
+			d = domainOf(r.Address)
 		} else {
-			r.Domain = strings.ToLower(r.Domain)
+			d = strings.ToLower(d)
 		}
-		in.Rcpt = &r
+		if d != r.Domain {
+			c := *r
+			c.Domain = d
+			in.Rcpt = &c
+		}
 	}
 	if in.Quota == nil && quota {
 		in.Quota = map[string]QuotaState{}
 	}
-	if in.Message != nil {
-		m := *in.Message
-		if m.Headers == nil {
-			m.Headers = map[string][]string{}
+	if m := in.Message; m != nil && (m.Headers == nil || m.FromAddresses == nil) {
+		c := *m
+		if c.Headers == nil {
+			c.Headers = map[string][]string{}
 		}
-		if m.FromAddresses == nil {
-			m.FromAddresses = []string{}
+		if c.FromAddresses == nil {
+			c.FromAddresses = []string{}
 		}
-		in.Message = &m
+		in.Message = &c
 	}
 	return in
 }
