@@ -27,8 +27,9 @@ import (
 // the HCL evaluation context) decides exactly as the slow, obvious path:
 // the example policies as first written (testdata/reference), the Rego one
 // evaluated whole through the public OPA API with the input decoded from
-// its JSON form on every call, and the HCL rules evaluated with every
-// variable decoded whole from the same JSON.
+// its JSON form on every call, and the HCL rules evaluated as written
+// (compileRules without its fast path: no folding, no equality operations,
+// no conjuncts) with every variable decoded whole from the same JSON.
 
 // diffInputs is how many generated inputs each configuration decides.
 const diffInputs = 10000
@@ -50,7 +51,7 @@ func newRefEngine(t *testing.T, s engineSpec) *refEngine {
 	r := &refEngine{spec: s, hits: map[string]int{}}
 	if s.kind == "rules" {
 		var err error
-		if r.hcl, err = compileRuleFiles([]string{filepath.Join("testdata", "reference", "rules.hcl")}); err != nil {
+		if r.hcl, err = compileRules([]string{filepath.Join("testdata", "reference", "rules.hcl")}, false); err != nil {
 			t.Fatal(err)
 		}
 		return r

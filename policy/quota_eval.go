@@ -432,12 +432,14 @@ type varSpec struct {
 // whole document for one attribute costs more than the rest of the check.
 // The expressions are still evaluated by HCL, on a smaller value.
 func traversalSpecs(trs []hcl.Traversal) []varSpec {
-	return varSpecs(trs, func(root string) bool { return root == "quota" || root == "message" })
+	return varSpecs(trs, func(root string) bool { return root == "quota" || root == "message" }, nil)
 }
 
 // varSpecs lists the input variables trs refer to, except those skip
-// names, as traversalSpecs.
-func varSpecs(trs []hcl.Traversal, skip func(root string) bool) []varSpec {
+// names, as traversalSpecs. A bare variable whose traversal is in
+// nullTests (see nullTests) is only compared with null: it needs no
+// attribute, only to be null or not.
+func varSpecs(trs []hcl.Traversal, skip func(root string) bool, nullTests map[hcl.Range]bool) []varSpec {
 	attrs := map[string]map[string]bool{}
 	whole := map[string]bool{}
 	headers, allHeaders := map[string]bool{}, false
@@ -448,7 +450,13 @@ func varSpecs(trs []hcl.Traversal, skip func(root string) bool) []varSpec {
 				continue
 			}
 			if len(tr) < 2 {
-				whole[root] = true
+				if nullTests[tr.SourceRange()] {
+					if attrs[root] == nil {
+						attrs[root] = map[string]bool{}
+					}
+				} else {
+					whole[root] = true
+				}
 				continue
 			}
 			a, ok := tr[1].(hcl.TraverseAttr)
@@ -477,7 +485,7 @@ func varSpecs(trs []hcl.Traversal, skip func(root string) bool) []varSpec {
 		if whole[root] {
 			continue
 		}
-		vs := varSpec{name: root}
+		vs := varSpec{name: root, attrs: make([]string, 0, len(as))}
 		for a := range as {
 			vs.attrs = append(vs.attrs, a)
 		}
@@ -531,7 +539,10 @@ func fillVars(vars map[string]cty.Value, in *Input, specs []varSpec, attrs map[s
 			strs = strs && v.Type() == cty.String
 			m[a] = v
 		}
-		if strs {
+		if len(s.attrs) == 0 {
+			// Only compared with null: any non-null value will do.
+			vars[s.name] = cty.EmptyObjectVal
+		} else if strs {
 			// HCL reads a map's elements with attribute syntax too, and a
 			// map of strings skips deriving an object type per message.
 			vars[s.name] = cty.MapVal(m)

@@ -120,7 +120,12 @@ func newRulesEngine(s engineSpec) (*rulesEngine, error) {
 	return e, nil
 }
 
-func compileRuleFiles(files []string) (*rulesEngine, error) {
+func compileRuleFiles(files []string) (*rulesEngine, error) { return compileRules(files, true) }
+
+// compileRules is compileRuleFiles; with fast false the expressions are
+// evaluated as written, whole (no optimize, no conjuncts): the reference
+// the differential test compares the fast path with.
+func compileRules(files []string, fast bool) (*rulesEngine, error) {
 	p := hclparse.NewParser()
 	var diags hcl.Diagnostics
 	var blocks []ruleBlock
@@ -140,7 +145,7 @@ func compileRuleFiles(files []string) (*rulesEngine, error) {
 	e := &rulesEngine{byStage: map[Stage][]*rule{}}
 	seen := map[string]hcl.Range{}
 	for _, b := range blocks {
-		r, d := compileRule(b)
+		r, d := compileRule(b, fast)
 		if prev, ok := seen[b.Name]; ok {
 			d = append(d, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Duplicate rule name",
 				Detail: fmt.Sprintf("Rule %q was already defined at %s.", b.Name, prev), Subject: b.DeclRange.Ptr()})
@@ -157,6 +162,7 @@ func compileRuleFiles(files []string) (*rulesEngine, error) {
 	e.vars = map[Stage][]varSpec{}
 	for stage, rules := range e.byStage {
 		var trs []hcl.Traversal
+		tests := map[hcl.Range]bool{}
 		for _, r := range rules {
 			exprs := []hcl.Expression{r.when, r.message}
 			for _, a := range r.acts {
@@ -165,15 +171,16 @@ func compileRuleFiles(files []string) (*rulesEngine, error) {
 			for _, x := range exprs {
 				if x != nil {
 					trs = append(trs, x.Variables()...)
+					nullTests(x, tests)
 				}
 			}
 		}
-		e.vars[stage] = varSpecs(trs, func(string) bool { return false })
+		e.vars[stage] = varSpecs(trs, func(string) bool { return false }, tests)
 	}
 	return e, nil
 }
 
-func compileRule(b ruleBlock) (*rule, hcl.Diagnostics) {
+func compileRule(b ruleBlock, fast bool) (*rule, hcl.Diagnostics) {
 	r := &rule{name: b.Name, stage: Stage(b.Stage), when: b.When, action: b.Action, acts: map[string]hcl.Expression{}}
 	errAt := func(summary, detail string) hcl.Diagnostics {
 		return hcl.Diagnostics{{Severity: hcl.DiagError, Summary: summary, Detail: detail, Subject: b.DeclRange.Ptr()}}
@@ -210,14 +217,16 @@ func compileRule(b ruleBlock) (*rule, hcl.Diagnostics) {
 	// Diagnostics are HCL's on the expressions as written; what is
 	// evaluated per message is optimized (rules_optimize.go).
 	diags := typeCheck(b.When, r.stage, cty.Bool, nil)
-	if !diags.HasErrors() {
+	if !diags.HasErrors() && fast {
 		r.when = optimize(b.When)
 		r.and = conjuncts(r.when, checkContext(r.stage))
 	}
 	if b.Message != nil {
 		r.message = b.Message.Expr
 		diags = append(diags, typeCheck(r.message, r.stage, cty.String, b.When)...)
-		r.message = optimize(r.message)
+		if fast {
+			r.message = optimize(r.message)
+		}
 	}
 	for name, a := range map[string]*hcl.Attribute{"add_headers": b.AddHeaders, "remove_headers": b.RemoveHeaders, "dkim_domain": b.DKIMDomain, "upstream": b.Upstream} {
 		if a == nil {
@@ -229,7 +238,10 @@ func compileRule(b ruleBlock) (*rule, hcl.Diagnostics) {
 		}
 		d := typeCheck(a.Expr, r.stage, actionTypes[name], b.When)
 		diags = append(diags, d...)
-		r.acts[name] = optimize(a.Expr)
+		r.acts[name] = a.Expr
+		if fast {
+			r.acts[name] = optimize(a.Expr)
+		}
 		if !d.HasErrors() && len(a.Expr.Variables()) == 0 {
 			if v, err := evalAs(r.acts[name], &hcl.EvalContext{Functions: ruleFunctions}, actionTypes[name]); err == nil {
 				if r.consts == nil {

@@ -167,3 +167,34 @@ func useFastOps(expr hcl.Expression) {
 		return nil
 	})
 }
+
+// nullTests adds to tests the source ranges of the bare variables expr
+// compares with null (auth == null, null != auth): such a reference needs
+// the variable to be null or not, none of its attributes, so the rules
+// engine builds it with only the attributes read elsewhere (varSpecs).
+func nullTests(expr hcl.Expression, tests map[hcl.Range]bool) {
+	node, ok := expr.(hclsyntax.Node)
+	if !ok {
+		return
+	}
+	isNull := func(x hclsyntax.Expression) bool {
+		l, ok := x.(*hclsyntax.LiteralValueExpr)
+		return ok && l.Val.IsNull()
+	}
+	bare := func(x hclsyntax.Expression) {
+		if st, ok := x.(*hclsyntax.ScopeTraversalExpr); ok && len(st.Traversal) == 1 {
+			tests[st.Traversal.SourceRange()] = true
+		}
+	}
+	hclsyntax.VisitAll(node, func(n hclsyntax.Node) hcl.Diagnostics {
+		if b, ok := n.(*hclsyntax.BinaryOpExpr); ok && (b.Op == equalOp || b.Op == notEqualOp || b.Op == hclsyntax.OpEqual || b.Op == hclsyntax.OpNotEqual) {
+			if isNull(b.RHS) {
+				bare(b.LHS)
+			}
+			if isNull(b.LHS) {
+				bare(b.RHS)
+			}
+		}
+		return nil
+	})
+}
