@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+	"sync"
 
 	"github.com/open-policy-agent/opa/v1/ast"
 )
@@ -73,6 +74,25 @@ type shapedValue struct {
 }
 
 func newDocument(in Input) *document { return &document{in: in.Normalize()} }
+
+// documents are reused from one Evaluate to the next, with their astVals'
+// capacity: a document never outlives its Evaluate.
+var documents = sync.Pool{New: func() any { return new(document) }}
+
+// getDocument returns a document of in, which the caller has normalized.
+func getDocument(in Input) *document {
+	d := documents.Get().(*document)
+	d.in = in
+	return d
+}
+
+// putDocument returns d to the pool, holding nothing of its evaluation.
+func putDocument(d *document) {
+	clear(d.astVals)
+	d.astVals = d.astVals[:0]
+	d.in = Input{}
+	documents.Put(d)
+}
 
 // ast returns the Rego input of shape s, building it once.
 func (d *document) ast(s *inputShape) ast.Value {

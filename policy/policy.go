@@ -298,7 +298,8 @@ func (p *Policy) evaluate(ctx context.Context, in Input, explain bool) (Decision
 	qs := p.quotas.Load()
 	checkQuotas := qs != nil && p.store != nil && in.Stage != StageData
 	// When the quotas are checked they set the input's quota states.
-	doc := &document{in: in.normalize(!checkQuotas)}
+	doc := getDocument(in.normalize(!checkQuotas))
+	defer putDocument(doc)
 	var qc quotaCheck
 	if checkQuotas {
 		qc = p.checkQuotas(ctx, qs, doc)
