@@ -6,6 +6,7 @@ import (
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
 	"github.com/zclconf/go-cty/cty"
+	"github.com/zclconf/go-cty/cty/function"
 	"github.com/zclconf/go-cty/cty/function/stdlib"
 )
 
@@ -169,6 +170,25 @@ func TestOptimize(t *testing.T) {
 			}
 			if !wd.HasErrors() && !got.RawEquals(want) {
 				t.Errorf("%s, context %d: %#v, HCL's %#v", tc.src, i, got, want)
+			}
+		}
+	}
+}
+
+// TestStringMapFuncs: lower, upper and trimspace give what cty's stdlib
+// functions give, unknown and dynamic arguments included.
+func TestStringMapFuncs(t *testing.T) {
+	args := []cty.Value{
+		cty.StringVal(" MiXed@Example.COM "), cty.StringVal(""), cty.UnknownVal(cty.String),
+		cty.UnknownVal(cty.String).Refine().StringPrefix("ab").NewValue(), cty.DynamicVal,
+		cty.NullVal(cty.String), cty.StringVal("Ünïcödé"),
+	}
+	for name, ref := range map[string]function.Function{"lower": stdlib.LowerFunc, "upper": stdlib.UpperFunc, "trimspace": stdlib.TrimSpaceFunc} {
+		for _, a := range args {
+			got, gerr := ruleFunctions[name].Call([]cty.Value{a})
+			want, werr := ref.Call([]cty.Value{a})
+			if (gerr != nil) != (werr != nil) || (gerr == nil && !got.RawEquals(want)) {
+				t.Errorf("%s(%#v) = %#v (%v), stdlib %#v (%v)", name, a, got, gerr, want, werr)
 			}
 		}
 	}
