@@ -63,7 +63,9 @@ type rule struct {
 	when  hcl.Expression
 	// and holds the operands of a when expression a && b && … (nil for
 	// another form): see conjuncts and match.
-	and     []hcl.Expression
+	and []hcl.Expression
+	// nulls[i] is and[i] when it is a null test (see nullTest).
+	nulls   []nullTest
 	action  string
 	code    int
 	enh     string
@@ -220,6 +222,13 @@ func compileRule(b ruleBlock, fast bool) (*rule, hcl.Diagnostics) {
 	if !diags.HasErrors() && fast {
 		r.when = optimize(b.When)
 		r.and = conjuncts(r.when, checkContext(r.stage))
+		if r.and == nil && nullTestOf(r.when).name != "" {
+			r.and = []hcl.Expression{r.when}
+		}
+		r.nulls = make([]nullTest, len(r.and))
+		for i, x := range r.and {
+			r.nulls[i] = nullTestOf(x)
+		}
 	}
 	if b.Message != nil {
 		r.message = b.Message.Expr
@@ -337,6 +346,17 @@ func (e *rulesEngine) run(stage Stage, ectx *hcl.EvalContext) (engineResult, err
 // odd values are HCL's own.
 func (r *rule) match(ectx *hcl.EvalContext) (cty.Value, error) {
 	for i, x := range r.and {
+		if t := r.nulls[i]; t.name != "" {
+			if v, ok := ectx.Variables[t.name]; ok && v.IsKnown() && !v.IsMarked() {
+				if v.IsNull() != t.isNull {
+					return cty.False, nil
+				}
+				if i == len(r.and)-1 {
+					return cty.True, nil
+				}
+				continue
+			}
+		}
 		v, diags := x.Value(ectx)
 		if diags.HasErrors() || !v.IsKnown() || v.IsNull() || v.Type() != cty.Bool {
 			break

@@ -198,3 +198,40 @@ func nullTests(expr hcl.Expression, tests map[hcl.Range]bool) {
 		return nil
 	})
 }
+
+// nullTest is a when operand of the form v == null or v != null (either
+// way round) on a bare variable v. Its value is whether v is null, which
+// match reads from the evaluation context: HCL's operator would walk all
+// of v for marks and convert both operands, a dozen allocations for a
+// bool. A known, unmarked value compares with null as cty's Equals does:
+// equal exactly when it is null.
+type nullTest struct {
+	name   string // the variable; "" when the operand is no null test
+	isNull bool   // v == null (else v != null)
+}
+
+// nullTestOf returns x as a null test, or the zero nullTest.
+func nullTestOf(x hcl.Expression) nullTest {
+	b, ok := x.(*hclsyntax.BinaryOpExpr)
+	if !ok {
+		return nullTest{}
+	}
+	var isNull bool
+	switch b.Op {
+	case equalOp, hclsyntax.OpEqual:
+		isNull = true
+	case notEqualOp, hclsyntax.OpNotEqual:
+	default:
+		return nullTest{}
+	}
+	v, other := b.LHS, b.RHS
+	if l, ok := v.(*hclsyntax.LiteralValueExpr); ok && l.Val.IsNull() {
+		v, other = b.RHS, b.LHS
+	}
+	l, ok := other.(*hclsyntax.LiteralValueExpr)
+	st, bare := v.(*hclsyntax.ScopeTraversalExpr)
+	if !ok || !l.Val.IsNull() || !bare || len(st.Traversal) != 1 {
+		return nullTest{}
+	}
+	return nullTest{name: st.Traversal.RootName(), isNull: isNull}
+}
