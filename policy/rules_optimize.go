@@ -7,12 +7,16 @@ import (
 	"github.com/zclconf/go-cty/cty/function"
 )
 
-// What a rule's expressions cost per message, cut at load: HCL evaluates
+// What a rule's expressions cost per message, cut at load. HCL evaluates
 // every expression as written, each operator and literal through cty's
 // generic machinery, so the compiled expressions get two rewrites that
 // leave every result as HCL gives it (TestEqualityOps, TestOptimize):
 // constant sub-expressions are evaluated once (foldConstants), and == and
-// != skip cty's deep walks for marks (useFastOps).
+// != skip cty's deep walks for marks (useFastOps). (*rule).match adds two
+// shortcuts of its own: a conjunction stops at its first false operand
+// (conjuncts), and an operand v == null / v != null is read from the
+// context (nullTest). TestRulesFastMatchesPlain and the differential test
+// compare all of it with the rules compiled without (compileRules).
 
 // optimize applies both rewrites to expr and returns the expression to
 // evaluate in its place.
