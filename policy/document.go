@@ -443,9 +443,16 @@ var (
 	}
 )
 
+// emptyStrList and emptyHeaders are built once: cty values are immutable,
+// and each constructor allocates its type anew.
+var (
+	emptyStrList = cty.ListValEmpty(cty.String)
+	emptyHeaders = cty.MapValEmpty(cty.List(cty.String))
+)
+
 func strList(ss []string) cty.Value {
 	if len(ss) == 0 {
-		return cty.ListValEmpty(cty.String)
+		return emptyStrList
 	}
 	vs := make([]cty.Value, len(ss))
 	for i, s := range ss {
@@ -503,7 +510,7 @@ func ctyVar(in *Input, name string) cty.Value {
 
 func headersCty(hs map[string][]string) cty.Value {
 	if len(hs) == 0 {
-		return cty.MapValEmpty(cty.List(cty.String))
+		return emptyHeaders
 	}
 	m := make(map[string]cty.Value, len(hs))
 	for k, v := range hs {
