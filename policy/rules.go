@@ -3,9 +3,9 @@ package policy
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"slices"
-	"sort"
 	"strings"
 
 	"github.com/hashicorp/hcl/v2"
@@ -394,12 +394,7 @@ func setAction(a *Actions, name string, v cty.Value) {
 	switch name {
 	case "add_headers":
 		m := v.AsValueMap()
-		keys := make([]string, 0, len(m))
-		for k := range m {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		for _, k := range keys {
+		for _, k := range slices.Sorted(maps.Keys(m)) {
 			a.AddHeaders = append(a.AddHeaders, Header{Name: k, Value: m[k].AsString()})
 		}
 	case "remove_headers":
