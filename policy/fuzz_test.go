@@ -1,6 +1,9 @@
 package policy
 
 import (
+	"fmt"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -46,6 +49,64 @@ func FuzzSanitizeMessage(f *testing.F) {
 		for i := 0; i < len(out); i++ {
 			if out[i] < 0x20 || out[i] > 0x7e {
 				t.Fatalf("byte %#x in %q", out[i], out)
+			}
+		}
+	})
+}
+
+// FuzzRulesFastPath: a when expression that loads decides the same with
+// the fast path (rules_optimize.go, conjuncts, null tests, variables built
+// with the attributes read) as evaluated as written with every variable
+// whole, at each stage, with and without AUTH: the same value, or an error
+// in both.
+func FuzzRulesFastPath(f *testing.F) {
+	for _, w := range []string{
+		`auth == null && cidr_contains("127.0.0.0/8", session.client_ip) && envelope.from == "monitor@example.com"`,
+		`auth != null && lower(envelope.from) != lower(auth.user) && domain(envelope.from) != domain(auth.user)`,
+		`contains(["broken.example"], envelope.from_domain)`,
+		`regex("^\\[?[0-9.]+\\]?$", session.helo)`,
+		`endswith(envelope.from_domain, "example.com")`,
+		`null != auth || length(envelope.recipients) > 2`,
+		`(auth == null) == (session.tls == null)`,
+		`try(auth.user, "") == "" && !can(auth.mechanism)`,
+		`[for r in envelope.recipients : domain(r) if r != ""] == ["example.com"]`,
+		`"${envelope.from}x" != "x" ? true : auth != null`,
+		`lower("A") == "a" && upper(trimspace(" b ")) == "B" && envelope.size >= 0`,
+	} {
+		f.Add(w)
+	}
+	f.Fuzz(func(t *testing.T, when string) {
+		if strings.ContainsAny(when, "\n\r{}#/") || len(when) > 300 {
+			return // one expression on one line, no blocks or comments
+		}
+		var src strings.Builder
+		for _, stage := range []Stage{StageMail, StageRcpt, StageData} {
+			fmt.Fprintf(&src, "rule \"r-%s\" {\n  stage = %q\n  when = %s\n  action = \"warn\"\n}\n", stage, stage, when)
+		}
+		path := filepath.Join(t.TempDir(), "r.hcl")
+		if err := os.WriteFile(path, []byte(src.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		plain, perr := compileRules([]string{path}, false)
+		fast, ferr := compileRules([]string{path}, true)
+		if (perr != nil) != (ferr != nil) {
+			t.Fatalf("%s: loads plain: %v, fast: %v", when, perr, ferr)
+		}
+		if perr != nil {
+			return // refused at load by both: nothing to compare
+		}
+		for _, user := range []string{"", "a@example.com"} {
+			for _, in := range []Input{mailInput(user, "a@example.com"), mailInput(user, ""),
+				rcptInput(user, "a@example.com", "x@broken.example", 2), dataInput(user, "a@example.com", []string{"a@example.com"}, nil)} {
+				doc := newDocument(in)
+				for _, r := range fast.byStage[in.Stage] {
+					p := findRule(plain, in.Stage, r.name)
+					got, gerr := r.match(withVars(t, doc, fast, true))
+					want, werr := p.match(withVars(t, doc, plain, false))
+					if (gerr != nil) != (werr != nil) || (gerr == nil && !got.RawEquals(want)) {
+						t.Errorf("%s at %s, user %q: fast %#v (%v), as written %#v (%v)", when, in.Stage, user, got, gerr, want, werr)
+					}
+				}
 			}
 		}
 	})
