@@ -61,8 +61,9 @@ type rule struct {
 	name  string
 	stage Stage
 	when  hcl.Expression
-	// and holds the operands of a when expression a && b && … (nil for
-	// another form): see conjuncts and match.
+	// and holds the operands of a when expression a && b && … (a when
+	// that is one null test is its own only operand; nil for another
+	// form): see conjuncts and match.
 	and []hcl.Expression
 	// nulls[i] is and[i] when it is a null test (see nullTest).
 	nulls   []nullTest
@@ -339,11 +340,11 @@ func (e *rulesEngine) run(stage Stage, ectx *hcl.EvalContext) (engineResult, err
 }
 
 // match evaluates the rule's when expression. A conjunction is evaluated
-// operand by operand, each by HCL, and is false at the first false one: the
-// result HCL's && gives (a false operand decides, the others' errors
-// dropped) without evaluating the rest. An operand that fails or is not a
-// known bool sends the whole expression to HCL as written, so errors and
-// odd values are HCL's own.
+// operand by operand, each by HCL except null tests (read from ectx, see
+// nullTest), and is false at the first false one: the result HCL's &&
+// gives (a false operand decides, the others' errors dropped) without
+// evaluating the rest. An operand that fails or is not a known bool sends
+// the whole expression to HCL, so errors and odd values are HCL's own.
 func (r *rule) match(ectx *hcl.EvalContext) (cty.Value, error) {
 	for i, x := range r.and {
 		if t := r.nulls[i]; t.name != "" {
