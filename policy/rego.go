@@ -391,21 +391,23 @@ func (e *regoEngine) eval(ctx context.Context, doc *document) (engineResult, err
 	if t, ok := ctx.Value(evalTimeKey{}).(time.Time); ok {
 		q = q.WithTime(t)
 	}
-	var (
+	// One variable captured by the callback: one allocation, not two.
+	var got struct {
 		b topdown.QueryResult
 		n int
-	)
+	}
 	err := q.Iter(ctx, func(r topdown.QueryResult) error {
-		n++
-		b = r
+		got.n++
+		got.b = r
 		return nil
 	})
 	if err != nil {
 		return engineResult{}, err
 	}
-	if n != 1 {
-		return engineResult{}, fmt.Errorf("%w: query returned %d results", ErrInvalidResult, n)
+	if got.n != 1 {
+		return engineResult{}, fmt.Errorf("%w: query returned %d results", ErrInvalidResult, got.n)
 	}
+	b := got.b
 	binding := func(name string) ([]any, error) {
 		t, ok := b[pq.vars[name]]
 		if !ok {
