@@ -79,6 +79,9 @@ type stageQuotas struct {
 	vars []varSpec
 	// nreqs is the most requests they make.
 	nreqs int
+	// hcl says whether a key or when needs HCL's evaluation context
+	// (otherwise every key is an input attribute, read directly).
+	hcl bool
 }
 
 // stage is the quotas checked at stage, nil at stage data.
@@ -139,6 +142,9 @@ type quotaDef struct {
 	remember time.Duration
 	action   string
 	onError  OnError
+	// attr is the key when it is one string attribute of the input and
+	// when is absent or a null test (see inputAttr); zero otherwise.
+	attr inputAttr
 }
 
 func (d *quotaDef) windows(k quota.Kind) []quota.Window {
@@ -316,6 +322,9 @@ func CompileQuotas(cfgs []QuotaConfig) (*Quotas, hcl.Diagnostics) {
 		}
 		diags = append(diags, typeCheck(d.key, stage, cty.String, guard)...)
 		d.key = optimize(d.key)
+		if d.when == nil || nullRoot(d.when) {
+			d.attr = attrOf(d.key)
+		}
 		q.defs = append(q.defs, d)
 	}
 	if diags.HasErrors() {
@@ -329,7 +338,11 @@ func CompileQuotas(cfgs []QuotaConfig) (*Quotas, hcl.Diagnostics) {
 				continue
 			}
 			sq.defs = append(sq.defs, d)
-			trs = append(trs, d.vars...)
+			if d.attr.root == "" {
+				// Evaluated by HCL: its variables go into the context.
+				trs = append(trs, d.vars...)
+				sq.hcl = true
+			}
 			if stage == StageMail {
 				sq.nreqs++
 			} else {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/hclsyntax"
 	"github.com/zclconf/go-cty/cty"
 
 	"github.com/mailgate/mailgate/policy/quota"
@@ -138,10 +139,17 @@ func (p *Policy) checkQuotas(ctx context.Context, qs *Quotas, doc *document) quo
 	// One evaluation context for every quota of the stage, holding the
 	// input attributes any of them reads; the context and its maps are
 	// reused from one stage to the next (the values are the stage's own).
-	sc := getEvalScratch()
-	fillVars(sc.ectx.Variables, &doc.in, sq.vars, sc.attrs)
+	var (
+		sc   *evalScratch
+		ectx *hcl.EvalContext
+	)
+	if sq.hcl {
+		sc = getEvalScratch()
+		fillVars(sc.ectx.Variables, &doc.in, sq.vars, sc.attrs)
+		ectx = &sc.ectx
+	}
 	for _, d := range sq.defs {
-		key, ok, err := d.evalKey(&sc.ectx)
+		key, ok, err := d.evalKey(ectx, &doc.in)
 		if err != nil {
 			p.log.LogAttrs(ctx, slog.LevelError, "quota key failed", slog.String("quota", d.name),
 				slog.String("session", doc.in.Session.ID), slog.Any("error", err))
@@ -166,7 +174,9 @@ func (p *Policy) checkQuotas(ctx context.Context, qs *Quotas, doc *document) quo
 		pd.end = len(reqs)
 		applied = append(applied, pd)
 	}
-	putEvalScratch(sc, sq.vars)
+	if sc != nil {
+		putEvalScratch(sc, sq.vars)
+	}
 	if evalErr != nil {
 		c.refusal = quotaUnavailable(evalErr.name)
 		return c
@@ -320,8 +330,22 @@ func quotaUnavailable(name string) *Decision {
 }
 
 // evalKey evaluates when and key; ok is false when the quota does not
-// apply (when is false, or the key is empty).
-func (d *quotaDef) evalKey(ectx *hcl.EvalContext) (string, bool, error) {
+// apply (when is false, or the key is empty). ectx holds the input's
+// variables unless the key is an input attribute (d.attr), read from in.
+func (d *quotaDef) evalKey(ectx *hcl.EvalContext, in *Input) (string, bool, error) {
+	if d.attr.root != "" {
+		if d.when != nil {
+			t := nullTestOf(d.when)
+			if null, _ := isNullVar(in, t.name); null != t.isNull {
+				return "", false, nil
+			}
+		}
+		if k, ok := d.attr.read(in); ok {
+			return k, k != "", nil
+		}
+		// Its variable is null (auth.user without AUTH): HCL's own error.
+		ectx = &hcl.EvalContext{Variables: map[string]cty.Value{d.attr.root: ctyVar(in, d.attr.root)}, Functions: ruleFunctions}
+	}
 	if d.when != nil {
 		v, err := evalAs(d.when, ectx, cty.Bool)
 		if err != nil {
@@ -337,6 +361,113 @@ func (d *quotaDef) evalKey(ectx *hcl.EvalContext) (string, bool, error) {
 	}
 	k := v.AsString()
 	return k, k != "", nil
+}
+
+// inputAttr is a quota key that is one string attribute of the input
+// (key = envelope.from, session.client_ip, rcpt.domain, auth.user …), the
+// common case: evalKey reads it from the input as HCL would give it
+// (normalized by cty.NormalizeString, as cty.StringVal does) instead of
+// building the variable and evaluating the traversal — half the
+// allocations of a quota check (TestQuotaKeyAttr).
+type inputAttr struct{ root, attr string }
+
+// attrOf returns key as an inputAttr, or the zero inputAttr.
+func attrOf(key hcl.Expression) inputAttr {
+	st, ok := key.(*hclsyntax.ScopeTraversalExpr)
+	if !ok || len(st.Traversal) != 2 {
+		return inputAttr{}
+	}
+	a, ok := st.Traversal[1].(hcl.TraverseAttr)
+	if !ok {
+		return inputAttr{}
+	}
+	ia := inputAttr{root: st.Traversal.RootName(), attr: a.Name}
+	if _, ok := ia.read(&Input{Auth: &Auth{}, Rcpt: &Rcpt{}}); !ok {
+		return inputAttr{}
+	}
+	return ia
+}
+
+// nullRoot says whether when is a null test on a variable isNullVar knows
+// (when = auth != null), which evalKey then reads from the input too.
+func nullRoot(when hcl.Expression) bool {
+	t := nullTestOf(when)
+	_, ok := isNullVar(&Input{}, t.name)
+	return ok
+}
+
+// isNullVar says whether the variable name of in is null; ok is false for
+// a variable it does not know.
+func isNullVar(in *Input, name string) (null, ok bool) {
+	switch name {
+	case "auth":
+		return in.Auth == nil, true
+	case "rcpt":
+		return in.Rcpt == nil, true
+	case "message":
+		return in.Message == nil, true
+	case "session", "envelope":
+		return false, true
+	}
+	return false, false
+}
+
+// read returns the attribute of in; ok is false when its variable is
+// null (auth without AUTH, rcpt outside its stage) or a is no string
+// attribute of the input.
+func (a inputAttr) read(in *Input) (string, bool) {
+	var s string
+	switch a.root {
+	case "session":
+		switch a.attr {
+		case "id":
+			s = in.Session.ID
+		case "listener":
+			s = in.Session.Listener
+		case "client_ip":
+			s = in.Session.ClientIP
+		case "helo":
+			s = in.Session.HELO
+		default:
+			return "", false
+		}
+	case "auth":
+		if in.Auth == nil {
+			return "", false
+		}
+		switch a.attr {
+		case "user":
+			s = in.Auth.User
+		case "mechanism":
+			s = in.Auth.Mechanism
+		default:
+			return "", false
+		}
+	case "envelope":
+		switch a.attr {
+		case "from":
+			s = in.Envelope.From
+		case "from_domain":
+			s = in.Envelope.FromDomain
+		default:
+			return "", false
+		}
+	case "rcpt":
+		if in.Rcpt == nil {
+			return "", false
+		}
+		switch a.attr {
+		case "address":
+			s = in.Rcpt.Address
+		case "domain":
+			s = in.Rcpt.Domain
+		default:
+			return "", false
+		}
+	default:
+		return "", false
+	}
+	return cty.NormalizeString(s), true
 }
 
 // formatRetry rounds up: "45s", "17m", "2h5m".

@@ -11,9 +11,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/gohcl"
 	"github.com/hashicorp/hcl/v2/hclparse"
 	"github.com/redis/go-redis/v9"
+	"github.com/zclconf/go-cty/cty"
 
 	"github.com/mailgate/mailgate/policy/quota"
 )
@@ -726,5 +728,68 @@ quota "hard" {
 	d := evaluate(t, p, mailInput("", "app@example.com"))
 	if d.Outcome != Reject || d.Rule != "hard" || d.Code != 550 {
 		t.Fatalf("second: %+v", d)
+	}
+}
+
+// TestQuotaKeyAttr: a key that is one input attribute is read from the
+// input as HCL evaluates it on the whole variable: the same key (cty's
+// Unicode normalization included), the same "does not apply" for an empty
+// one, and HCL's own error when the variable is null (auth.user without
+// AUTH). A key of another form is left to HCL.
+func TestQuotaKeyAttr(t *testing.T) {
+	keys := []string{"session.id", "session.listener", "session.client_ip", "session.helo", "auth.user",
+		"auth.mechanism", "envelope.from", "envelope.from_domain", "rcpt.address", "rcpt.domain"}
+	var ins []Input
+	for _, user := range []string{"", "Cafe\u0301@Example.com", "a@example.com"} {
+		for _, from := range []string{"", "cafe\u0301@example.com", "b@Example.COM"} {
+			in := rcptInput(user, from, "x@e\u0301.example", 1)
+			in.Session.HELO = "he\u0301lo"
+			if user == "" {
+				in.Session.ClientIP = ""
+			}
+			ins = append(ins, in.Normalize())
+		}
+	}
+	for _, k := range keys {
+		kind := "messages"
+		if strings.HasPrefix(k, "rcpt.") {
+			kind = "recipients"
+		}
+		when := ""
+		switch {
+		case strings.HasPrefix(k, "auth."):
+			when = "when = auth != null"
+		case k == "session.client_ip":
+			when = "when = auth == null" // unauthenticated clients, by address
+		}
+		qs := mustQuotas(t, fmt.Sprintf("quota \"q\" {\n  key = %s\n  %s\n  %s = [\"10/1h\"]\n}\n", k, when, kind))
+		d := qs.defs[0]
+		if d.attr.root == "" {
+			t.Fatalf("%s: not read as an input attribute", k)
+		}
+		for _, in := range ins {
+			got, gotOK, gotErr := d.evalKey(nil, &in)
+			vars := map[string]cty.Value{}
+			for name := range schemaTypes {
+				vars[name] = ctyVar(&in, name)
+			}
+			// The reference: the same key through HCL, every variable whole.
+			hd := *d
+			hd.attr = inputAttr{}
+			want, wantOK, wantErr := hd.evalKey(&hcl.EvalContext{Variables: vars, Functions: ruleFunctions}, &in)
+			if got != want || gotOK != wantOK || (gotErr == nil) != (wantErr == nil) || (gotErr != nil && gotErr.Error() != wantErr.Error()) {
+				t.Errorf("%s, auth %+v: %q %v %v; HCL %q %v %v", k, in.Auth, got, gotOK, gotErr, want, wantOK, wantErr)
+			}
+		}
+	}
+	for _, k := range []string{`"${envelope.from}"`, `lower(envelope.from)`, `session.tls.version`, `envelope.size`,
+		"envelope.from\n  when = envelope.from != \"\""} {
+		qs, diag := compileQuotaSrc(t, fmt.Sprintf("quota \"q\" {\n  key = %s\n  messages = [\"10/1h\"]\n}\n", k))
+		if qs == nil {
+			continue // refused at load (not a string)
+		}
+		if qs.defs[0].attr.root != "" {
+			t.Errorf("%s read as an input attribute (%s)", k, diag)
+		}
 	}
 }
