@@ -412,59 +412,11 @@ func isNullVar(in *Input, name string) (null, ok bool) {
 	return false, false
 }
 
-// read returns the attribute of in; ok is false when its variable is
-// null (auth without AUTH, rcpt outside its stage) or a is no string
-// attribute of the input.
+// read returns the attribute of in as cty.StringVal holds it; ok is false
+// as for stringAttr.
 func (a inputAttr) read(in *Input) (string, bool) {
-	var s string
-	switch a.root {
-	case "session":
-		switch a.attr {
-		case "id":
-			s = in.Session.ID
-		case "listener":
-			s = in.Session.Listener
-		case "client_ip":
-			s = in.Session.ClientIP
-		case "helo":
-			s = in.Session.HELO
-		default:
-			return "", false
-		}
-	case "auth":
-		if in.Auth == nil {
-			return "", false
-		}
-		switch a.attr {
-		case "user":
-			s = in.Auth.User
-		case "mechanism":
-			s = in.Auth.Mechanism
-		default:
-			return "", false
-		}
-	case "envelope":
-		switch a.attr {
-		case "from":
-			s = in.Envelope.From
-		case "from_domain":
-			s = in.Envelope.FromDomain
-		default:
-			return "", false
-		}
-	case "rcpt":
-		if in.Rcpt == nil {
-			return "", false
-		}
-		switch a.attr {
-		case "address":
-			s = in.Rcpt.Address
-		case "domain":
-			s = in.Rcpt.Domain
-		default:
-			return "", false
-		}
-	default:
+	s, ok := stringAttr(in, a.root, a.attr)
+	if !ok {
 		return "", false
 	}
 	return cty.NormalizeString(s), true
@@ -703,50 +655,64 @@ func someHeaders(hs map[string][]string, names []string) map[string][]string {
 // ctyAttr is ctyVar(in, root).GetAttr(attr) without building the rest of
 // root.
 func ctyAttr(in *Input, root, attr string) cty.Value {
-	// A switch per level: matching root+"."+attr would build the string
-	// for every attribute of every stage.
+	if s, ok := stringAttr(in, root, attr); ok {
+		return cty.StringVal(s)
+	}
+	switch {
+	case root == "envelope" && attr == "recipients":
+		return strList(in.Envelope.Recipients)
+	case root == "message" && attr == "from_addresses":
+		return strList(in.Message.FromAddresses)
+	case root == "message" && attr == "headers":
+		return headersCty(in.Message.Headers)
+	}
+	return ctyVar(in, root).GetAttr(attr)
+}
+
+// stringAttr is the string attribute attr of the input variable root; ok
+// is false when root is null in in (auth without AUTH, rcpt outside its
+// stage) or attr is no string attribute of it. A switch per level:
+// matching root+"."+attr would build the string on every call.
+func stringAttr(in *Input, root, attr string) (string, bool) {
 	switch root {
 	case "session":
 		switch attr {
 		case "id":
-			return cty.StringVal(in.Session.ID)
+			return in.Session.ID, true
 		case "listener":
-			return cty.StringVal(in.Session.Listener)
+			return in.Session.Listener, true
 		case "client_ip":
-			return cty.StringVal(in.Session.ClientIP)
+			return in.Session.ClientIP, true
 		case "helo":
-			return cty.StringVal(in.Session.HELO)
+			return in.Session.HELO, true
 		}
 	case "auth":
+		if in.Auth == nil {
+			return "", false
+		}
 		switch attr {
 		case "user":
-			return cty.StringVal(in.Auth.User)
+			return in.Auth.User, true
 		case "mechanism":
-			return cty.StringVal(in.Auth.Mechanism)
+			return in.Auth.Mechanism, true
 		}
 	case "envelope":
 		switch attr {
 		case "from":
-			return cty.StringVal(in.Envelope.From)
+			return in.Envelope.From, true
 		case "from_domain":
-			return cty.StringVal(in.Envelope.FromDomain)
-		case "recipients":
-			return strList(in.Envelope.Recipients)
+			return in.Envelope.FromDomain, true
 		}
 	case "rcpt":
+		if in.Rcpt == nil {
+			return "", false
+		}
 		switch attr {
 		case "address":
-			return cty.StringVal(in.Rcpt.Address)
+			return in.Rcpt.Address, true
 		case "domain":
-			return cty.StringVal(in.Rcpt.Domain)
-		}
-	case "message":
-		switch attr {
-		case "from_addresses":
-			return strList(in.Message.FromAddresses)
-		case "headers":
-			return headersCty(in.Message.Headers)
+			return in.Rcpt.Domain, true
 		}
 	}
-	return ctyVar(in, root).GetAttr(attr)
+	return "", false
 }
