@@ -143,8 +143,10 @@ type quotaDef struct {
 	action   string
 	onError  OnError
 	// attr is the key when it is one string attribute of the input and
-	// when is absent or a null test (see inputAttr); zero otherwise.
-	attr inputAttr
+	// when is absent or a null test, whenNull (see inputAttr); zero
+	// otherwise.
+	attr     inputAttr
+	whenNull nullTest
 }
 
 func (d *quotaDef) windows(k quota.Kind) []quota.Window {
@@ -324,6 +326,9 @@ func CompileQuotas(cfgs []QuotaConfig) (*Quotas, hcl.Diagnostics) {
 		d.key = optimize(d.key)
 		if d.when == nil || nullRoot(d.when) {
 			d.attr = attrOf(d.key)
+			if d.when != nil {
+				d.whenNull = nullTestOf(d.when)
+			}
 		}
 		q.defs = append(q.defs, d)
 	}

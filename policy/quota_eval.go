@@ -334,8 +334,7 @@ func quotaUnavailable(name string) *Decision {
 // variables unless the key is an input attribute (d.attr), read from in.
 func (d *quotaDef) evalKey(ectx *hcl.EvalContext, in *Input) (string, bool, error) {
 	if d.attr.root != "" {
-		if d.when != nil {
-			t := nullTestOf(d.when)
+		if t := d.whenNull; t.name != "" {
 			if null, _ := isNullVar(in, t.name); null != t.isNull {
 				return "", false, nil
 			}
