@@ -28,8 +28,9 @@ import (
 // the example policies as first written (testdata/reference), the Rego one
 // evaluated whole through the public OPA API with the input decoded from
 // its JSON form on every call, and the HCL rules evaluated as written
-// (compileRules without its fast path: no folding, no equality operations,
-// no conjuncts) with every variable decoded whole from the same JSON.
+// (compileRules without its fast path: no folding, equality operations,
+// conjuncts or null tests) with every variable decoded whole from the
+// same JSON.
 
 // diffInputs is how many generated inputs each configuration decides.
 const diffInputs = 10000
