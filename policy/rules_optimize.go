@@ -181,23 +181,9 @@ func nullTests(expr hcl.Expression, tests map[hcl.Range]bool) {
 	if !ok {
 		return
 	}
-	isNull := func(x hclsyntax.Expression) bool {
-		l, ok := x.(*hclsyntax.LiteralValueExpr)
-		return ok && l.Val.IsNull()
-	}
-	bare := func(x hclsyntax.Expression) {
-		if st, ok := x.(*hclsyntax.ScopeTraversalExpr); ok && len(st.Traversal) == 1 {
-			tests[st.Traversal.SourceRange()] = true
-		}
-	}
 	hclsyntax.VisitAll(node, func(n hclsyntax.Node) hcl.Diagnostics {
-		if b, ok := n.(*hclsyntax.BinaryOpExpr); ok && (b.Op == equalOp || b.Op == notEqualOp || b.Op == hclsyntax.OpEqual || b.Op == hclsyntax.OpNotEqual) {
-			if isNull(b.RHS) {
-				bare(b.LHS)
-			}
-			if isNull(b.LHS) {
-				bare(b.RHS)
-			}
+		if v, _, ok := nullOperand(n); ok {
+			tests[v.Traversal.SourceRange()] = true
 		}
 		return nil
 	})
@@ -216,26 +202,39 @@ type nullTest struct {
 
 // nullTestOf returns x as a null test, or the zero nullTest.
 func nullTestOf(x hcl.Expression) nullTest {
-	b, ok := x.(*hclsyntax.BinaryOpExpr)
+	v, isNull, ok := nullOperand(x)
 	if !ok {
 		return nullTest{}
 	}
-	var isNull bool
+	return nullTest{name: v.Traversal.RootName(), isNull: isNull}
+}
+
+// nullOperand returns the bare variable x compares with null, either way
+// round, and whether the comparison is == (isNull) or !=; ok is false when
+// x is no such comparison.
+func nullOperand(x any) (v *hclsyntax.ScopeTraversalExpr, isNull, ok bool) {
+	b, ok := x.(*hclsyntax.BinaryOpExpr)
+	if !ok {
+		return nil, false, false
+	}
 	switch b.Op {
 	case equalOp, hclsyntax.OpEqual:
 		isNull = true
 	case notEqualOp, hclsyntax.OpNotEqual:
 	default:
-		return nullTest{}
+		return nil, false, false
 	}
-	v, other := b.LHS, b.RHS
-	if l, ok := v.(*hclsyntax.LiteralValueExpr); ok && l.Val.IsNull() {
-		v, other = b.RHS, b.LHS
+	isNullLit := func(e hclsyntax.Expression) bool {
+		l, ok := e.(*hclsyntax.LiteralValueExpr)
+		return ok && l.Val.IsNull()
 	}
-	l, ok := other.(*hclsyntax.LiteralValueExpr)
-	st, bare := v.(*hclsyntax.ScopeTraversalExpr)
-	if !ok || !l.Val.IsNull() || !bare || len(st.Traversal) != 1 {
-		return nullTest{}
+	operand, other := b.LHS, b.RHS
+	if isNullLit(operand) {
+		operand, other = b.RHS, b.LHS
 	}
-	return nullTest{name: st.Traversal.RootName(), isNull: isNull}
+	v, bare := operand.(*hclsyntax.ScopeTraversalExpr)
+	if !isNullLit(other) || !bare || len(v.Traversal) != 1 {
+		return nil, false, false
+	}
+	return v, isNull, true
 }
